@@ -1,0 +1,1535 @@
+"""tinyworkflow: durable workflow execution for Python, in one file.
+
+Workflows are async functions. Every activity a workflow calls is a *step*,
+numbered in call order and recorded in a database (SQLite by default). When a
+run executes again -- after a crash, a workflow-level retry or a restart -- the
+workflow function runs from the top, every step already recorded returns its
+stored result without running, and the run carries on where it stopped.
+
+    import asyncio
+    from tinyworkflow import workflow, activity, WorkflowContext, TinyWorkflowClient
+
+    @activity(name="greet")
+    async def greet(name: str) -> str:
+        return f"hello {name}"
+
+    @workflow(name="hello")
+    async def hello(ctx: WorkflowContext):
+        return await ctx.execute_activity(greet, ctx.get_input("name", "world"))
+
+    async def main():
+        async with TinyWorkflowClient() as client:      # ./tinyworkflow.db
+            run_id = await client.start_workflow("hello", {"name": "Ada"}, wait=True)
+            print((await client.get_workflow_status(run_id)).output_data)
+
+    asyncio.run(main())
+
+Sections, in dependency order (grep for "# ---- "): statuses and models,
+errors, helpers, retry policy, storage (URLs, dialect, store, SQLite),
+registry and decorators, workflow context (replay), engine, client,
+command-line hand-off.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.2.0"
+__all__ = [
+    "workflow",
+    "activity",
+    "WorkflowContext",
+    "TinyWorkflowClient",
+    "RetryPolicy",
+    "WorkflowStatus",
+    "WorkflowExecution",
+    "WorkflowEvent",
+    "StepRecord",
+    "ActivityInfo",
+    "activity_info",
+    "TinyWorkflowError",
+    "NonDeterminismError",
+    "SerializationError",
+    "WorkflowTimeoutError",
+    "ActivityTimeoutError",
+    "ActivityError",
+    "RunNotFoundError",
+]
+
+import asyncio
+import contextlib
+import contextvars
+import dataclasses
+import enum
+import inspect
+import itertools
+import json
+import logging
+import os
+import random
+import re
+import socket
+import sys
+import time
+import traceback
+import types
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable, Optional
+from urllib.parse import parse_qsl, unquote
+
+_log = logging.getLogger("tinyworkflow")
+
+_DEFAULT_URL = "sqlite+aiosqlite:///tinyworkflow.db"
+_DEFAULT_PREFIX = "tinyworkflow_"
+_DEFAULT_LEASE_SECONDS = 30.0
+
+
+# ---- statuses and models ----------------------------------------------------------------
+
+
+class WorkflowStatus(str, enum.Enum):
+    """The state of a run. A ``str`` enum: ``run.status == "completed"`` holds."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    PAUSED = "paused"
+    RETRYING = "retrying"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_TERMINAL = ("completed", "failed", "cancelled")
+
+
+def _dt(ts: Optional[float]) -> Optional[datetime]:
+    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc)
+
+
+@dataclasses.dataclass
+class WorkflowExecution:
+    """One run of a workflow, as stored. Times are timezone-aware UTC datetimes.
+
+    ``output_data`` of a completed run is ``{"result": <return value>}``; a failed
+    run has ``error`` set to ``"ExceptionType: message"``.
+    """
+
+    run_id: str
+    workflow_id: str
+    workflow_name: str
+    status: WorkflowStatus
+    input_data: Any = None
+    output_data: Any = None
+    error: Optional[str] = None
+    retry_count: int = 0
+    max_retries: int = 0
+    created_at: Optional[datetime] = None
+    started_at: Optional[datetime] = None
+    completed_at: Optional[datetime] = None
+    updated_at: Optional[datetime] = None
+    wake_at: Optional[datetime] = None
+    owner: Optional[str] = None
+    parent_run_id: Optional[str] = None
+    approval_required: Optional[str] = None
+
+
+@dataclasses.dataclass
+class WorkflowEvent:
+    """One entry of a run's audit trail."""
+
+    id: int
+    run_id: str
+    event_type: str
+    event_data: Any
+    timestamp: datetime
+
+
+@dataclasses.dataclass
+class StepRecord:
+    """A recorded step of a run: what ran, with which result, how many attempts."""
+
+    run_id: str
+    step: int
+    name: str
+    kind: str
+    status: str
+    input: Any
+    output: Any
+    error: Any
+    attempts: int
+    started_at: Optional[datetime]
+    completed_at: Optional[datetime]
+
+    @property
+    def duration(self) -> Optional[float]:
+        """Seconds from the first attempt's start to the recorded outcome."""
+        if self.started_at is None or self.completed_at is None:
+            return None
+        return (self.completed_at - self.started_at).total_seconds()
+
+
+# `from tinyworkflow.models import WorkflowStatus` works as it did in TinyWorkflow
+# 0.1.0, also when this file is copied alone into a project.
+models = types.ModuleType(__name__ + ".models", "The data classes of tinyworkflow.")
+for _cls in (WorkflowStatus, WorkflowExecution, WorkflowEvent, StepRecord):
+    setattr(models, _cls.__name__, _cls)
+sys.modules[models.__name__] = models
+
+
+# ---- errors -----------------------------------------------------------------------------
+
+
+class TinyWorkflowError(Exception):
+    """Root of the errors tinyworkflow raises. Subclasses also inherit the matching
+    builtin (``TypeError``, ``TimeoutError``, ...) so either ``except`` works."""
+
+
+class NonDeterminismError(TinyWorkflowError, RuntimeError):
+    """A replay found another step at a number than the one recorded there."""
+
+    def __init__(self, message: str, *, run_id: str, step: int, recorded: str, requested: str):
+        super().__init__(message)
+        self.run_id, self.step, self.recorded, self.requested = run_id, step, recorded, requested
+
+
+class SerializationError(TinyWorkflowError, TypeError):
+    """An input or a result that cannot be stored as JSON."""
+
+
+class WorkflowTimeoutError(TinyWorkflowError, TimeoutError):
+    """A workflow attempt ran longer than its ``timeout``."""
+
+
+class ActivityTimeoutError(TinyWorkflowError, TimeoutError):
+    """An activity attempt ran longer than its ``timeout``."""
+
+
+class ActivityError(TinyWorkflowError):
+    """A recorded activity failure, replayed when its original type cannot be rebuilt."""
+
+    def __init__(self, message: str, *, error_type: str = "", run_id: str = "", step: int = 0):
+        super().__init__(message)
+        self.error_type, self.run_id, self.step = error_type, run_id, step
+
+
+class RunNotFoundError(TinyWorkflowError, LookupError):
+    """No run has the given id."""
+
+
+class _LostOwnership(BaseException):
+    """This executor no longer owns the run (cancelled, or taken over after its lease
+    expired). A BaseException so that ``except Exception`` in a workflow cannot hide it."""
+
+
+# ---- helpers ----------------------------------------------------------------------------
+
+
+def _dumps(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(
+            f"{what} is not JSON-serialisable ({exc}); pass and return only JSON values: "
+            "dict, list, str, int, float, bool or None"
+        ) from None
+
+
+def _loads(text: Optional[str]) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _dumps_lenient(value: Any) -> str:
+    """For what is recorded only to be read by people (activity arguments)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=repr)
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _error_record(exc: BaseException) -> dict:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return {
+        "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+        "message": str(exc),
+        "traceback": tb[-8000:],
+    }
+
+
+def _rebuild_error(record: dict, run_id: str, step: int) -> BaseException:
+    """The exception a replay raises for a recorded failure: the original type when it
+    is already imported and takes a message, else ActivityError. Never imports."""
+    module, _, qualname = record.get("type", "").rpartition(".")
+    message = record.get("message", "")
+    cls = sys.modules.get(module)
+    for part in qualname.split(".") if cls is not None else ():
+        cls = getattr(cls, part, None)
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        with contextlib.suppress(Exception):
+            return cls(message)
+    return ActivityError(message, error_type=record.get("type", ""), run_id=run_id, step=step)
+
+
+async def _with_timeout(awaitable: Awaitable, seconds: Optional[float], error: Callable[[], Exception]):
+    """Await with a time limit, telling our timeout apart from a TimeoutError raised by
+    the awaited code itself (asyncio.wait_for cannot)."""
+    if seconds is None:
+        return await awaitable
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=max(seconds, 0.0))
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        raise error()
+    return task.result()
+
+
+# ---- retry policy -----------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RetryPolicy:
+    """How often and how fast to retry a failed activity or workflow.
+
+    ``max_retries`` counts retries after the first attempt. The delay before retry
+    ``n`` (0-based) is ``min(initial_delay * backoff_multiplier ** n, max_delay)``,
+    moved by up to ``± jitter_factor`` of itself when ``jitter`` is on.
+
+        RetryPolicy(max_retries=5, initial_delay=1.0, max_delay=10.0)  # 1, 2, 4, 8, 10 s
+    """
+
+    max_retries: int = 3
+    initial_delay: float = 1.0
+    max_delay: float = 60.0
+    backoff_multiplier: float = 2.0
+    jitter: bool = True
+    jitter_factor: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise ValueError(f"max_retries must be a whole number >= 0, got {self.max_retries!r}")
+        for field in ("initial_delay", "max_delay", "backoff_multiplier", "jitter_factor"):
+            value = getattr(self, field)
+            if not isinstance(value, (int, float)) or value != value or value < 0:
+                raise ValueError(f"{field} must be a number >= 0, got {value!r}")
+        if self.jitter_factor > 1:
+            raise ValueError(f"jitter_factor must be between 0 and 1, got {self.jitter_factor!r}")
+
+    def calculate_delay(self, retry_count: int) -> float:
+        """Seconds to wait before retry number ``retry_count`` (0 for the first)."""
+        try:
+            delay = min(self.initial_delay * self.backoff_multiplier ** max(retry_count, 0),
+                        self.max_delay)
+        except OverflowError:
+            delay = self.max_delay
+        if self.jitter and self.jitter_factor:
+            delay += delay * self.jitter_factor * random.uniform(-1.0, 1.0)
+        return max(0.0, delay)
+
+
+# ---- storage: URLs ----------------------------------------------------------------------
+
+_SCHEMES = {
+    "sqlite": "sqlite",
+    "sqlite+aiosqlite": "sqlite",
+    "postgresql": "postgresql",
+    "postgresql+asyncpg": "postgresql",
+    "postgres": "postgresql",
+    "mysql": "mysql",
+    "mysql+aiomysql": "mysql",
+    "mysql+asyncmy": "mysql",
+}
+_URL_FORMS = (
+    "sqlite+aiosqlite:///relative/path.db, sqlite:////absolute/path.db, "
+    "sqlite+aiosqlite:///:memory: or :memory:, "
+    "postgresql+asyncpg://user:pass@host:5432/db (also postgresql://, postgres://), "
+    "mysql+aiomysql://user:pass@host:3306/db (also mysql+asyncmy://, mysql://)"
+)
+_SQLITE_OPTIONS = {"synchronous": ("full", "normal", "off", "extra"), "timeout": None}
+
+
+def _parse_url(url: str) -> tuple[str, str, dict]:
+    """Split a database URL into (backend, target, options); ValueError if malformed."""
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError(f"database URL must be a non-empty string; accepted forms: {_URL_FORMS}")
+    if url.strip() == ":memory:":
+        return "sqlite", ":memory:", {}
+    scheme, sep, rest = url.strip().partition("://")
+    backend = _SCHEMES.get(scheme.lower()) if sep else None
+    if backend is None:
+        raise ValueError(f"unsupported database URL {url!r}; accepted forms: {_URL_FORMS}")
+    if backend != "sqlite":
+        return backend, url, {}
+    path, _, query = rest.partition("?")
+    if path and not path.startswith("/"):
+        raise ValueError(
+            f"SQLite URL {url!r} needs three slashes before a relative path "
+            f"(sqlite:///data/app.db) and four before an absolute one (sqlite:////var/app.db)"
+        )
+    path = unquote(path[1:])
+    options = dict(parse_qsl(query, keep_blank_values=True))
+    for key, value in options.items():
+        if key not in _SQLITE_OPTIONS:
+            raise ValueError(
+                f"unknown SQLite URL option {key!r} in {url!r}; known options: "
+                f"synchronous=full|normal|off|extra, timeout=<seconds>"
+            )
+        allowed = _SQLITE_OPTIONS[key]
+        if allowed and value.lower() not in allowed:
+            raise ValueError(f"SQLite option {key}={value!r} must be one of {', '.join(allowed)}")
+        if key == "timeout":
+            try:
+                if float(value) < 0:
+                    raise ValueError
+            except ValueError:
+                raise ValueError(f"SQLite option timeout={value!r} must be seconds >= 0") from None
+    return "sqlite", path or ":memory:", options
+
+
+# ---- storage: dialect -------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Dialect:
+    """What differs between SQL databases, as data. Shared SQL is written once with
+    ``?`` placeholders, ``{p}`` for the table prefix and ``{type}`` names in DDL."""
+
+    name: str
+    placeholder: str  # "?", "$" (numbered $1, $2, ...) or "%s"
+    types: dict
+    for_update: str  # appended to the claim's SELECT: row locks that skip locked rows
+    upsert_style: str  # "on conflict" (SQLite, PostgreSQL) or "on duplicate key" (MySQL)
+
+    def translate(self, sql: str) -> str:
+        if self.placeholder == "?":
+            return sql
+        if self.placeholder == "$":
+            counter = itertools.count(1)
+            return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
+        return sql.replace("%", "%%").replace("?", self.placeholder)
+
+    def upsert(self, table: str, columns: tuple, keys: tuple) -> str:
+        values = ", ".join("?" * len(columns))
+        head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values})"
+        rest = [c for c in columns if c not in keys]
+        if self.upsert_style == "on duplicate key":
+            return head + " ON DUPLICATE KEY UPDATE " + ", ".join(f"{c} = VALUES({c})" for c in rest)
+        return (head + f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
+                + ", ".join(f"{c} = excluded.{c}" for c in rest))
+
+
+_SQLITE = _Dialect(
+    name="sqlite",
+    placeholder="?",
+    # No AUTOINCREMENT (it writes sqlite_sequence on every insert) and steps WITHOUT
+    # ROWID (one B-tree instead of two): fewer pages in the commit of every step.
+    types={"key": "TEXT", "text": "TEXT", "float": "REAL", "int": "INTEGER",
+           "autoid": "INTEGER PRIMARY KEY", "clustered": " WITHOUT ROWID"},
+    for_update="",  # BEGIN IMMEDIATE already makes the claim the only writer
+    upsert_style="on conflict",
+)
+
+# Forward-only migrations: entry i moves the schema from version i to i + 1.
+_MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE {p}runs (
+            run_id {key} PRIMARY KEY,
+            workflow_id {key} NOT NULL,
+            workflow_name {key} NOT NULL,
+            status {key} NOT NULL,
+            input_data {text},
+            output_data {text},
+            error {text},
+            retry_count {int} NOT NULL DEFAULT 0,
+            max_retries {int} NOT NULL DEFAULT 0,
+            timeout {float},
+            created_at {float} NOT NULL,
+            started_at {float},
+            completed_at {float},
+            updated_at {float} NOT NULL,
+            wake_at {float},
+            deadline_at {float},
+            owner {key},
+            lease_expires_at {float},
+            parent_run_id {key},
+            approval_required {key})""",
+        "CREATE INDEX {p}runs_runnable ON {p}runs (status, wake_at)",
+        "CREATE INDEX {p}runs_created ON {p}runs (created_at)",
+        "CREATE INDEX {p}runs_name ON {p}runs (workflow_name, status)",
+        """CREATE TABLE {p}steps (
+            run_id {key} NOT NULL,
+            step {int} NOT NULL,
+            name {key} NOT NULL,
+            kind {key} NOT NULL,
+            status {key} NOT NULL,
+            input {text},
+            output {text},
+            error {text},
+            attempts {int} NOT NULL,
+            run_attempt {int} NOT NULL,
+            started_at {float},
+            completed_at {float},
+            PRIMARY KEY (run_id, step)){clustered}""",
+        """CREATE TABLE {p}events (
+            id {autoid},
+            run_id {key} NOT NULL,
+            event_type {key} NOT NULL,
+            event_data {text},
+            timestamp {float} NOT NULL)""",
+        "CREATE INDEX {p}events_run ON {p}events (run_id, id)",
+    ],
+]
+
+_RUN_COLUMNS = (
+    "run_id", "workflow_id", "workflow_name", "status", "input_data", "output_data", "error",
+    "retry_count", "max_retries", "timeout", "created_at", "started_at", "completed_at",
+    "updated_at", "wake_at", "deadline_at", "owner", "lease_expires_at", "parent_run_id",
+    "approval_required",
+)
+_STEP_COLUMNS = ("run_id", "step", "name", "kind", "status", "input", "output", "error",
+                 "attempts", "run_attempt", "started_at", "completed_at")
+_RUNNABLE = ("((status IN ('pending', 'retrying') AND (wake_at IS NULL OR wake_at <= ?))"
+             " OR (status = 'running' AND lease_expires_at < ?))")
+_NOT_TERMINAL = "status NOT IN ('completed', 'failed', 'cancelled')"
+
+
+# ---- storage: the store -----------------------------------------------------------------
+
+
+class _Store:
+    """Runs, steps and events in dialect-neutral SQL, over three primitives a backend
+    provides: ``fetch`` (a read), ``batch`` (straight-line statements in one
+    transaction, optionally fenced by the first one's row count) and ``transaction``
+    (a general transaction with ``fetch``/``execute``). Values are always bound."""
+
+    def __init__(self, dialect: _Dialect, prefix: str):
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,30}", prefix):
+            raise ValueError(
+                f"table prefix {prefix!r} must start with a letter and hold only letters, "
+                "digits and underscores (at most 31)"
+            )
+        self.dialect, self.prefix = dialect, prefix
+        self._cache: dict[str, str] = {}
+
+    # -- backend primitives
+    async def connect(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def fetch(self, sql: str, params: tuple = ()) -> list:
+        raise NotImplementedError
+
+    async def batch(self, ops: list, fence: bool = False) -> bool:
+        raise NotImplementedError
+
+    def transaction(self):
+        raise NotImplementedError
+
+    # -- SQL text
+    def sql(self, template: str) -> str:
+        text = self._cache.get(template)
+        if text is None:
+            text = self.dialect.translate(template.format(p=self.prefix, **self.dialect.types))
+            self._cache[template] = text
+        return text
+
+    def _event(self, run_id: str, event_type: str, data: Any, now: float) -> tuple:
+        return (self.sql("INSERT INTO {p}events (run_id, event_type, event_data, timestamp)"
+                         " VALUES (?, ?, ?, ?)"),
+                (run_id, event_type, _dumps_lenient(data), now))
+
+    # -- schema
+    async def migrate(self) -> None:
+        async with self.transaction() as tx:
+            await tx.execute(self.sql("CREATE TABLE IF NOT EXISTS {p}meta "
+                                      "(name {key} PRIMARY KEY, value {text} NOT NULL)"))
+            rows = await tx.fetch(self.sql("SELECT value FROM {p}meta WHERE name = ?"),
+                                  ("schema_version",))
+            version = int(rows[0][0]) if rows else 0
+            if version > len(_MIGRATIONS):
+                raise TinyWorkflowError(
+                    f"the database schema is version {version}, newer than this tinyworkflow "
+                    f"{__version__} knows ({len(_MIGRATIONS)}); upgrade tinyworkflow"
+                )
+            for statements in _MIGRATIONS[version:]:
+                for statement in statements:
+                    await tx.execute(self.sql(statement))
+            if version < len(_MIGRATIONS):
+                await tx.execute(self.sql(self.dialect.upsert("{p}meta", ("name", "value"),
+                                                              ("name",))),
+                                 ("schema_version", str(len(_MIGRATIONS))))
+
+    # -- runs
+    async def insert_run(self, run: dict, events: list) -> None:
+        columns = tuple(run)
+        ops = [(self.sql(f"INSERT INTO {{p}}runs ({', '.join(columns)}) "
+                         f"VALUES ({', '.join('?' * len(columns))})"), tuple(run.values()))]
+        ops += [self._event(run["run_id"], kind, data, run["created_at"]) for kind, data in events]
+        await self.batch(ops)
+
+    async def claim(self, owner_for: Callable[[], str], now: float, lease: float, *,
+                    names: list, run_ids: Optional[list] = None, limit: int = 1) -> list:
+        """Take up to ``limit`` runnable runs of the given workflows; each gets its own
+        owner token (a fencing token every later write of that run must match)."""
+        if not names or limit < 1:
+            return []
+        where = f"{_RUNNABLE} AND workflow_name IN ({', '.join('?' * len(names))})"
+        params: list = [now, now, *names]
+        if run_ids is not None:
+            where += f" AND run_id IN ({', '.join('?' * len(run_ids))})"
+            params += run_ids
+        select = self.sql(f"SELECT run_id, status, owner, retry_count FROM {{p}}runs "
+                          f"WHERE {where} ORDER BY created_at LIMIT ? {self.dialect.for_update}")
+        # deadline_at is assigned before status: MySQL evaluates SET left to right and
+        # later expressions would see the new status.
+        update = self.sql(
+            "UPDATE {p}runs SET deadline_at = CASE WHEN status = 'running' THEN deadline_at "
+            "ELSE ? + timeout END, status = 'running', owner = ?, lease_expires_at = ?, "
+            "started_at = COALESCE(started_at, ?), updated_at = ?, wake_at = NULL "
+            f"WHERE run_id = ? AND {_RUNNABLE}")
+        claimed = []
+        async with self.transaction() as tx:
+            for run_id, status, old_owner, retry_count in await tx.fetch(select, (*params, limit)):
+                owner = owner_for()
+                if not await tx.execute(update, (now, owner, now + lease, now, now, run_id,
+                                                 now, now)):
+                    continue
+                if status == "running":
+                    event = ("workflow_resumed", {"previous_owner": old_owner, "owner": owner})
+                else:
+                    event = ("workflow_started", {"attempt": retry_count + 1, "owner": owner})
+                await tx.execute(*self._event(run_id, *event, now))
+                claimed.append(run_id)
+            if not claimed:
+                return []
+            rows = await tx.fetch(self.sql(f"SELECT {', '.join(_RUN_COLUMNS)} FROM {{p}}runs "
+                                           f"WHERE run_id IN ({', '.join('?' * len(claimed))})"),
+                                  tuple(claimed))
+        return [dict(zip(_RUN_COLUMNS, row)) for row in rows]
+
+    def _fence(self, run_id: str, owner: str, now: float, lease_until: float) -> tuple:
+        # Every write of an executing run starts here: it succeeds only while this
+        # executor still owns the run, and it renews the lease on the way.
+        return (self.sql("UPDATE {p}runs SET lease_expires_at = ?, updated_at = ? "
+                         "WHERE run_id = ? AND owner = ? AND status = 'running'"),
+                (lease_until, now, run_id, owner))
+
+    async def record_step(self, run_id: str, owner: str, now: float, lease_until: float,
+                          step: dict, event: tuple) -> bool:
+        upsert = self.sql(self.dialect.upsert("{p}steps", _STEP_COLUMNS, ("run_id", "step")))
+        return await self.batch([
+            self._fence(run_id, owner, now, lease_until),
+            (upsert, tuple(step[c] for c in _STEP_COLUMNS)),
+            self._event(run_id, *event, now),
+        ], fence=True)
+
+    async def finish_run(self, run_id: str, owner: str, now: float, status: str,
+                         output: Optional[str], error: Optional[str], event: tuple) -> bool:
+        return await self.batch([
+            (self.sql("UPDATE {p}runs SET status = ?, output_data = ?, error = ?, "
+                      "completed_at = ?, updated_at = ?, owner = NULL, lease_expires_at = NULL "
+                      "WHERE run_id = ? AND owner = ? AND status = 'running'"),
+             (status, output, error, now, now, run_id, owner)),
+            self._event(run_id, *event, now),
+        ], fence=True)
+
+    async def retry_run(self, run_id: str, owner: str, now: float, wake_at: float,
+                        error: str, event: tuple) -> bool:
+        return await self.batch([
+            (self.sql("UPDATE {p}runs SET retry_count = retry_count + 1, status = 'retrying', "
+                      "error = ?, wake_at = ?, updated_at = ?, owner = NULL, "
+                      "lease_expires_at = NULL, deadline_at = NULL "
+                      "WHERE run_id = ? AND owner = ? AND status = 'running'"),
+             (error, wake_at, now, run_id, owner)),
+            self._event(run_id, *event, now),
+        ], fence=True)
+
+    async def cancel_run(self, run_id: str, now: float) -> bool:
+        return await self.batch([
+            (self.sql("UPDATE {p}runs SET status = 'cancelled', completed_at = ?, updated_at = ?, "
+                      f"owner = NULL, lease_expires_at = NULL, wake_at = NULL "
+                      f"WHERE run_id = ? AND {_NOT_TERMINAL}"),
+             (now, now, run_id)),
+            self._event(run_id, "workflow_cancelled", {}, now),
+        ], fence=True)
+
+    # -- reads
+    async def get_run(self, run_id: str) -> Optional[dict]:
+        rows = await self.fetch(self.sql(f"SELECT {', '.join(_RUN_COLUMNS)} FROM {{p}}runs "
+                                         "WHERE run_id = ?"), (run_id,))
+        return dict(zip(_RUN_COLUMNS, rows[0])) if rows else None
+
+    async def list_runs(self, status: Optional[str], name: Optional[str], limit: int,
+                        offset: int) -> list:
+        where, params = [], []
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if name is not None:
+            where.append("workflow_name = ?")
+            params.append(name)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        rows = await self.fetch(self.sql(f"SELECT {', '.join(_RUN_COLUMNS)} FROM {{p}}runs "
+                                         f"{clause}ORDER BY created_at DESC, run_id "
+                                         "LIMIT ? OFFSET ?"), (*params, limit, offset))
+        return [dict(zip(_RUN_COLUMNS, row)) for row in rows]
+
+    async def load_steps(self, run_id: str) -> dict:
+        rows = await self.fetch(self.sql(f"SELECT {', '.join(_STEP_COLUMNS)} FROM {{p}}steps "
+                                         "WHERE run_id = ? ORDER BY step"), (run_id,))
+        return {row[1]: dict(zip(_STEP_COLUMNS, row)) for row in rows}
+
+    async def events(self, run_id: str, limit: int) -> list:
+        return await self.fetch(self.sql("SELECT id, run_id, event_type, event_data, timestamp "
+                                         "FROM {p}events WHERE run_id = ? ORDER BY id LIMIT ?"),
+                                (run_id, limit))
+
+    async def delete_finished_before(self, cutoff: float) -> int:
+        finished = (f"SELECT run_id FROM {{p}}runs WHERE status IN ('completed', 'failed', "
+                    f"'cancelled') AND completed_at < ?")
+        async with self.transaction() as tx:
+            for table in ("events", "steps"):
+                await tx.execute(self.sql(f"DELETE FROM {{p}}{table} "
+                                          f"WHERE run_id IN ({finished})"), (cutoff,))
+            return await tx.execute(self.sql("DELETE FROM {p}runs WHERE status IN ('completed', "
+                                             "'failed', 'cancelled') AND completed_at < ?"),
+                                    (cutoff,))
+
+
+class _SQLiteStore(_Store):
+    """SQLite through aiosqlite: WAL, a busy timeout, durable (FULL) commits unless the
+    URL relaxes them. One connection per client; its statements run on aiosqlite's
+    thread, and each batch runs there as one call -- one thread hop per step."""
+
+    def __init__(self, path: str, options: dict, prefix: str):
+        super().__init__(_SQLITE, prefix)
+        self.path = path
+        self.synchronous = options.get("synchronous", "full").upper()
+        self.timeout = float(options.get("timeout", 15))
+        self._conn = None
+        self._lock: Optional[asyncio.Lock] = None
+
+    async def connect(self) -> None:
+        try:
+            import aiosqlite
+        except ImportError:
+            raise ImportError("tinyworkflow needs aiosqlite for SQLite: pip install aiosqlite") \
+                from None
+        if self.path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves.
+        self._conn = await aiosqlite.connect(self.path, timeout=self.timeout,
+                                             isolation_level=None)
+        self._lock = asyncio.Lock()
+        if self.path != ":memory:":
+            await self._conn.execute("PRAGMA journal_mode=WAL")
+        await self._conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        await self._conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await conn.close()
+
+    def _call(self, fn, *args):
+        # aiosqlite runs queued callables on its connection thread; queueing a whole
+        # transaction as one callable makes it one hop instead of one per statement.
+        return self._conn._execute(fn, *args)
+
+    @property
+    def _db(self):  # the sqlite3 connection; touch only from inside _call
+        return self._conn._conn
+
+    def _fetch_sync(self, sql: str, params: tuple) -> list:
+        return self._db.execute(sql, params).fetchall()
+
+    def _batch_sync(self, ops: list, fence: bool) -> bool:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for i, (sql, params) in enumerate(ops):
+                if db.execute(sql, params).rowcount == 0 and fence and i == 0:
+                    db.execute("ROLLBACK")
+                    return False
+            db.execute("COMMIT")
+            return True
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    async def fetch(self, sql: str, params: tuple = ()) -> list:
+        async with self._lock:
+            return await self._call(self._fetch_sync, sql, params)
+
+    async def batch(self, ops: list, fence: bool = False) -> bool:
+        async with self._lock:
+            return await self._call(self._batch_sync, ops, fence)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self):
+        async with self._lock:
+            await self._call(self._db.execute, "BEGIN IMMEDIATE")
+            try:
+                yield _SQLiteTransaction(self)
+            except BaseException:
+                await self._call(self._rollback_sync)
+                raise
+            await self._call(self._db.execute, "COMMIT")
+
+    def _rollback_sync(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
+
+class _SQLiteTransaction:
+    def __init__(self, store: _SQLiteStore):
+        self._store = store
+
+    async def fetch(self, sql: str, params: tuple = ()) -> list:
+        return await self._store._call(self._store._fetch_sync, sql, params)
+
+    async def execute(self, sql: str, params: tuple = ()) -> int:
+        return await self._store._call(self._execute_sync, sql, params)
+
+    def _execute_sync(self, sql: str, params: tuple) -> int:
+        return self._store._db.execute(sql, params).rowcount
+
+
+def _open_store(url: str, prefix: str) -> _Store:
+    backend, target, options = _parse_url(url)
+    if backend == "sqlite":
+        return _SQLiteStore(target, options, prefix)
+    raise NotImplementedError(
+        f"{backend} URLs are recognised but this version of tinyworkflow ({__version__}) "
+        "stores runs in SQLite only; use a sqlite+aiosqlite:/// URL"
+    )
+
+
+# ---- registry and decorators ------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _WorkflowDef:
+    name: str
+    fn: Callable
+    retry_policy: RetryPolicy
+    timeout: Optional[float]
+
+
+@dataclasses.dataclass(frozen=True)
+class _ActivityDef:
+    name: str
+    fn: Callable
+    retry_policy: RetryPolicy
+    timeout: Optional[float]
+
+    async def call(self, args: tuple, kwargs: dict) -> Any:
+        if inspect.iscoroutinefunction(self.fn):
+            return await self.fn(*args, **kwargs)
+        result = await asyncio.to_thread(self.fn, *args, **kwargs)  # never block the loop
+        if inspect.isawaitable(result):  # a callable object with an async __call__
+            result = await result
+        return result
+
+
+_WORKFLOWS: dict[str, _WorkflowDef] = {}
+_ACTIVITIES: dict[str, _ActivityDef] = {}
+
+
+def _check_options(kind: str, name: Any, retry_policy: Any, timeout: Any) -> None:
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{kind} name must be a non-empty string, got {name!r}")
+    if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
+        raise TypeError(f"retry_policy of {kind} {name!r} must be a RetryPolicy, "
+                        f"got {type(retry_policy).__name__}")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not timeout > 0):
+        raise ValueError(f"timeout of {kind} {name!r} must be a number of seconds > 0, "
+                         f"got {timeout!r}")
+
+
+def _register(registry: dict, kind: str, definition) -> None:
+    old = registry.get(definition.name)
+    if old is not None and (old.fn.__module__, old.fn.__qualname__) != (
+            definition.fn.__module__, definition.fn.__qualname__):
+        raise ValueError(
+            f"a {kind} named {definition.name!r} is already registered "
+            f"({old.fn.__module__}.{old.fn.__qualname__}); give one of them another name"
+        )
+    registry[definition.name] = definition
+
+
+def workflow(name: Optional[str] = None, retry_policy: Optional[RetryPolicy] = None,
+             timeout: Optional[float] = None):
+    """Register an ``async def`` function as a durable workflow.
+
+    ``retry_policy`` (default ``RetryPolicy()``) retries a failed run from its failure
+    point; ``timeout`` limits each attempt, in seconds. Works bare or with arguments:
+
+        @workflow(name="etl", retry_policy=RetryPolicy(max_retries=2), timeout=300)
+        async def etl(ctx: WorkflowContext):
+            data = await ctx.execute_activity(fetch, ctx.get_input("url"))
+            return await ctx.execute_activity(store, data)
+    """
+    if callable(name):
+        return workflow()(name)
+
+    def decorate(fn: Callable) -> Callable:
+        wf_name = name or getattr(fn, "__name__", None)
+        _check_options("workflow", wf_name, retry_policy, timeout)
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError(f"workflow {wf_name!r} must be defined with 'async def' "
+                            f"(it is {type(fn).__name__} {fn!r})")
+        definition = _WorkflowDef(wf_name, fn, retry_policy or RetryPolicy(), timeout)
+        _register(_WORKFLOWS, "workflow", definition)
+        fn.__tinyworkflow_workflow__ = definition
+        return fn
+
+    return decorate
+
+
+def activity(name: Optional[str] = None, retry_policy: Optional[RetryPolicy] = None,
+             timeout: Optional[float] = None):
+    """Register a function as an activity: a step whose result is recorded.
+
+    ``async def`` activities run on the event loop, plain ``def`` ones in a thread.
+    ``retry_policy`` (default ``RetryPolicy()``: 3 retries) retries the step inside the
+    run; ``timeout`` limits each attempt. The function stays callable as before.
+
+        @activity(name="charge", retry_policy=RetryPolicy(max_retries=5), timeout=30)
+        async def charge(order_id: str, cents: int) -> dict:
+            key = activity_info().idempotency_key    # stable across retries
+            return await payments.charge(order_id, cents, idempotency_key=key)
+    """
+    if callable(name):
+        return activity()(name)
+
+    def decorate(fn: Callable) -> Callable:
+        act_name = name or getattr(fn, "__name__", None)
+        _check_options("activity", act_name, retry_policy, timeout)
+        if not callable(fn):
+            raise TypeError(f"activity {act_name!r} must be a function, got {fn!r}")
+        definition = _ActivityDef(act_name, fn, retry_policy or RetryPolicy(), timeout)
+        _register(_ACTIVITIES, "activity", definition)
+        fn.__tinyworkflow_activity__ = definition
+        return fn
+
+    return decorate
+
+
+def _activity_def(fn: Any) -> _ActivityDef:
+    definition = getattr(fn, "__tinyworkflow_activity__", None)
+    if definition is not None:
+        return definition
+    if isinstance(fn, str):
+        if fn in _ACTIVITIES:
+            return _ACTIVITIES[fn]
+        raise ValueError(f"no activity named {fn!r} is registered; registered activities: "
+                         f"{', '.join(sorted(_ACTIVITIES)) or '(none)'}")
+    if callable(fn):  # undecorated functions work too, with the default policy
+        return _ActivityDef(getattr(fn, "__name__", type(fn).__name__), fn, RetryPolicy(), None)
+    raise TypeError(f"execute_activity takes an activity function, got {fn!r}")
+
+
+def _parallel_call(call: Any) -> tuple:
+    if callable(call) or isinstance(call, str):
+        return call, (), {}
+    if isinstance(call, (tuple, list)) and 1 <= len(call) <= 3:
+        fn, args, kwargs = (*call, (), {})[:3]
+        if isinstance(args, (tuple, list)) and isinstance(kwargs, dict):
+            return fn, tuple(args), kwargs
+    raise TypeError(
+        f"execute_parallel takes (activity, args_tuple, kwargs_dict) tuples, got {call!r}; "
+        "write a single argument as (fetch_user, (user_id,), {})"
+    )
+
+
+# ---- workflow context (replay) ----------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivityInfo:
+    """Where the running activity is: see ``activity_info()``."""
+
+    run_id: str
+    workflow_id: str
+    workflow_name: str
+    step: int
+    name: str
+    attempt: int
+
+    @property
+    def idempotency_key(self) -> str:
+        """``"<run_id>:<step>"``: the same for every attempt of this step, also after a
+        crash; pass it to outside systems so a repeated attempt is not applied twice."""
+        return f"{self.run_id}:{self.step}"
+
+
+_CURRENT_ACTIVITY: contextvars.ContextVar[ActivityInfo] = contextvars.ContextVar(
+    "tinyworkflow_activity")
+
+
+def activity_info() -> ActivityInfo:
+    """The ``ActivityInfo`` of the activity being executed (RuntimeError outside one)."""
+    try:
+        return _CURRENT_ACTIVITY.get()
+    except LookupError:
+        raise RuntimeError("activity_info() is only available inside a running activity") \
+            from None
+
+
+class WorkflowContext:
+    """What a workflow function receives: its input and its durable operations.
+
+    Steps are numbered when they are *called*, so a replay matches its history even
+    when parallel branches finish in another order than they did the first time.
+    """
+
+    def __init__(self, engine: "_Engine", run: dict, owner: str, history: dict):
+        self.run_id: str = run["run_id"]
+        self.workflow_id: str = run["workflow_id"]
+        self.workflow_name: str = run["workflow_name"]
+        self.input_data: Any = _loads(run["input_data"])
+        self.retry_count: int = run["retry_count"]
+        self._engine, self._owner, self._history = engine, owner, history
+        self._next_step = 1
+        self._fatal: Optional[BaseException] = None  # survives `except Exception` in user code
+
+    def get_input(self, key: str, default: Any = None) -> Any:
+        """``input_data[key]``, or ``default`` when the key (or the whole input) is missing."""
+        if self.input_data is None:
+            return default
+        if not isinstance(self.input_data, dict):
+            raise TypeError(f"the input of run {self.run_id} is a "
+                            f"{type(self.input_data).__name__}, not a dict; read ctx.input_data")
+        return self.input_data.get(key, default)
+
+    def execute_activity(self, fn: Any, *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        """Run an activity as the next step and return its (recorded) result.
+
+        ``await ctx.execute_activity(fetch_user, user_id)``. A step recorded as done
+        returns its stored value without running. The result is the JSON round-trip
+        of what the activity returned, on the first run and on every replay alike.
+        """
+        definition = _activity_def(fn)
+        step = self._next_step
+        self._next_step += 1
+        return self._activity_step(step, definition, args, kwargs)
+
+    async def execute_parallel(self, *calls: Any) -> list:
+        """Run activities concurrently, one step each, and return their results in order.
+
+        ``a, b = await ctx.execute_parallel((fetch_a, (x,), {}), (fetch_b, (y,), {}))``.
+        Every branch finishes (and is recorded) before the first error, in call order,
+        is raised.
+        """
+        awaitables = [self.execute_activity(fn, *args, **kwargs)
+                      for fn, args, kwargs in map(_parallel_call, calls)]
+        results = await asyncio.gather(*awaitables, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        for error in sorted(errors, key=lambda e: isinstance(e, Exception)):
+            raise error
+        return results
+
+    def _check_replay(self, step: int, record: dict, kind: str, name: str) -> None:
+        if (record["kind"], record["name"]) != (kind, name):
+            error = NonDeterminismError(
+                f"step {step} of run {self.run_id} (workflow {self.workflow_name!r}) was "
+                f"recorded as {record['kind']} {record['name']!r} but the code now calls "
+                f"{kind} {name!r}; a workflow must call its steps in the same order every "
+                "time it runs: let runs started with the old code finish (or cancel them) "
+                "before reordering, adding or removing steps",
+                run_id=self.run_id, step=step, recorded=record["name"], requested=name)
+            self._fatal = self._fatal or error
+            raise error
+
+    async def _activity_step(self, step: int, definition: _ActivityDef, args: tuple,
+                             kwargs: dict) -> Any:
+        record = self._history.get(step)
+        attempts = 0
+        if record is not None:
+            self._check_replay(step, record, "activity", definition.name)
+            if record["status"] == "completed":
+                return _loads(record["output"])
+            # A failure recorded in this attempt of the run replays as that failure; one
+            # from an earlier attempt runs again (that is what a workflow retry means).
+            if record["run_attempt"] == self.retry_count:
+                if record["status"] == "failed":
+                    raise _rebuild_error(_loads(record["error"]), self.run_id, step)
+                attempts = record["attempts"]  # crashed while retrying: keep counting
+        return await self._run_activity(step, definition, args, kwargs, attempts)
+
+    async def _run_activity(self, step: int, definition: _ActivityDef, args: tuple,
+                            kwargs: dict, attempts: int) -> Any:
+        engine, policy = self._engine, definition.retry_policy
+        started = engine.clock()
+        arguments = _dumps_lenient({"args": args, "kwargs": kwargs})
+        while True:
+            attempts += 1
+            token = _CURRENT_ACTIVITY.set(ActivityInfo(
+                self.run_id, self.workflow_id, self.workflow_name, step, definition.name,
+                attempts))
+            try:
+                result = await _with_timeout(
+                    definition.call(args, kwargs), definition.timeout,
+                    lambda: ActivityTimeoutError(
+                        f"activity {definition.name!r} (step {step} of run {self.run_id}) "
+                        f"timed out after {definition.timeout} s"))
+                output = _dumps(result, f"the result of activity {definition.name!r} "
+                                        f"(step {step} of run {self.run_id})")
+                error = None
+            except Exception as exc:
+                error = exc
+            finally:
+                _CURRENT_ACTIVITY.reset(token)
+            step_row = {"run_id": self.run_id, "step": step, "name": definition.name,
+                        "kind": "activity", "input": arguments, "attempts": attempts,
+                        "run_attempt": self.retry_count, "started_at": started}
+            if error is None:
+                await self._record(step_row, "completed", output, None, "step_completed", {
+                    "step": step, "name": definition.name, "attempts": attempts,
+                    "duration_ms": round((engine.clock() - started) * 1000, 3)})
+                return json.loads(output)
+            retry = attempts <= policy.max_retries and not isinstance(error, SerializationError)
+            delay = policy.calculate_delay(attempts - 1) if retry else None
+            await self._record(
+                step_row, "retrying" if retry else "failed", None,
+                _dumps_lenient(_error_record(error)), "step_failed",
+                {"step": step, "name": definition.name, "attempt": attempts,
+                 "error": _error_text(error), "retry_in": delay})
+            if not retry:
+                raise error
+            _log.info("run %s step %d (%s) attempt %d failed, retrying in %.2fs: %s",
+                      self.run_id, step, definition.name, attempts, delay, _error_text(error))
+            await asyncio.sleep(delay)
+
+    async def _record(self, step_row: dict, status: str, output: Optional[str],
+                      error: Optional[str], event_type: str, event_data: dict) -> None:
+        engine = self._engine
+        now = engine.clock()
+        row = {**step_row, "status": status, "output": output, "error": error,
+               "completed_at": now}
+        if not await engine.store.record_step(self.run_id, self._owner, now, now + engine.lease,
+                                              row, (event_type, event_data)):
+            raise _LostOwnership(self.run_id)
+
+
+# ---- engine -----------------------------------------------------------------------------
+
+
+class _Engine:
+    """Claims runs and executes them by replay. One per client; the worker loop of
+    ``start_worker`` and ``start_workflow(wait=True)`` both execute through it."""
+
+    def __init__(self, store: _Store, lease: float, clock: Callable[[], float] = time.time):
+        self.store, self.lease, self.clock = store, lease, clock
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._claims = itertools.count(1)
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._cancelling: set[str] = set()
+
+    def new_owner(self) -> str:
+        """A fencing token: unique per claim, so even this worker's own earlier,
+        abandoned execution of a run can no longer write to it."""
+        return f"{self.worker_id}:{next(self._claims)}"
+
+    async def claim(self, *, run_ids: Optional[list] = None, limit: int = 1) -> list:
+        rows = await self.store.claim(self.new_owner, self.clock(), self.lease,
+                                      names=sorted(_WORKFLOWS), run_ids=run_ids, limit=limit)
+        return rows
+
+    async def execute(self, run: dict) -> None:
+        """Execute a claimed run until it completes, fails, is scheduled for a retry,
+        is cancelled or is lost to another owner."""
+        run_id = run["run_id"]
+        task = asyncio.ensure_future(self._execute(run))
+        self._tasks[run_id] = task
+        try:
+            await task
+        except asyncio.CancelledError:
+            if run_id not in self._cancelling:
+                task.cancel()
+                raise
+        finally:
+            self._tasks.pop(run_id, None)
+            self._cancelling.discard(run_id)
+
+    def cancel_local(self, run_id: str) -> None:
+        task = self._tasks.get(run_id)
+        if task is not None:
+            self._cancelling.add(run_id)
+            task.cancel()
+
+    async def _execute(self, run: dict) -> None:
+        run_id, owner = run["run_id"], run["owner"]
+        definition = _WORKFLOWS[run["workflow_name"]]
+        ctx = WorkflowContext(self, run, owner, await self.store.load_steps(run_id))
+        remaining = None if run["deadline_at"] is None else run["deadline_at"] - self.clock()
+        try:
+            result = await _with_timeout(
+                definition.fn(ctx), remaining,
+                lambda: WorkflowTimeoutError(
+                    f"workflow {definition.name!r} (run {run_id}) timed out after "
+                    f"{run['timeout']} s"))
+            if ctx._fatal is not None:
+                raise ctx._fatal
+            output = _dumps({"result": result}, f"the result of workflow {definition.name!r}")
+        except _LostOwnership:
+            _log.info("run %s is no longer ours (cancelled or taken over); stopped", run_id)
+            return
+        except Exception as exc:
+            await self._failed(run, definition, ctx._fatal or exc)
+            return
+        if not await self.store.finish_run(run_id, owner, self.clock(), "completed", output, None,
+                                           ("workflow_completed", {})):
+            _log.info("run %s finished but is no longer ours; result not recorded", run_id)
+
+    async def _failed(self, run: dict, definition: _WorkflowDef, error: BaseException) -> None:
+        run_id, owner, attempt = run["run_id"], run["owner"], run["retry_count"]
+        text, now = _error_text(error), self.clock()
+        retryable = not isinstance(error, (NonDeterminismError, SerializationError))
+        if retryable and attempt < run["max_retries"]:
+            delay = definition.retry_policy.calculate_delay(attempt)
+            _log.warning("run %s attempt %d failed, retrying in %.2fs: %s",
+                         run_id, attempt + 1, delay, text)
+            await self.store.retry_run(run_id, owner, now, now + delay, text, (
+                "workflow_retrying", {"attempt": attempt + 1, "error": text, "retry_in": delay}))
+            return
+        _log.warning("run %s failed after %d attempt(s): %s", run_id, attempt + 1, text)
+        await self.store.finish_run(run_id, owner, now, "failed", None, text, (
+            "workflow_failed", {"attempts": attempt + 1, "error": text,
+                                "traceback": _error_record(error)["traceback"]}))
+
+
+# ---- client -----------------------------------------------------------------------------
+
+
+def _execution(row: dict) -> WorkflowExecution:
+    return WorkflowExecution(
+        run_id=row["run_id"], workflow_id=row["workflow_id"],
+        workflow_name=row["workflow_name"], status=WorkflowStatus(row["status"]),
+        input_data=_loads(row["input_data"]), output_data=_loads(row["output_data"]),
+        error=row["error"], retry_count=row["retry_count"], max_retries=row["max_retries"],
+        created_at=_dt(row["created_at"]), started_at=_dt(row["started_at"]),
+        completed_at=_dt(row["completed_at"]), updated_at=_dt(row["updated_at"]),
+        wake_at=_dt(row["wake_at"]), owner=row["owner"], parent_run_id=row["parent_run_id"],
+        approval_required=row["approval_required"])
+
+
+def _lease_seconds(value: Optional[float]) -> float:
+    source = "lease_seconds"
+    if value is None:
+        value = os.environ.get("TINYWORKFLOW_LEASE_SECONDS")
+        source = "TINYWORKFLOW_LEASE_SECONDS"
+        if value is None:
+            return _DEFAULT_LEASE_SECONDS
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not seconds > 0:
+        raise ValueError(f"{source} must be a number of seconds > 0, got {value!r}")
+    return seconds
+
+
+class TinyWorkflowClient:
+    """The entry point: starts, inspects and executes runs.
+
+        async with TinyWorkflowClient("sqlite+aiosqlite:///app.db") as client:
+            run_id = await client.start_workflow("etl", {"url": url}, wait=True)
+            run = await client.get_workflow_status(run_id)
+            if run.status == "failed":
+                print(run.error)
+
+    ``database_url`` defaults to ``$TINYWORKFLOW_DATABASE_URL``, else
+    ``sqlite+aiosqlite:///tinyworkflow.db``. ``auto_start_worker=True`` starts an
+    in-process worker that executes runs started with ``wait=False``.
+    ``lease_seconds`` (default ``$TINYWORKFLOW_LEASE_SECONDS``, else 30) is how long
+    a run stays with an executor that stopped writing before another may take it over.
+    """
+
+    def __init__(self, database_url: Optional[str] = None, auto_start_worker: bool = False, *,
+                 table_prefix: str = _DEFAULT_PREFIX, lease_seconds: Optional[float] = None,
+                 poll_interval: float = 1.0, worker_concurrency: int = 100):
+        self.database_url = (database_url or os.environ.get("TINYWORKFLOW_DATABASE_URL")
+                             or _DEFAULT_URL)
+        self._store = _open_store(self.database_url, table_prefix)  # ValueError on a bad URL
+        self._lease = _lease_seconds(lease_seconds)
+        if not poll_interval > 0:
+            raise ValueError(f"poll_interval must be > 0, got {poll_interval!r}")
+        if not isinstance(worker_concurrency, int) or worker_concurrency < 1:
+            raise ValueError(f"worker_concurrency must be a whole number >= 1, "
+                             f"got {worker_concurrency!r}")
+        self._auto_start_worker = auto_start_worker
+        self._poll_interval, self._worker_concurrency = poll_interval, worker_concurrency
+        self._engine: Optional[_Engine] = None
+        self._worker: Optional[asyncio.Task] = None
+        self._wakeup: Optional[asyncio.Event] = None
+
+    # -- lifecycle
+    async def initialize(self) -> None:
+        """Open the database and create or migrate the tables. Called by ``async with``
+        and, if needed, by the first method that needs the database."""
+        if self._engine is not None:
+            return
+        await self._store.connect()
+        try:
+            await self._store.migrate()
+        except BaseException:
+            await self._store.close()
+            raise
+        self._engine = _Engine(self._store, self._lease)
+        self._wakeup = asyncio.Event()
+        if self._auto_start_worker:
+            await self.start_worker()
+
+    async def close(self) -> None:
+        """Stop the worker and close the database."""
+        await self.stop_worker()
+        if self._engine is not None:
+            self._engine = None
+            await self._store.close()
+
+    async def __aenter__(self) -> "TinyWorkflowClient":
+        await self.initialize()
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()
+
+    async def _ready(self) -> _Engine:
+        if self._engine is None:
+            await self.initialize()
+        return self._engine
+
+    # -- runs
+    async def start_workflow(self, workflow_name: str, input_data: Any = None,
+                             workflow_id: Optional[str] = None, wait: bool = False) -> str:
+        """Store a new run of a registered workflow and return its run id.
+
+        With ``wait=False`` the run is left for a worker (``auto_start_worker=True``,
+        ``start_worker()`` or ``recover_workflows()``). With ``wait=True`` it executes
+        here, workflow-level retries included, and the call returns once the run has
+        reached a final state; it does not raise when the workflow fails: read the
+        outcome with ``get_workflow_status(run_id)`` (``status``, ``output_data``,
+        ``error``). ``workflow_id`` groups related runs; it defaults to the name.
+        """
+        definition = _WORKFLOWS.get(workflow_name) if isinstance(workflow_name, str) else None
+        if definition is None:
+            raise ValueError(
+                f"no workflow named {workflow_name!r} is registered; registered workflows: "
+                f"{', '.join(sorted(_WORKFLOWS)) or '(none)'} -- import the module that "
+                "defines it before starting it")
+        if workflow_id is not None and (not isinstance(workflow_id, str) or not workflow_id):
+            raise TypeError(f"workflow_id must be a non-empty string, got {workflow_id!r}")
+        input_text = _dumps(input_data, f"the input of workflow {workflow_name!r}")
+        engine = await self._ready()
+        now, run_id = engine.clock(), str(uuid.uuid4())
+        run = {"run_id": run_id, "workflow_id": workflow_id or workflow_name,
+               "workflow_name": workflow_name, "status": "pending", "input_data": input_text,
+               "retry_count": 0, "max_retries": definition.retry_policy.max_retries,
+               "timeout": definition.timeout, "created_at": now, "updated_at": now}
+        events = [("workflow_created", {"workflow_name": workflow_name})]
+        if not wait:
+            await self._store.insert_run(run, events)
+            self._wakeup.set()
+            return run_id
+        # Inserted already claimed, so no worker can take it between insert and execute.
+        owner = engine.new_owner()
+        run.update(status="running", owner=owner, lease_expires_at=now + engine.lease,
+                   started_at=now,
+                   deadline_at=None if definition.timeout is None else now + definition.timeout)
+        events.append(("workflow_started", {"attempt": 1, "owner": owner}))
+        await self._store.insert_run(run, events)
+        await self._drive(engine, await self._store.get_run(run_id))
+        return run_id
+
+    async def _drive(self, engine: _Engine, run: dict) -> None:
+        """Execute a run here until it is final, sleeping through retry backoffs."""
+        run_id, poll = run["run_id"], 0.05
+        claimed: Optional[dict] = run  # a row this engine owns, or None
+        while True:
+            if claimed is not None:
+                await engine.execute(claimed)
+                poll = 0.05
+            row = await self._store.get_run(run_id)
+            if row is None or row["status"] in _TERMINAL:
+                return
+            if row["status"] in ("pending", "retrying"):
+                await asyncio.sleep(max(0.0, (row["wake_at"] or 0) - engine.clock()))
+            # Due now, or left by an executor whose lease expired: take it; otherwise
+            # another executor is on it and we wait for the outcome.
+            claimed = next(iter(await engine.claim(run_ids=[run_id])), None)
+            if claimed is None:
+                await asyncio.sleep(poll)
+                poll = min(poll * 2, 1.0)
+
+    async def get_workflow_status(self, run_id: str) -> Optional[WorkflowExecution]:
+        """The run with this id, or None if there is none."""
+        row = await (await self._ready()).store.get_run(run_id)
+        return None if row is None else _execution(row)
+
+    async def list_workflow_executions(self, status: Any = None,
+                                       workflow_name: Optional[str] = None, limit: int = 100,
+                                       offset: int = 0) -> list[WorkflowExecution]:
+        """Runs, newest first, optionally of one status and/or one workflow."""
+        if status is not None:
+            try:
+                status = WorkflowStatus(status).value
+            except ValueError:
+                raise ValueError(f"unknown status {status!r}; statuses: "
+                                 f"{', '.join(s.value for s in WorkflowStatus)}") from None
+        for label, value in (("limit", limit), ("offset", offset)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{label} must be a whole number >= 0, got {value!r}")
+        rows = await (await self._ready()).store.list_runs(status, workflow_name, limit, offset)
+        return [_execution(row) for row in rows]
+
+    async def get_workflow_events(self, run_id: str, limit: int = 100) -> list[WorkflowEvent]:
+        """The run's audit trail, oldest first (empty for an unknown run id)."""
+        rows = await (await self._ready()).store.events(run_id, limit)
+        return [WorkflowEvent(id=i, run_id=r, event_type=t, event_data=_loads(d), timestamp=_dt(ts))
+                for i, r, t, d, ts in rows]
+
+    async def get_workflow_steps(self, run_id: str) -> list[StepRecord]:
+        """The run's recorded steps in step order, with attempts and times."""
+        history = await (await self._ready()).store.load_steps(run_id)
+        return [StepRecord(run_id=s["run_id"], step=s["step"], name=s["name"], kind=s["kind"],
+                           status=s["status"], input=_loads(s["input"]),
+                           output=_loads(s["output"]), error=_loads(s["error"]),
+                           attempts=s["attempts"], started_at=_dt(s["started_at"]),
+                           completed_at=_dt(s["completed_at"]))
+                for s in history.values()]
+
+    async def cancel_workflow(self, run_id: str) -> bool:
+        """Cancel a run that has not finished. True if it was cancelled, False if it had
+        already finished; RunNotFoundError for an unknown id. A run executing in this
+        process stops at once; one executing elsewhere stops at its next step."""
+        engine = await self._ready()
+        if not await self._store.cancel_run(run_id, engine.clock()):
+            if await self._store.get_run(run_id) is None:
+                raise RunNotFoundError(f"no run with id {run_id!r}")
+            return False
+        engine.cancel_local(run_id)
+        return True
+
+    async def recover_workflows(self) -> list[str]:
+        """Execute here every run that is due: pending, due for a retry, or left by an
+        executor whose lease expired (a crashed process). Returns their run ids once
+        each has finished or been rescheduled."""
+        engine = await self._ready()
+        runs = await engine.claim(limit=1_000_000)
+        await asyncio.gather(*(engine.execute(run) for run in runs))
+        return [run["run_id"] for run in runs]
+
+    async def cleanup_old_workflows(self, days: float = 30) -> int:
+        """Delete finished runs (with their steps and events) that finished more than
+        ``days`` ago; returns how many runs were deleted."""
+        if isinstance(days, bool) or not isinstance(days, (int, float)) or days < 0:
+            raise ValueError(f"days must be a number >= 0, got {days!r}")
+        engine = await self._ready()
+        return await self._store.delete_finished_before(engine.clock() - days * 86400)
+
+    # -- worker
+    async def start_worker(self) -> None:
+        """Execute due runs in the background of this event loop until ``stop_worker``."""
+        engine = await self._ready()
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.ensure_future(self._work(engine))
+
+    async def stop_worker(self) -> None:
+        """Stop the background worker; runs it was executing are resumed later by any
+        worker once their lease expires."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+
+    async def _work(self, engine: _Engine) -> None:
+        running: set[asyncio.Task] = set()
+        try:
+            while True:
+                self._wakeup.clear()
+                free = self._worker_concurrency - len(running)
+                for run in await engine.claim(limit=free) if free > 0 else ():
+                    task = asyncio.ensure_future(engine.execute(run))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                    task.add_done_callback(lambda _: self._wakeup.set())
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), self._poll_interval)
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+    # -- registry
+    def list_registered_workflows(self) -> list[str]:
+        """Names of the workflows registered in this process."""
+        return sorted(_WORKFLOWS)
+
+    def list_registered_activities(self) -> list[str]:
+        """Names of the activities registered in this process."""
+        return sorted(_ACTIVITIES)
+
+
+# ---- command-line hand-off --------------------------------------------------------------
+
+
+def _main(argv: Optional[list] = None) -> int:
+    """The ``tinyworkflow`` command and ``python -m tinyworkflow``: hands off to the
+    command line in cli.py (shipped beside this file, or installed by pip)."""
+    try:
+        cli = _companion("cli")
+    except ImportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return cli.main(argv)
+
+
+def _companion(name: str) -> types.ModuleType:
+    """Load cli.py or webui.py: installed as tinyworkflow_<name>, or from this file's
+    folder (a checkout, or a project that copied the companions in too)."""
+    import importlib
+    import importlib.util
+
+    module_name = f"tinyworkflow_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    if not os.path.exists(path):
+        raise ImportError(f"{name}.py is not beside {__file__}; copy it from the tinyworkflow "
+                          "sources too, or pip install tinyworkflow")
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module
+
+
+if __name__ == "__main__":
+    # Run the importable module, not this __main__ copy, so that the workflows the
+    # command imports register where the command looks for them: one registry.
+    import tinyworkflow
+
+    sys.exit(tinyworkflow._main())
