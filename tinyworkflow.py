@@ -63,6 +63,7 @@ import inspect
 import itertools
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -313,22 +314,24 @@ class RetryPolicy:
     jitter_factor: float = 0.1
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_retries, int) or self.max_retries < 0:
+        if (isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int)
+                or self.max_retries < 0):
             raise ValueError(f"max_retries must be a whole number >= 0, got {self.max_retries!r}")
         for field in ("initial_delay", "max_delay", "backoff_multiplier", "jitter_factor"):
             value = getattr(self, field)
-            if not isinstance(value, (int, float)) or value != value or value < 0:
-                raise ValueError(f"{field} must be a number >= 0, got {value!r}")
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not math.isfinite(value) or value < 0):
+                raise ValueError(f"{field} must be a finite number >= 0, got {value!r}")
         if self.jitter_factor > 1:
             raise ValueError(f"jitter_factor must be between 0 and 1, got {self.jitter_factor!r}")
 
     def calculate_delay(self, retry_count: int) -> float:
         """Seconds to wait before retry number ``retry_count`` (0 for the first)."""
-        try:
-            delay = min(self.initial_delay * self.backoff_multiplier ** max(retry_count, 0),
+        try:  # float powers: an int multiplier would build huge exact integers
+            delay = min(self.initial_delay * float(self.backoff_multiplier) ** max(retry_count, 0),
                         self.max_delay)
-        except OverflowError:
-            delay = self.max_delay
+        except OverflowError:  # the growth passed any float: the cap applies
+            delay = self.max_delay if self.initial_delay > 0 else 0.0
         if self.jitter and self.jitter_factor:
             delay += delay * self.jitter_factor * random.uniform(-1.0, 1.0)
         return max(0.0, delay)
@@ -623,6 +626,9 @@ class _Store:
                          "WHERE run_id = ? AND owner = ? AND status = 'running'"),
                 (lease_until, now, run_id, owner))
 
+    async def renew_lease(self, run_id: str, owner: str, now: float, lease_until: float) -> bool:
+        return await self.batch([self._fence(run_id, owner, now, lease_until)], fence=True)
+
     async def record_step(self, run_id: str, owner: str, now: float, lease_until: float,
                           step: dict, event: tuple) -> bool:
         upsert = self.sql(self.dialect.upsert("{p}steps", _STEP_COLUMNS, ("run_id", "step")))
@@ -809,7 +815,7 @@ def _open_store(url: str, prefix: str) -> _Store:
     backend, target, options = _parse_url(url)
     if backend == "sqlite":
         return _SQLiteStore(target, options, prefix)
-    raise NotImplementedError(
+    raise TinyWorkflowError(
         f"{backend} URLs are recognised but this version of tinyworkflow ({__version__}) "
         "stores runs in SQLite only; use a sqlite+aiosqlite:/// URL"
     )
@@ -1154,6 +1160,7 @@ class _Engine:
         run_id = run["run_id"]
         task = asyncio.ensure_future(self._execute(run))
         self._tasks[run_id] = task
+        heartbeat = asyncio.ensure_future(self._heartbeat(run_id, run["owner"]))
         try:
             await task
         except asyncio.CancelledError:
@@ -1161,8 +1168,25 @@ class _Engine:
                 task.cancel()
                 raise
         finally:
+            heartbeat.cancel()
             self._tasks.pop(run_id, None)
             self._cancelling.discard(run_id)
+
+    async def _heartbeat(self, run_id: str, owner: str) -> None:
+        """Renew the lease while the run executes, also through activities longer than
+        the lease; stop the execution as soon as the run is no longer ours."""
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            now = self.clock()
+            try:
+                ours = await self.store.renew_lease(run_id, owner, now, now + self.lease)
+            except Exception:  # a busy or unreachable database: try again next beat
+                _log.warning("run %s: could not renew its lease", run_id, exc_info=True)
+                continue
+            if not ours:
+                _log.info("run %s is no longer ours (cancelled or taken over); stopping", run_id)
+                self.cancel_local(run_id)
+                return
 
     def cancel_local(self, run_id: str) -> None:
         task = self._tasks.get(run_id)
@@ -1499,23 +1523,24 @@ def _main(argv: Optional[list] = None) -> int:
 
 
 def _companion(name: str) -> types.ModuleType:
-    """Load cli.py or webui.py: installed as tinyworkflow_<name>, or from this file's
-    folder (a checkout, or a project that copied the companions in too)."""
+    """Load cli.py or webui.py: from this file's folder when it is there (a checkout,
+    or a project that copied the companions in too), else as installed by pip under
+    the name tinyworkflow_<name>."""
     import importlib
     import importlib.util
 
     module_name = f"tinyworkflow_{name}"
     if module_name in sys.modules:
         return sys.modules[module_name]
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
     if not os.path.exists(path):
-        raise ImportError(f"{name}.py is not beside {__file__}; copy it from the tinyworkflow "
-                          "sources too, or pip install tinyworkflow")
+        try:
+            return importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            raise ImportError(f"{name}.py is not beside {__file__}; copy it from the "
+                              "tinyworkflow sources too, or pip install tinyworkflow") from None
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module

@@ -1,0 +1,98 @@
+"""Step latency: what one durable step costs, against one raw durable SQLite commit.
+
+    python bench/step_latency.py [--steps 2000] [--trials 5] [--dir /tmp]
+
+Each trial measures, on fresh files in the same folder:
+  raw   -- N commits of one small INSERT with plain sqlite3 (WAL, synchronous=FULL,
+           BEGIN IMMEDIATE): the floor any durable step pays;
+  step  -- one run of a workflow of N sequential no-op activities through
+           TinyWorkflowClient on a fresh SQLite file with default settings.
+Trials alternate so both see the same machine state; the figures are medians.
+Target (issue 2): step / raw <= 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import tinyworkflow  # noqa: E402
+from tinyworkflow import TinyWorkflowClient, activity, workflow  # noqa: E402
+
+STEPS = 2000
+
+
+@activity(name="bench_noop")
+async def noop() -> None:
+    return None
+
+
+@workflow(name="bench_sequential")
+async def sequential(ctx) -> int:
+    steps = ctx.get_input("steps")
+    for _ in range(steps):
+        await ctx.execute_activity(noop)
+    return steps
+
+
+def raw_commit_us(path: str, n: int) -> float:
+    db = sqlite3.connect(path, isolation_level=None, timeout=15)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, run_id TEXT, payload TEXT)")
+    start = time.perf_counter()
+    for i in range(n):
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("INSERT INTO t (run_id, payload) VALUES (?, ?)", ("r", "null"))
+        db.execute("COMMIT")
+    elapsed = time.perf_counter() - start
+    db.close()
+    return elapsed / n * 1e6
+
+
+async def step_us(path: str, n: int) -> float:
+    async with TinyWorkflowClient(f"sqlite+aiosqlite:///{path}") as client:
+        start = time.perf_counter()
+        run_id = await client.start_workflow("bench_sequential", {"steps": n}, wait=True)
+        elapsed = time.perf_counter() - start
+        run = await client.get_workflow_status(run_id)
+        assert run.status == "completed" and run.output_data == {"result": n}, run
+    return elapsed / n * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--dir", default=None, help="folder for the database files")
+    args = parser.parse_args()
+    folder = tempfile.mkdtemp(prefix="tw-bench-", dir=args.dir)
+    raws, steps = [], []
+    try:
+        for trial in range(args.trials):
+            raws.append(raw_commit_us(os.path.join(folder, f"raw{trial}.db"), args.steps))
+            steps.append(asyncio.run(step_us(os.path.join(folder, f"tw{trial}.db"), args.steps)))
+            print(f"trial {trial + 1}: raw commit {raws[-1]:7.1f} us   "
+                  f"step {steps[-1]:7.1f} us   ratio {steps[-1] / raws[-1]:.2f}")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    raw, step = statistics.median(raws), statistics.median(steps)
+    print()
+    print(f"tinyworkflow {tinyworkflow.__version__}, Python {sys.version.split()[0]}, "
+          f"SQLite {sqlite3.sqlite_version}, {args.steps} steps x {args.trials} trials")
+    print(f"raw durable commit : {raw:7.1f} us (median)")
+    print(f"durable step       : {step:7.1f} us (median)")
+    print(f"ratio step / commit: {step / raw:.2f}   (target <= 2)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,493 @@
+"""The tinyworkflow command line: one subcommand per call of TinyWorkflowClient.
+
+    tinyworkflow --import-workflows examples.workflows workflows
+    tinyworkflow --import-workflows examples.workflows start simple_etl --input '{"n": 1}' --wait
+    tinyworkflow status <run_id>
+    tinyworkflow list --status failed --json
+
+Run as ``tinyworkflow`` (pip), ``python -m tinyworkflow`` or ``python tinyworkflow.py``;
+each hands off to ``main()`` here. Uses only the public API of tinyworkflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import enum
+import importlib
+import importlib.util
+import json
+import os
+import sys
+from datetime import datetime
+from typing import Any, Optional
+
+import tinyworkflow
+
+_STATUSES = [status.value for status in tinyworkflow.WorkflowStatus]
+_EPILOG = """\
+exit codes:
+  0  success
+  1  the operation failed: a run failed (start --wait), an unknown run id, a run that
+     had already finished (cancel)
+  2  bad usage: an unknown command or option, malformed --input JSON, an unknown
+     workflow name, a value the library rejects (ValueError, TypeError)
+
+The workflows a command needs must be registered first: pass the module that defines
+them with --import-workflows (a dotted module path such as examples.workflows, resolved
+from the current directory, or a path to a .py file).
+"""
+
+
+class _UsageError(Exception):
+    """Bad usage found by the command line itself; exit code 2."""
+
+    def __init__(self, message: str, hint: Optional[str] = None):
+        super().__init__(message)
+        self.hint = hint
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # same "error: ..." shape as every other failure
+        self.print_usage(sys.stderr)
+        self.exit(2, f"error: {message}\nhint: see '{self.prog} --help'\n")
+
+
+# ---- output -----------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready form: datetimes as ISO 8601, statuses as strings, records as dicts."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        data = {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, tinyworkflow.StepRecord):
+            data["duration"] = value.duration
+        return data
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(_plain(value), indent=2, sort_keys=True, ensure_ascii=False))
+
+
+def _compact(value: Any, width: Optional[int] = None) -> str:
+    text = json.dumps(_plain(value), ensure_ascii=False, separators=(", ", ": "))
+    if width is not None and len(text) > width:
+        text = text[: width - 3] + "..."
+    return text
+
+
+def _time(value: Optional[datetime]) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _seconds(value: Optional[float]) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1000:.3g}ms" if value < 1 else f"{value:.2f}s"
+
+
+def _table(headers: list, rows: list) -> None:
+    rows = [[str(cell) for cell in row] for row in rows]
+    widths = [max([len(str(h)), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    for row in [list(headers), *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def _error(message: Any, hint: Optional[str] = None) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
+
+
+def _print_run(run: tinyworkflow.WorkflowExecution) -> None:
+    duration = None
+    if run.started_at is not None and run.completed_at is not None:
+        duration = (run.completed_at - run.started_at).total_seconds()
+    fields = [
+        ("run id", run.run_id),
+        ("workflow", run.workflow_name),
+        ("workflow id", run.workflow_id),
+        ("status", run.status.value),
+        ("created", _time(run.created_at) + " UTC"),
+        ("started", _time(run.started_at) + (" UTC" if run.started_at else "")),
+        ("completed", _time(run.completed_at) + (" UTC" if run.completed_at else "")),
+        ("duration", _seconds(duration)),
+        ("retries", f"{run.retry_count} of {run.max_retries}"),
+    ]
+    if run.wake_at is not None:
+        fields.append(("next attempt", _time(run.wake_at) + " UTC"))
+    if run.owner is not None:
+        fields.append(("owner", run.owner))
+    if run.parent_run_id is not None:
+        fields.append(("parent run", run.parent_run_id))
+    if run.approval_required is not None:
+        fields.append(("awaiting", run.approval_required))
+    fields += [("input", _compact(run.input_data)),
+               ("output", "-" if run.output_data is None else _compact(run.output_data)),
+               ("error", run.error or "-")]
+    width = max(len(label) for label, _ in fields) + 1
+    for label, value in fields:
+        print(f"{label + ':':<{width}} {value}")
+
+
+# ---- commands ---------------------------------------------------------------------------
+
+
+async def _require_run(client: tinyworkflow.TinyWorkflowClient, run_id: str):
+    run = await client.get_workflow_status(run_id)
+    if run is None:
+        raise tinyworkflow.RunNotFoundError(f"no run with id {run_id!r}")
+    return run
+
+
+async def _cmd_workflows(client, args) -> int:
+    workflows = client.list_registered_workflows()
+    activities = client.list_registered_activities()
+    if args.json:
+        _print_json({"workflows": workflows, "activities": activities})
+        return 0
+    for title, names in (("workflows", workflows), ("activities", activities)):
+        print(f"{title} ({len(names)}):")
+        for name in names:
+            print(f"  {name}")
+    if not workflows:
+        print("hint: none registered; pass the module that defines them: "
+              "--import-workflows MODULE_OR_FILE", file=sys.stderr)
+    return 0
+
+
+async def _cmd_start(client, args) -> int:
+    run_id = await client.start_workflow(args.name, args.input, workflow_id=args.workflow_id,
+                                         wait=args.wait)
+    if not args.wait:
+        if args.json:
+            _print_json({"run_id": run_id})
+        else:
+            print(run_id)
+        return 0
+    run = await _require_run(client, run_id)
+    if args.json:
+        _print_json(run)
+    else:
+        print(run_id)
+        print(f"status: {run.status.value}")
+        if run.status == tinyworkflow.WorkflowStatus.COMPLETED:
+            result = (run.output_data or {}).get("result")
+            print(f"result: {_compact(result)}")
+    if run.status == tinyworkflow.WorkflowStatus.COMPLETED:
+        return 0
+    _error(f"run {run_id} {run.status.value}" + (f": {run.error}" if run.error else ""),
+           f"see its steps: tinyworkflow steps {run_id}")
+    return 1
+
+
+async def _cmd_status(client, args) -> int:
+    run = await _require_run(client, args.run_id)
+    if args.json:
+        _print_json(run)
+    else:
+        _print_run(run)
+    return 0
+
+
+async def _cmd_list(client, args) -> int:
+    runs = await client.list_workflow_executions(status=args.status, workflow_name=args.workflow,
+                                                 limit=args.limit, offset=args.offset)
+    if args.json:
+        _print_json(runs)
+    elif not runs:
+        print("no runs")
+    else:
+        _table(["RUN ID", "WORKFLOW", "STATUS", "RETRIES", "CREATED (UTC)", "COMPLETED (UTC)"],
+               [[r.run_id, r.workflow_name, r.status.value, r.retry_count, _time(r.created_at),
+                 _time(r.completed_at)] for r in runs])
+    return 0
+
+
+async def _cmd_events(client, args) -> int:
+    await _require_run(client, args.run_id)
+    events = await client.get_workflow_events(args.run_id, limit=args.limit)
+    if args.json:
+        _print_json(events)
+    else:
+        _table(["ID", "TIME (UTC)", "EVENT", "DATA"],
+               [[e.id, _time(e.timestamp), e.event_type,
+                 "" if e.event_data in (None, {}) else _compact(e.event_data, 100)]
+                for e in events])
+    return 0
+
+
+async def _cmd_steps(client, args) -> int:
+    await _require_run(client, args.run_id)
+    steps = await client.get_workflow_steps(args.run_id)
+    if args.json:
+        _print_json(steps)
+    elif not steps:
+        print("no steps recorded")
+    else:
+        rows = []
+        for s in steps:
+            error = ""
+            if isinstance(s.error, dict):
+                kind = str(s.error.get("type", "")).rpartition(".")[2]
+                error = f"{kind}: {s.error.get('message', '')}"[:80]
+            rows.append([s.step, s.name, s.kind, s.status, s.attempts, _seconds(s.duration),
+                         error])
+        _table(["STEP", "NAME", "KIND", "STATUS", "ATTEMPTS", "DURATION", "ERROR"], rows)
+    return 0
+
+
+async def _cmd_cancel(client, args) -> int:
+    cancelled = await client.cancel_workflow(args.run_id)
+    run = await _require_run(client, args.run_id)
+    if args.json:
+        _print_json({"run_id": args.run_id, "cancelled": cancelled, "status": run.status})
+    elif cancelled:
+        print(f"cancelled {args.run_id}")
+    if not cancelled:
+        _error(f"run {args.run_id} had already finished ({run.status.value}); nothing to cancel")
+        return 1
+    return 0
+
+
+async def _cmd_recover(client, args) -> int:
+    if not client.list_registered_workflows():
+        _error("no workflows are registered, so there is nothing this process can execute",
+               "pass the module that defines them: --import-workflows MODULE_OR_FILE")
+        return 2
+    run_ids = await client.recover_workflows()
+    runs = [await _require_run(client, run_id) for run_id in run_ids]
+    if args.json:
+        _print_json([{"run_id": r.run_id, "workflow_name": r.workflow_name, "status": r.status}
+                     for r in runs])
+    elif not runs:
+        print("no runs were due")
+    else:
+        _table(["RUN ID", "WORKFLOW", "STATUS"],
+               [[r.run_id, r.workflow_name, r.status.value] for r in runs])
+    return 0
+
+
+async def _cmd_cleanup(client, args) -> int:
+    deleted = await client.cleanup_old_workflows(days=args.days)
+    if args.json:
+        _print_json({"deleted": deleted, "days": args.days})
+    else:
+        print(f"deleted {deleted} run(s) that finished more than {args.days:g} day(s) ago")
+    return 0
+
+
+# ---- importing the user's workflows -----------------------------------------------------
+
+
+def _import_workflows(specs: list) -> None:
+    """Import each module or .py file so that its @workflow/@activity register here."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)  # the console script does not put it there; run from a root
+    for spec in specs:
+        if spec.endswith(".py") or "/" in spec or os.sep in spec:
+            _import_file(spec)
+        else:
+            _import_module(spec)
+
+
+def _import_module(name: str) -> None:
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (name == exc.name or name.startswith(exc.name + ".")):
+            raise  # the module exists but one of its own imports is missing
+        raise _UsageError(f"no module named {name!r} importable from {os.getcwd()}",
+                          "run from your project's root directory, or pass the path of "
+                          "the .py file") from None
+
+
+def _import_file(path: str) -> None:
+    path = os.path.realpath(path)
+    if not os.path.isfile(path):
+        raise _UsageError(f"no such file: {path}",
+                          "pass a .py file, or a dotted module path such as examples.workflows")
+    name = os.path.splitext(os.path.basename(path))[0]
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        loaded_file = getattr(loaded, "__file__", None)
+        if loaded_file and os.path.realpath(loaded_file) == path:
+            return
+        raise _UsageError(f"cannot import {path} as module {name!r}: a module of that name is "
+                          f"already loaded from {loaded_file or 'the standard library'}",
+                          "rename the file, or pass it as a dotted module path")
+    folder = os.path.dirname(path)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)  # as for a script: its sibling modules import
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+
+
+# ---- parser and main --------------------------------------------------------------------
+
+
+def _json_input(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(
+            f"not valid JSON ({exc}); quote it for the shell, e.g. "
+            "--input '{\"key\": \"value\"}'") from None
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def _days(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of days >= 0, got {text!r}")
+    return value
+
+
+def _add_global_options(parser: argparse.ArgumentParser, suffix: str = "") -> None:
+    # Accepted before the command and again after it; after-values land in *_after
+    # (a subcommand parses into a fresh namespace that would overwrite the first ones).
+    group = parser.add_argument_group("global options")
+    default, flag_default = (argparse.SUPPRESS, argparse.SUPPRESS) if suffix else (None, False)
+    group.add_argument("--db", dest="db" + suffix, metavar="URL", default=default,
+                       help="database URL (default: $TINYWORKFLOW_DATABASE_URL, else "
+                            "sqlite+aiosqlite:///tinyworkflow.db)")
+    group.add_argument("--import-workflows", dest="imports" + suffix, action="append",
+                       metavar="MODULE_OR_FILE", default=default,
+                       help="import a module (examples.workflows) or a .py file that "
+                            "registers workflows; repeatable")
+    group.add_argument("--json", dest="json" + suffix, action="store_true",
+                       default=flag_default,
+                       help="print stable machine-readable JSON")
+
+
+_COMMANDS: dict = {}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tinyworkflow", epilog=_EPILOG,
+                     description="Durable workflows: start, inspect, cancel and recover runs.",
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version",
+                        version=f"tinyworkflow {tinyworkflow.__version__}")
+    _add_global_options(parser)
+    after = _Parser(add_help=False)
+    _add_global_options(after, "_after")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def command(name, handler, help, needs_db=True):
+        sub = commands.add_parser(name, help=help, description=help, parents=[after],
+                                  epilog=_EPILOG,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.set_defaults(handler=handler, needs_db=needs_db)
+        return sub
+
+    command("workflows", _cmd_workflows, "list the registered workflows and activities",
+            needs_db=False)
+    sub = command("start", _cmd_start, "start a run of a workflow and print its run id")
+    sub.add_argument("name", metavar="NAME", help="registered workflow name")
+    sub.add_argument("--input", type=_json_input, default=None, metavar="JSON",
+                     help="the run's input as JSON, e.g. '{\"key\": \"value\"}'")
+    sub.add_argument("--workflow-id", default=None, metavar="ID",
+                     help="groups related runs (default: the workflow name)")
+    sub.add_argument("--wait", action="store_true",
+                     help="execute the run here until it finishes; exit 1 if it fails")
+    sub = command("status", _cmd_status, "show one run")
+    sub.add_argument("run_id", metavar="RUN_ID")
+    sub = command("list", _cmd_list, "list runs, newest first")
+    sub.add_argument("--status", choices=_STATUSES, default=None)
+    sub.add_argument("--workflow", default=None, metavar="NAME")
+    sub.add_argument("--limit", type=_count, default=100, metavar="N")
+    sub.add_argument("--offset", type=_count, default=0, metavar="N")
+    sub = command("events", _cmd_events, "show a run's audit trail, oldest first")
+    sub.add_argument("run_id", metavar="RUN_ID")
+    sub.add_argument("--limit", type=_count, default=100, metavar="N")
+    sub = command("steps", _cmd_steps, "show a run's recorded steps")
+    sub.add_argument("run_id", metavar="RUN_ID")
+    sub = command("cancel", _cmd_cancel, "cancel a run that has not finished")
+    sub.add_argument("run_id", metavar="RUN_ID")
+    command("recover", _cmd_recover,
+            "execute here every due run of the imported workflows (pending, due for a "
+            "retry, or left by a crashed process) and print their run ids")
+    sub = command("cleanup", _cmd_cleanup,
+                  "delete finished runs older than --days, with their steps and events")
+    sub.add_argument("--days", type=_days, required=True, metavar="N")
+    return parser
+
+
+async def _run(client: tinyworkflow.TinyWorkflowClient, args: argparse.Namespace) -> int:
+    if not args.needs_db:
+        return await args.handler(client, args)
+    async with client:
+        return await args.handler(client, args)
+
+
+def main(argv: Optional[list] = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    args.db = getattr(args, "db_after", None) or args.db
+    args.json = args.json or getattr(args, "json_after", False)
+    imports = (args.imports or []) + getattr(args, "imports_after", [])
+    client = None
+    try:
+        _import_workflows(imports)
+        client = tinyworkflow.TinyWorkflowClient(args.db)  # ValueError on a bad URL
+        return asyncio.run(_run(client, args))
+    except _UsageError as exc:
+        _error(exc, exc.hint)
+        return 2
+    except (ValueError, TypeError) as exc:  # the library rejected an argument
+        hint = None
+        if client is not None and args.command == "start" \
+                and args.name not in client.list_registered_workflows():
+            hint = "pass the module that defines it: --import-workflows MODULE_OR_FILE"
+        _error(exc, hint)
+        return 2
+    except (LookupError, tinyworkflow.TinyWorkflowError) as exc:
+        hint = None
+        if isinstance(exc, tinyworkflow.RunNotFoundError):
+            hint = "list the runs with: tinyworkflow list"
+        _error(exc, hint)
+        return 1
+    except KeyboardInterrupt:
+        _error("interrupted", "a run left executing resumes once its lease expires, with "
+                              "'tinyworkflow recover' or a worker")
+        return 130
+
+if __name__ == "__main__":
+    sys.exit(main())

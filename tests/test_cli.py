@@ -1,0 +1,394 @@
+"""The command line (cli.py): in-process through cli.main, and through its real entry
+points (python -m tinyworkflow, python tinyworkflow.py) in subprocesses."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import uuid
+from datetime import datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import tinyworkflow
+
+ROOT = Path(tinyworkflow.__file__).resolve().parent
+
+# This checkout's cli.py, by path: `pip install -e .` puts a *copy* of it in site-packages
+# as tinyworkflow_cli, which tinyworkflow._companion("cli") would prefer, stale or not.
+_spec = importlib.util.spec_from_file_location("tinyworkflow_cli", ROOT / "cli.py")
+cli = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cli)
+
+# Written to tmp_path under a unique module name with unique workflow names: the
+# registry is process-global.
+WORKFLOWS = '''
+from tinyworkflow import workflow, activity, RetryPolicy
+
+NO_RETRY = RetryPolicy(max_retries=0)
+
+
+@activity(name="greet_SFX")
+async def greet(name):
+    return "hello " + name
+
+
+@activity(name="boom_SFX", retry_policy=NO_RETRY)
+def boom(message):
+    raise RuntimeError(message)
+
+
+@workflow(name="hello_SFX", retry_policy=NO_RETRY)
+async def hello(ctx):
+    return {"greeting": await ctx.execute_activity(greet, ctx.get_input("name", "world"))}
+
+
+@workflow(name="fail_SFX", retry_policy=NO_RETRY)
+async def fail(ctx):
+    await ctx.execute_activity(greet, "x")
+    await ctx.execute_activity(boom, "kaput")
+'''
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    sfx = uuid.uuid4().hex[:10]
+    module = f"cliwf_{sfx}"
+    path = tmp_path / f"{module}.py"
+    path.write_text(WORKFLOWS.replace("SFX", sfx))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # undo what --import-workflows adds
+    monkeypatch.delenv("TINYWORKFLOW_DATABASE_URL", raising=False)
+    db = f"sqlite+aiosqlite:///{tmp_path}/t.db"
+    return SimpleNamespace(tmp=tmp_path, db=db, module=module, file=str(path),
+                           hello=f"hello_{sfx}", fail=f"fail_{sfx}", greet=f"greet_{sfx}",
+                           boom=f"boom_{sfx}")
+
+
+@pytest.fixture
+def run(env, capsys):
+    """run(*argv) -> (exit code, stdout, stderr), with --db and the module imported."""
+
+    def run(*argv, db=True, imports=True):
+        head = (["--db", env.db] if db else []) + (
+            ["--import-workflows", env.module] if imports else [])
+        capsys.readouterr()
+        code = cli.main([*head, *argv])
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err
+        return code, out, err
+
+    return run
+
+
+def runs_in(run) -> list:
+    code, out, _ = run("list", "--json")
+    assert code == 0
+    return json.loads(out)
+
+
+# ---- starting and executing -------------------------------------------------------------
+
+
+def test_start_then_recover_then_status_completed(env, run):
+    code, out, err = run("start", env.hello, "--input", '{"name": "Ada"}')
+    assert code == 0, err
+    run_id = out.strip()
+    assert len(run_id) == 36
+
+    code, out, _ = run("status", run_id, "--json")
+    assert json.loads(out)["status"] == "pending"
+
+    code, out, _ = run("recover")
+    assert code == 0 and run_id in out and "completed" in out
+
+    code, out, _ = run("status", run_id)
+    assert code == 0
+    assert run_id in out and "completed" in out and "hello Ada" in out
+
+    code, out, _ = run("recover")
+    assert code == 0 and "no runs were due" in out
+
+
+def test_start_wait_success_with_file_import(env, run):
+    code, out, err = run("--import-workflows", env.file, "start", env.hello,
+                         "--input", '{"name": "Bo"}', "--wait", imports=False)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines[0]) == 36
+    assert "status: completed" in out
+    assert 'result: {"greeting": "hello Bo"}' in out
+
+
+def test_start_wait_failure_exits_1(env, run):
+    code, out, err = run("start", env.fail, "--wait")
+    assert code == 1
+    run_id = out.splitlines()[0]
+    assert "status: failed" in out
+    assert f"error: run {run_id} failed: RuntimeError: kaput" in err
+
+    code, out, _ = run("status", run_id, "--json")
+    run_data = json.loads(out)
+    assert run_data["status"] == "failed" and run_data["error"] == "RuntimeError: kaput"
+
+
+def test_start_wait_json(env, run):
+    code, out, _ = run("start", env.hello, "--wait", "--json", "--workflow-id", "order-7")
+    assert code == 0
+    data = json.loads(out)
+    assert data["status"] == "completed"
+    assert data["workflow_id"] == "order-7"
+    assert data["output_data"] == {"result": {"greeting": "hello world"}}
+
+
+def test_malformed_input_exits_2_and_stores_nothing(env, run):
+    code, out, err = run("start", env.hello, "--input", "{name: Ada}")
+    assert code == 2
+    assert out == ""
+    assert "error:" in err and "not valid JSON" in err
+    assert runs_in(run) == []
+
+
+def test_unknown_workflow_exits_2_and_stores_nothing(env, run):
+    code, out, err = run("start", "no_such_workflow_" + env.hello, "--wait")
+    assert code == 2
+    assert out == ""
+    assert err.startswith("error: no workflow named")
+    assert env.hello in err  # the library lists the registered names
+    assert runs_in(run) == []
+
+
+def test_unknown_workflow_without_imports_hints_at_import(env, run):
+    code, _, err = run("start", "never_registered_" + env.hello, imports=False)
+    assert code == 2
+    assert "hint:" in err and "--import-workflows" in err
+
+
+# ---- reading ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["status", "events", "steps", "cancel"])
+def test_unknown_run_id_exits_1(env, run, command):
+    code, out, err = run(command, "no-such-run")
+    assert code == 1
+    assert out == ""
+    assert err.startswith("error: no run with id 'no-such-run'")
+
+
+def test_json_output_parses_and_is_stable(env, run):
+    code, out, _ = run("start", env.hello, "--wait", "--input", '{"name": "Cy"}')
+    run_id = out.splitlines()[0]
+
+    _, first, _ = run("--json", "status", run_id)
+    _, second, _ = run("status", run_id, "--json")
+    assert first == second
+    data = json.loads(first)
+    assert data["run_id"] == run_id
+    assert data["status"] == "completed"
+    assert data["input_data"] == {"name": "Cy"}
+    assert datetime.fromisoformat(data["created_at"]).tzinfo is not None
+    assert datetime.fromisoformat(data["completed_at"]) >= datetime.fromisoformat(
+        data["started_at"])
+
+    _, out, _ = run("list", "--json")
+    (listed,) = json.loads(out)
+    assert listed == data
+
+    _, out, _ = run("events", run_id, "--json")
+    events = json.loads(out)
+    assert [e["event_type"] for e in events][0] == "workflow_created"
+    assert events[-1]["event_type"] == "workflow_completed"
+    assert all(isinstance(e["timestamp"], str) for e in events)
+
+    _, out, _ = run("steps", run_id, "--json")
+    (step,) = json.loads(out)
+    assert step["name"] == env.greet and step["status"] == "completed"
+    assert step["attempts"] == 1 and step["output"] == "hello Cy"
+    assert isinstance(step["duration"], float)
+
+    _, out, _ = run("workflows", "--json")
+    names = json.loads(out)
+    assert env.hello in names["workflows"] and env.fail in names["workflows"]
+    assert env.greet in names["activities"] and env.boom in names["activities"]
+
+
+def test_tables(env, run):
+    _, out, _ = run("start", env.fail, "--wait")
+    run_id = out.splitlines()[0]
+
+    code, out, _ = run("steps", run_id)
+    assert code == 0
+    header, first, second = out.splitlines()
+    assert header.split() == ["STEP", "NAME", "KIND", "STATUS", "ATTEMPTS", "DURATION", "ERROR"]
+    assert first.split()[:5] == ["1", env.greet, "activity", "completed", "1"]
+    assert second.split()[:5] == ["2", env.boom, "activity", "failed", "1"]
+    assert "RuntimeError: kaput" in second
+    assert header.index("NAME") == first.index(env.greet)  # aligned
+
+    code, out, _ = run("events", run_id)
+    assert code == 0
+    assert "workflow_failed" in out and "step_completed" in out
+    code, out, _ = run("events", run_id, "--limit", "0")
+    assert code == 0 and out.split() == ["ID", "TIME", "(UTC)", "EVENT", "DATA"]
+
+    code, out, _ = run("list")
+    assert code == 0
+    assert out.splitlines()[0].startswith("RUN ID")
+    assert run_id in out and "failed" in out
+
+    code, out, _ = run("workflows")
+    assert code == 0 and env.hello in out and env.greet in out
+
+
+def test_list_filters(env, run):
+    ok = [run("start", env.hello, "--wait")[1].splitlines()[0] for _ in range(3)]
+    bad = run("start", env.fail, "--wait")[1].splitlines()[0]
+    pending = run("start", env.hello)[1].strip()
+
+    def ids(*argv):
+        code, out, _ = run("list", "--json", *argv)
+        assert code == 0
+        return [r["run_id"] for r in json.loads(out)]
+
+    assert ids() == [pending, bad, *reversed(ok)]  # newest first
+    assert ids("--status", "failed") == [bad]
+    assert ids("--status", "pending") == [pending]
+    assert ids("--workflow", env.fail) == [bad]
+    assert ids("--workflow", env.hello, "--status", "completed") == list(reversed(ok))
+    assert ids("--limit", "2") == [pending, bad]
+    assert ids("--limit", "2", "--offset", "2") == list(reversed(ok))[:2]
+    assert ids("--workflow", "nobody") == []
+
+    code, out, _ = run("list", "--workflow", "nobody")
+    assert code == 0 and out.strip() == "no runs"
+    code, _, err = run("list", "--status", "bogus")
+    assert code == 2 and "error:" in err
+    code, _, err = run("list", "--limit", "-1")
+    assert code == 2 and "error:" in err
+
+
+def test_cancel(env, run):
+    run_id = run("start", env.hello)[1].strip()
+    code, out, err = run("cancel", run_id)
+    assert code == 0, err
+    assert run_id in out
+    assert json.loads(run("status", run_id, "--json")[1])["status"] == "cancelled"
+
+    code, out, err = run("cancel", run_id)
+    assert code == 1
+    assert "already finished (cancelled)" in err
+
+    done = run("start", env.hello, "--wait")[1].splitlines()[0]
+    code, out, err = run("cancel", done, "--json")
+    assert code == 1
+    assert json.loads(out) == {"run_id": done, "cancelled": False, "status": "completed"}
+    assert "already finished (completed)" in err
+
+    # a cancelled run is not executed by recover
+    code, out, _ = run("recover", "--json")
+    assert code == 0 and json.loads(out) == []
+
+
+def test_cleanup(env, run):
+    run("start", env.hello, "--wait")
+    pending = run("start", env.hello)[1].strip()
+    code, out, _ = run("cleanup", "--days", "1")
+    assert code == 0 and "deleted 0 run(s)" in out
+    code, out, _ = run("cleanup", "--days", "0", "--json")
+    assert code == 0 and json.loads(out) == {"deleted": 1, "days": 0.0}
+    assert [r["run_id"] for r in runs_in(run)] == [pending]
+    code, _, err = run("cleanup")
+    assert code == 2 and "--days" in err
+
+
+# ---- options, imports, usage --------------------------------------------------------------
+
+
+def test_global_options_after_the_command(env, run):
+    code, out, err = run("start", env.hello, "--wait", "--db", env.db,
+                         "--import-workflows", env.module, db=False, imports=False)
+    assert code == 0, err
+    run_id = out.splitlines()[0]
+    code, out, _ = run("status", run_id, "--db", env.db, "--json", db=False, imports=False)
+    assert json.loads(out)["status"] == "completed"
+
+
+def test_database_url_from_environment(env, run, monkeypatch):
+    monkeypatch.setenv("TINYWORKFLOW_DATABASE_URL", env.db)
+    run_id = run("start", env.hello, "--wait", db=False)[1].splitlines()[0]
+    monkeypatch.delenv("TINYWORKFLOW_DATABASE_URL")
+    code, out, _ = run("status", run_id, "--json")  # the same database, by --db
+    assert code == 0 and json.loads(out)["status"] == "completed"
+
+
+def test_bad_database_url_exits_2(env, run):
+    code, _, err = run("--db", "nosuchdb://x", "list", db=False)
+    assert code == 2 and err.startswith("error: unsupported database URL")
+
+
+def test_import_errors_exit_2(env, run):
+    code, _, err = run("--import-workflows", "no_such_module_xyz", "workflows", imports=False)
+    assert code == 2 and "no module named 'no_such_module_xyz'" in err and "hint:" in err
+    code, _, err = run("--import-workflows", "missing/file.py", "workflows", imports=False)
+    assert code == 2 and "no such file" in err
+
+
+def test_no_command_prints_help(env, run):
+    code, out, err = run(db=False, imports=False)
+    assert code == 2
+    assert "usage: tinyworkflow" in err and "exit codes" in err
+
+
+def test_version_and_unknown_command(env, run):
+    code, out, _ = run("--version", db=False, imports=False)
+    assert code == 0 and out.strip() == f"tinyworkflow {tinyworkflow.__version__}"
+    code, _, err = run("frobnicate", db=False, imports=False)
+    assert code == 2 and "error:" in err
+
+
+# ---- real entry points ------------------------------------------------------------------
+
+
+def _subprocess(args, cwd):
+    environ = {**os.environ, "PYTHONPATH": str(ROOT)}
+    environ.pop("TINYWORKFLOW_DATABASE_URL", None)
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=environ, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_python_dash_m_sees_the_imported_workflows(env):
+    # One registry: the workflows the command imports register in the module it reads.
+    done = _subprocess(["-m", "tinyworkflow", "--import-workflows", env.module, "--db", env.db,
+                        "workflows", "--json"], cwd=env.tmp)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["workflows"] == [env.fail, env.hello]
+
+
+def test_script_entry_point_runs_a_workflow(env):
+    script = str(ROOT / "tinyworkflow.py")
+    done = _subprocess([script, "--version"], cwd=ROOT)
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"tinyworkflow {tinyworkflow.__version__}"
+
+    # Run as a script, the current directory is not on sys.path by itself.
+    done = _subprocess([script, "--db", env.db, "--import-workflows", env.module, "start",
+                        env.hello, "--input", '{"name": "Di"}', "--wait", "--json"], cwd=env.tmp)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["output_data"] == {"result": {"greeting": "hello Di"}}
+    done = _subprocess([script, "--db", env.db, "start", env.hello], cwd=env.tmp)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+
+
+def test_without_imports_commands_hint_at_them(env):
+    # A fresh process: nothing registered (in this one, earlier tests registered plenty).
+    done = _subprocess(["-m", "tinyworkflow", "--db", env.db, "workflows"], cwd=env.tmp)
+    assert done.returncode == 0
+    assert "workflows (0)" in done.stdout and "--import-workflows" in done.stderr
+    done = _subprocess(["-m", "tinyworkflow", "--db", env.db, "recover"], cwd=env.tmp)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: no workflows are registered")
+    assert "--import-workflows" in done.stderr
