@@ -68,13 +68,14 @@ import os
 import random
 import re
 import socket
+import sqlite3
 import sys
 import time
 import traceback
 import types
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, NamedTuple, Optional
 from urllib.parse import parse_qsl, unquote
 
 _log = logging.getLogger("tinyworkflow")
@@ -408,6 +409,7 @@ class _Dialect:
     placeholder: str  # "?", "$" (numbered $1, $2, ...) or "%s"
     types: dict
     for_update: str  # appended to the claim's SELECT: row locks that skip locked rows
+    lock_shared: str  # appended to a SELECT whose row must not change before commit
     upsert_style: str  # "on conflict" (SQLite, PostgreSQL) or "on duplicate key" (MySQL)
 
     def translate(self, sql: str) -> str:
@@ -418,9 +420,12 @@ class _Dialect:
             return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
         return sql.replace("%", "%%").replace("?", self.placeholder)
 
-    def upsert(self, table: str, columns: tuple, keys: tuple) -> str:
+    def upsert(self, table: str, columns: tuple, keys: tuple, source: str = "") -> str:
+        """Insert or update on key conflict. With ``source`` (``FROM ... WHERE ...``) the
+        row is inserted only if the source yields one: a conditional insert."""
         values = ", ".join("?" * len(columns))
-        head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values})"
+        head = (f"INSERT INTO {table} ({', '.join(columns)}) "
+                + (f"SELECT {values} {source}" if source else f"VALUES ({values})"))
         rest = [c for c in columns if c not in keys]
         if self.upsert_style == "on duplicate key":
             return head + " ON DUPLICATE KEY UPDATE " + ", ".join(f"{c} = VALUES({c})" for c in rest)
@@ -436,6 +441,7 @@ _SQLITE = _Dialect(
     types={"key": "TEXT", "text": "TEXT", "float": "REAL", "int": "INTEGER",
            "autoid": "INTEGER PRIMARY KEY", "clustered": " WITHOUT ROWID"},
     for_update="",  # BEGIN IMMEDIATE already makes the claim the only writer
+    lock_shared="",  # likewise for every write transaction
     upsert_style="on conflict",
 )
 
@@ -520,6 +526,7 @@ class _Store:
             )
         self.dialect, self.prefix = dialect, prefix
         self._cache: dict[str, str] = {}
+        self._step_upsert: Optional[str] = None
 
     # -- backend primitives
     async def connect(self) -> None:
@@ -619,22 +626,26 @@ class _Store:
                                   tuple(claimed))
         return [dict(zip(_RUN_COLUMNS, row)) for row in rows]
 
-    def _fence(self, run_id: str, owner: str, now: float, lease_until: float) -> tuple:
-        # Every write of an executing run starts here: it succeeds only while this
-        # executor still owns the run, and it renews the lease on the way.
-        return (self.sql("UPDATE {p}runs SET lease_expires_at = ?, updated_at = ? "
-                         "WHERE run_id = ? AND owner = ? AND status = 'running'"),
-                (lease_until, now, run_id, owner))
-
+    # Every write of an executing run is fenced: it takes effect only while the writer's
+    # owner token is the run's and the run is running, so an executor that was cancelled
+    # or lost its lease cannot write.
     async def renew_lease(self, run_id: str, owner: str, now: float, lease_until: float) -> bool:
-        return await self.batch([self._fence(run_id, owner, now, lease_until)], fence=True)
+        return await self.batch([(self.sql(
+            "UPDATE {p}runs SET lease_expires_at = ?, updated_at = ? "
+            "WHERE run_id = ? AND owner = ? AND status = 'running'"),
+            (lease_until, now, run_id, owner))], fence=True)
 
-    async def record_step(self, run_id: str, owner: str, now: float, lease_until: float,
-                          step: dict, event: tuple) -> bool:
-        upsert = self.sql(self.dialect.upsert("{p}steps", _STEP_COLUMNS, ("run_id", "step")))
+    async def record_step(self, run_id: str, owner: str, now: float, step: dict,
+                          event: tuple) -> bool:
+        # The step row is selected *from* the run row that proves ownership, so the
+        # hot path writes no run row (the heartbeat renews the lease).
+        if self._step_upsert is None:
+            self._step_upsert = self.sql(self.dialect.upsert(
+                "{p}steps", _STEP_COLUMNS, ("run_id", "step"),
+                "FROM {p}runs WHERE run_id = ? AND owner = ? AND status = 'running' "
+                + self.dialect.lock_shared))
         return await self.batch([
-            self._fence(run_id, owner, now, lease_until),
-            (upsert, tuple(step[c] for c in _STEP_COLUMNS)),
+            (self._step_upsert, (*(step[c] for c in _STEP_COLUMNS), run_id, owner)),
             self._event(run_id, *event, now),
         ], fence=True)
 
@@ -713,8 +724,15 @@ class _Store:
 
 class _SQLiteStore(_Store):
     """SQLite through aiosqlite: WAL, a busy timeout, durable (FULL) commits unless the
-    URL relaxes them. One connection per client; its statements run on aiosqlite's
-    thread, and each batch runs there as one call -- one thread hop per step."""
+    URL relaxes them. One connection per client, used by one task at a time (a lock).
+
+    Reads and general transactions run on aiosqlite's thread. A write batch -- one
+    step, one state change -- is short and ours, and runs on the event loop itself:
+    a thread round trip costs about as much as the commit, so the hop would double
+    the price of every step. The loop never waits for another writer, though: the
+    batch begins with a zero busy timeout, and when the database is locked it moves
+    to the thread to wait there. Nor for a slow disk: while commits take longer than
+    ``_INLINE_COMMIT_LIMIT`` on average, batches run on the thread too."""
 
     def __init__(self, path: str, options: dict, prefix: str):
         super().__init__(_SQLITE, prefix)
@@ -723,6 +741,7 @@ class _SQLiteStore(_Store):
         self.timeout = float(options.get("timeout", 15))
         self._conn = None
         self._lock: Optional[asyncio.Lock] = None
+        self._commit_seconds = 0.0  # moving average of a write batch's duration
 
     async def connect(self) -> None:
         try:
@@ -733,13 +752,15 @@ class _SQLiteStore(_Store):
         if self.path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves.
-        self._conn = await aiosqlite.connect(self.path, timeout=self.timeout,
-                                             isolation_level=None)
+        self._conn = await aiosqlite.connect(self.path, timeout=0, isolation_level=None,
+                                             check_same_thread=False)
         self._lock = asyncio.Lock()
         if self.path != ":memory:":
             await self._conn.execute("PRAGMA journal_mode=WAL")
         await self._conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        await self._conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+        # Zero: a write on the event loop must never wait for another connection's
+        # lock. Calls on aiosqlite's thread set the real timeout around themselves.
+        await self._conn.execute("PRAGMA busy_timeout = 0")
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -749,7 +770,16 @@ class _SQLiteStore(_Store):
     def _call(self, fn, *args):
         # aiosqlite runs queued callables on its connection thread; queueing a whole
         # transaction as one callable makes it one hop instead of one per statement.
-        return self._conn._execute(fn, *args)
+        return self._conn._execute(self._waiting, fn, *args)
+
+    def _waiting(self, fn, *args):
+        """On the thread, waiting for another writer's lock is fine: up to the timeout."""
+        db = self._db
+        db.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+        try:
+            return fn(*args)
+        finally:
+            db.execute("PRAGMA busy_timeout = 0")
 
     @property
     def _db(self):  # the sqlite3 connection; touch only from inside _call
@@ -758,9 +788,14 @@ class _SQLiteStore(_Store):
     def _fetch_sync(self, sql: str, params: tuple) -> list:
         return self._db.execute(sql, params).fetchall()
 
-    def _batch_sync(self, ops: list, fence: bool) -> bool:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
+    def _batch_sync(self, ops: list, fence: bool, inline: bool = False) -> Optional[bool]:
+        db, started = self._db, time.perf_counter()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if inline and ("locked" in str(exc) or "busy" in str(exc)):
+                return None  # another connection is writing: wait for it on the thread
+            raise
         try:
             for i, (sql, params) in enumerate(ops):
                 if db.execute(sql, params).rowcount == 0 and fence and i == 0:
@@ -772,6 +807,8 @@ class _SQLiteStore(_Store):
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        finally:
+            self._commit_seconds += (time.perf_counter() - started - self._commit_seconds) / 8
 
     async def fetch(self, sql: str, params: tuple = ()) -> list:
         async with self._lock:
@@ -779,12 +816,16 @@ class _SQLiteStore(_Store):
 
     async def batch(self, ops: list, fence: bool = False) -> bool:
         async with self._lock:
+            if self._commit_seconds < _INLINE_COMMIT_LIMIT:
+                done = self._batch_sync(ops, fence, inline=True)
+                if done is not None:
+                    return done
             return await self._call(self._batch_sync, ops, fence)
 
     @contextlib.asynccontextmanager
     async def transaction(self):
         async with self._lock:
-            await self._call(self._db.execute, "BEGIN IMMEDIATE")
+            await self._call(self._begin_sync)
             try:
                 yield _SQLiteTransaction(self)
             except BaseException:
@@ -792,9 +833,15 @@ class _SQLiteStore(_Store):
                 raise
             await self._call(self._db.execute, "COMMIT")
 
+    def _begin_sync(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
     def _rollback_sync(self) -> None:
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
+
+
+_INLINE_COMMIT_LIMIT = 0.002  # seconds a write batch may hold the event loop, on average
 
 
 class _SQLiteTransaction:
@@ -806,6 +853,7 @@ class _SQLiteTransaction:
 
     async def execute(self, sql: str, params: tuple = ()) -> int:
         return await self._store._call(self._execute_sync, sql, params)
+
 
     def _execute_sync(self, sql: str, params: tuple) -> int:
         return self._store._db.execute(sql, params).rowcount
@@ -838,9 +886,13 @@ class _ActivityDef:
     fn: Callable
     retry_policy: RetryPolicy
     timeout: Optional[float]
+    is_async: bool = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.fn))
 
     async def call(self, args: tuple, kwargs: dict) -> Any:
-        if inspect.iscoroutinefunction(self.fn):
+        if self.is_async:
             return await self.fn(*args, **kwargs)
         result = await asyncio.to_thread(self.fn, *args, **kwargs)  # never block the loop
         if inspect.isawaitable(result):  # a callable object with an async __call__
@@ -963,8 +1015,7 @@ def _parallel_call(call: Any) -> tuple:
 # ---- workflow context (replay) ----------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class ActivityInfo:
+class ActivityInfo(NamedTuple):
     """Where the running activity is: see ``activity_info()``."""
 
     run_id: str
@@ -1125,8 +1176,8 @@ class WorkflowContext:
         now = engine.clock()
         row = {**step_row, "status": status, "output": output, "error": error,
                "completed_at": now}
-        if not await engine.store.record_step(self.run_id, self._owner, now, now + engine.lease,
-                                              row, (event_type, event_data)):
+        if not await engine.store.record_step(self.run_id, self._owner, now, row,
+                                              (event_type, event_data)):
             raise _LostOwnership(self.run_id)
 
 

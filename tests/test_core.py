@@ -741,3 +741,30 @@ def test_bare_decorators_and_defaults():
     assert tinyworkflow._ACTIVITIES["bare_act"].retry_policy == RetryPolicy()
     assert tinyworkflow._WORKFLOWS["bare_wf"].retry_policy.max_retries == 3
     assert json.loads(json.dumps(RetryPolicy().__dict__))["jitter_factor"] == 0.1
+
+
+async def test_writes_never_block_the_event_loop_on_another_writer(db_url):
+    """While another connection holds SQLite's write lock, a step's write waits on
+    aiosqlite's thread, not on the event loop; it goes through once the lock is free."""
+    path = db_url.split(":///", 1)[1]
+    async with TinyWorkflowClient(db_url) as c:
+        await c.list_workflow_executions()  # schema in place
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        tick_task = asyncio.ensure_future(ticker())
+        run_task = asyncio.ensure_future(c.start_workflow("echo_worker", {"n": 9}, wait=True))
+        await asyncio.sleep(0.3)
+        assert not run_task.done() and ticks >= 15  # the loop kept running
+        blocker.execute("COMMIT")
+        blocker.close()
+        run = await c.get_workflow_status(await asyncio.wait_for(run_task, 10))
+        tick_task.cancel()
+        assert run.status == "completed" and run.output_data == {"result": 9}
