@@ -52,6 +52,7 @@ __all__ = [
     "ActivityTimeoutError",
     "ActivityError",
     "RunNotFoundError",
+    "WorkflowNotFoundError",
 ]
 
 import asyncio
@@ -220,6 +221,10 @@ class RunNotFoundError(TinyWorkflowError, LookupError):
     """No run has the given id."""
 
 
+class WorkflowNotFoundError(TinyWorkflowError, ValueError):
+    """No workflow of the given name is registered."""
+
+
 class _LostOwnership(BaseException):
     """This executor no longer owns the run (cancelled, or taken over after its lease
     expired). A BaseException so that ``except Exception`` in a workflow cannot hide it."""
@@ -243,8 +248,11 @@ def _loads(text: Optional[str]) -> Any:
 
 
 def _dumps_lenient(value: Any) -> str:
-    """For what is recorded only to be read by people (activity arguments)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=repr)
+    """For what is recorded only to be read by people (activity arguments): never fails."""
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=repr)
+    except (TypeError, ValueError):  # non-string keys, circular references
+        return json.dumps(repr(value), ensure_ascii=False)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -287,8 +295,9 @@ async def _with_timeout(awaitable: Awaitable, seconds: Optional[float], error: C
         raise
     if not done:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        await asyncio.wait({task})  # an outer cancellation still propagates from here
+        if not task.cancelled():
+            task.exception()  # retrieved: whatever it ended with, the verdict is timeout
         raise error()
     return task.result()
 
@@ -390,10 +399,11 @@ def _parse_url(url: str) -> tuple[str, str, dict]:
             raise ValueError(f"SQLite option {key}={value!r} must be one of {', '.join(allowed)}")
         if key == "timeout":
             try:
-                if float(value) < 0:
+                if not (math.isfinite(float(value)) and float(value) >= 0):
                     raise ValueError
             except ValueError:
-                raise ValueError(f"SQLite option timeout={value!r} must be seconds >= 0") from None
+                raise ValueError(f"SQLite option timeout={value!r} must be a finite number "
+                                 "of seconds >= 0") from None
     return "sqlite", path or ":memory:", options
 
 
@@ -729,10 +739,11 @@ class _SQLiteStore(_Store):
     Reads and general transactions run on aiosqlite's thread. A write batch -- one
     step, one state change -- is short and ours, and runs on the event loop itself:
     a thread round trip costs about as much as the commit, so the hop would double
-    the price of every step. The loop never waits for another writer, though: the
-    batch begins with a zero busy timeout, and when the database is locked it moves
-    to the thread to wait there. Nor for a slow disk: while commits take longer than
-    ``_INLINE_COMMIT_LIMIT`` on average, batches run on the thread too."""
+    the price of every step. The loop never waits for another writer, though: SQLite's
+    own busy handler is off, an inline batch that finds the database locked moves to
+    the thread, and only there do we wait for locks (``_retry_busy``). Nor for a slow
+    disk: while commits take longer than ``_INLINE_COMMIT_LIMIT`` on average, batches
+    run on the thread too."""
 
     def __init__(self, path: str, options: dict, prefix: str):
         super().__init__(_SQLITE, prefix)
@@ -742,6 +753,8 @@ class _SQLiteStore(_Store):
         self._conn = None
         self._lock: Optional[asyncio.Lock] = None
         self._commit_seconds = 0.0  # moving average of a write batch's duration
+        self._wal = False  # inline writes need WAL: without it COMMIT waits for readers
+        self._abandoned = False  # the caller of the thread call under way was cancelled
 
     async def connect(self) -> None:
         try:
@@ -751,51 +764,100 @@ class _SQLiteStore(_Store):
                 from None
         if self.path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves.
+        # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves. timeout=0:
+        # no busy handler, so nothing waits for a lock inside SQLite (see _retry_busy).
         self._conn = await aiosqlite.connect(self.path, timeout=0, isolation_level=None,
                                              check_same_thread=False)
         self._lock = asyncio.Lock()
+        try:
+            self._wal = await self._call(self._configure_sync)
+        except BaseException:
+            await self.close()
+            raise
+
+    def _configure_sync(self) -> bool:
+        db, wal = self._db, False
         if self.path != ":memory:":
-            await self._conn.execute("PRAGMA journal_mode=WAL")
-        await self._conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        # Zero: a write on the event loop must never wait for another connection's
-        # lock. Calls on aiosqlite's thread set the real timeout around themselves.
-        await self._conn.execute("PRAGMA busy_timeout = 0")
+            mode = self._retry_busy(db.execute, "PRAGMA journal_mode=WAL").fetchone()[0]
+            wal = mode.lower() == "wal"
+            if not wal:
+                _log.warning("%s is not in WAL mode (%s); writes will not run on the event "
+                             "loop", self.path, mode)
+        db.execute(f"PRAGMA synchronous={self.synchronous}")
+        return wal
 
     async def close(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await conn.close()
 
-    def _call(self, fn, *args):
-        # aiosqlite runs queued callables on its connection thread; queueing a whole
-        # transaction as one callable makes it one hop instead of one per statement.
-        return self._conn._execute(self._waiting, fn, *args)
-
-    def _waiting(self, fn, *args):
-        """On the thread, waiting for another writer's lock is fine: up to the timeout."""
-        db = self._db
-        db.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-        try:
-            return fn(*args)
-        finally:
-            db.execute("PRAGMA busy_timeout = 0")
-
     @property
-    def _db(self):  # the sqlite3 connection; touch only from inside _call
+    def _db(self):  # the sqlite3 connection
         return self._conn._conn
 
+    async def _call(self, fn, *args):
+        """Run ``fn(*args)`` on aiosqlite's connection thread (a whole transaction can
+        be one call: one hop). A queued call runs even if its caller is cancelled, so a
+        cancelled caller keeps the connection until the call has ended -- soon: a call
+        not yet started is skipped, one waiting for a lock gives up, and a running
+        statement is interrupted (which rolls its transaction back)."""
+        future = asyncio.ensure_future(self._conn._execute(self._unless_abandoned, fn, *args))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if future.done():
+                raise
+        self._abandoned = True
+        try:
+            while not future.done():
+                self._db.interrupt()  # thread-safe; a no-op between statements, so repeat
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait({future}, timeout=0.01)
+        finally:
+            self._abandoned = False
+        if not future.cancelled():
+            future.exception()  # retrieved: the caller is gone either way
+        raise asyncio.CancelledError
+
+    def _unless_abandoned(self, fn, *args):
+        if self._abandoned:
+            raise _Abandoned
+        return fn(*args)
+
+    def _retry_busy(self, fn, *args):
+        """Call ``fn`` until it gets past another connection's lock, up to the timeout.
+        Only ever on the thread; gives up at once when the caller is gone."""
+        deadline, pause = time.monotonic() + self.timeout, 0.001
+        while True:
+            try:
+                return fn(*args)
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or self._abandoned or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
     def _fetch_sync(self, sql: str, params: tuple) -> list:
-        return self._db.execute(sql, params).fetchall()
+        return self._retry_busy(lambda: self._db.execute(sql, params).fetchall())
+
+    def _begin_sync(self) -> None:
+        self._retry_busy(self._db.execute, "BEGIN IMMEDIATE")
+
+    def _rollback_sync(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
 
     def _batch_sync(self, ops: list, fence: bool, inline: bool = False) -> Optional[bool]:
         db, started = self._db, time.perf_counter()
-        try:
-            db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if inline and ("locked" in str(exc) or "busy" in str(exc)):
-                return None  # another connection is writing: wait for it on the thread
-            raise
+        if not inline:
+            self._begin_sync()
+        else:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if _is_busy(exc):
+                    return None  # another connection is writing: wait for it on the thread
+                raise
         try:
             for i, (sql, params) in enumerate(ops):
                 if db.execute(sql, params).rowcount == 0 and fence and i == 0:
@@ -804,8 +866,7 @@ class _SQLiteStore(_Store):
             db.execute("COMMIT")
             return True
         except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+            self._rollback_sync()
             raise
         finally:
             self._commit_seconds += (time.perf_counter() - started - self._commit_seconds) / 8
@@ -816,7 +877,7 @@ class _SQLiteStore(_Store):
 
     async def batch(self, ops: list, fence: bool = False) -> bool:
         async with self._lock:
-            if self._commit_seconds < _INLINE_COMMIT_LIMIT:
+            if self._wal and self._commit_seconds < _INLINE_COMMIT_LIMIT:
                 done = self._batch_sync(ops, fence, inline=True)
                 if done is not None:
                     return done
@@ -825,23 +886,24 @@ class _SQLiteStore(_Store):
     @contextlib.asynccontextmanager
     async def transaction(self):
         async with self._lock:
-            await self._call(self._begin_sync)
             try:
+                await self._call(self._begin_sync)
                 yield _SQLiteTransaction(self)
+                await self._call(self._db.execute, "COMMIT")
             except BaseException:
                 await self._call(self._rollback_sync)
                 raise
-            await self._call(self._db.execute, "COMMIT")
-
-    def _begin_sync(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def _rollback_sync(self) -> None:
-        if self._db.in_transaction:
-            self._db.execute("ROLLBACK")
 
 
 _INLINE_COMMIT_LIMIT = 0.002  # seconds a write batch may hold the event loop, on average
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)  # SQLITE_BUSY, SQLITE_LOCKED
+
+
+class _Abandoned(Exception):
+    """A queued thread call whose caller was cancelled before it started."""
 
 
 class _SQLiteTransaction:
@@ -853,7 +915,6 @@ class _SQLiteTransaction:
 
     async def execute(self, sql: str, params: tuple = ()) -> int:
         return await self._store._call(self._execute_sync, sql, params)
-
 
     def _execute_sync(self, sql: str, params: tuple) -> int:
         return self._store._db.execute(sql, params).rowcount
@@ -1192,8 +1253,9 @@ class _Engine:
         self.store, self.lease, self.clock = store, lease, clock
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._claims = itertools.count(1)
-        self._tasks: dict[str, asyncio.Task] = {}
-        self._cancelling: set[str] = set()
+        self._tasks: dict[str, tuple[str, asyncio.Task]] = {}  # run id -> (owner, task)
+        self._cancelling: set[str] = set()  # owner tokens whose execution was cancelled
+        self._changes: dict[str, asyncio.Event] = {}  # run id -> "look again" for waiters
 
     def new_owner(self) -> str:
         """A fencing token: unique per claim, so even this worker's own earlier,
@@ -1208,20 +1270,22 @@ class _Engine:
     async def execute(self, run: dict) -> None:
         """Execute a claimed run until it completes, fails, is scheduled for a retry,
         is cancelled or is lost to another owner."""
-        run_id = run["run_id"]
+        run_id, owner = run["run_id"], run["owner"]
         task = asyncio.ensure_future(self._execute(run))
-        self._tasks[run_id] = task
-        heartbeat = asyncio.ensure_future(self._heartbeat(run_id, run["owner"]))
+        self._tasks[run_id] = (owner, task)
+        heartbeat = asyncio.ensure_future(self._heartbeat(run_id, owner))
         try:
             await task
         except asyncio.CancelledError:
-            if run_id not in self._cancelling:
+            if owner not in self._cancelling:
                 task.cancel()
                 raise
         finally:
             heartbeat.cancel()
-            self._tasks.pop(run_id, None)
-            self._cancelling.discard(run_id)
+            if self._tasks.get(run_id, (None,))[0] == owner:
+                del self._tasks[run_id]
+            self._cancelling.discard(owner)
+            self.changed(run_id)
 
     async def _heartbeat(self, run_id: str, owner: str) -> None:
         """Renew the lease while the run executes, also through activities longer than
@@ -1236,14 +1300,25 @@ class _Engine:
                 continue
             if not ours:
                 _log.info("run %s is no longer ours (cancelled or taken over); stopping", run_id)
-                self.cancel_local(run_id)
+                self.cancel_local(run_id, owner)
                 return
 
-    def cancel_local(self, run_id: str) -> None:
-        task = self._tasks.get(run_id)
-        if task is not None:
-            self._cancelling.add(run_id)
+    def cancel_local(self, run_id: str, owner: Optional[str] = None) -> None:
+        """Stop this engine's execution of a run (only the one under ``owner``, if given)."""
+        current_owner, task = self._tasks.get(run_id, (None, None))
+        if task is not None and owner in (None, current_owner):
+            self._cancelling.add(current_owner)
             task.cancel()
+        self.changed(run_id)
+
+    def changed(self, run_id: str) -> None:
+        """Wake whoever waits here for this run's state to change."""
+        event = self._changes.get(run_id)
+        if event is not None:
+            event.set()
+
+    def watch(self, run_id: str) -> asyncio.Event:
+        return self._changes.setdefault(run_id, asyncio.Event())
 
     async def _execute(self, run: dict) -> None:
         run_id, owner = run["run_id"], run["owner"]
@@ -1350,30 +1425,34 @@ class TinyWorkflowClient:
         self._engine: Optional[_Engine] = None
         self._worker: Optional[asyncio.Task] = None
         self._wakeup: Optional[asyncio.Event] = None
+        self._opening = asyncio.Lock()
 
     # -- lifecycle
     async def initialize(self) -> None:
         """Open the database and create or migrate the tables. Called by ``async with``
         and, if needed, by the first method that needs the database."""
-        if self._engine is not None:
-            return
-        await self._store.connect()
-        try:
-            await self._store.migrate()
-        except BaseException:
-            await self._store.close()
-            raise
-        self._engine = _Engine(self._store, self._lease)
-        self._wakeup = asyncio.Event()
+        async with self._opening:  # concurrent first calls open one connection
+            if self._engine is not None:
+                return
+            try:
+                await self._store.connect()
+                await self._store.migrate()
+            except BaseException:
+                await self._store.close()
+                raise
+            self._engine = _Engine(self._store, self._lease)
+            self._wakeup = asyncio.Event()
         if self._auto_start_worker:
             await self.start_worker()
 
     async def close(self) -> None:
         """Stop the worker and close the database."""
-        await self.stop_worker()
-        if self._engine is not None:
-            self._engine = None
-            await self._store.close()
+        try:
+            await self.stop_worker()
+        finally:
+            if self._engine is not None:
+                self._engine = None
+                await self._store.close()
 
     async def __aenter__(self) -> "TinyWorkflowClient":
         await self.initialize()
@@ -1401,7 +1480,7 @@ class TinyWorkflowClient:
         """
         definition = _WORKFLOWS.get(workflow_name) if isinstance(workflow_name, str) else None
         if definition is None:
-            raise ValueError(
+            raise WorkflowNotFoundError(
                 f"no workflow named {workflow_name!r} is registered; registered workflows: "
                 f"{', '.join(sorted(_WORKFLOWS)) or '(none)'} -- import the module that "
                 "defines it before starting it")
@@ -1433,21 +1512,34 @@ class TinyWorkflowClient:
         """Execute a run here until it is final, sleeping through retry backoffs."""
         run_id, poll = run["run_id"], 0.05
         claimed: Optional[dict] = run  # a row this engine owns, or None
-        while True:
-            if claimed is not None:
-                await engine.execute(claimed)
-                poll = 0.05
-            row = await self._store.get_run(run_id)
-            if row is None or row["status"] in _TERMINAL:
-                return
-            if row["status"] in ("pending", "retrying"):
-                await asyncio.sleep(max(0.0, (row["wake_at"] or 0) - engine.clock()))
-            # Due now, or left by an executor whose lease expired: take it; otherwise
-            # another executor is on it and we wait for the outcome.
-            claimed = next(iter(await engine.claim(run_ids=[run_id])), None)
-            if claimed is None:
-                await asyncio.sleep(poll)
-                poll = min(poll * 2, 1.0)
+        changed = engine.watch(run_id)
+        try:
+            while True:
+                if claimed is not None:
+                    await engine.execute(claimed)
+                    poll = 0.05
+                changed.clear()  # before reading the state: no change is missed
+                row = await self._store.get_run(run_id)
+                if row is None or row["status"] in _TERMINAL:
+                    return
+                if row["status"] in ("pending", "retrying"):
+                    if await self._until(changed, (row["wake_at"] or 0) - engine.clock()):
+                        continue  # cancelled, or executed by this process's worker
+                # Due now, or left by an executor whose lease expired: take it;
+                # otherwise another executor is on it and we wait for the outcome.
+                claimed = next(iter(await engine.claim(run_ids=[run_id])), None)
+                if claimed is None:
+                    await self._until(changed, poll)
+                    poll = min(poll * 2, 1.0)
+        finally:
+            engine._changes.pop(run_id, None)
+
+    @staticmethod
+    async def _until(event: asyncio.Event, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True if ``event`` was set meanwhile."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(event.wait(), max(seconds, 0.0))
+        return event.is_set()
 
     async def get_workflow_status(self, run_id: str) -> Optional[WorkflowExecution]:
         """The run with this id, or None if there is none."""
@@ -1528,8 +1620,7 @@ class TinyWorkflowClient:
         worker, self._worker = self._worker, None
         if worker is not None:
             worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker
+            await asyncio.wait({worker})
 
     async def _work(self, engine: _Engine) -> None:
         running: set[asyncio.Task] = set()
@@ -1537,17 +1628,27 @@ class TinyWorkflowClient:
             while True:
                 self._wakeup.clear()
                 free = self._worker_concurrency - len(running)
-                for run in await engine.claim(limit=free) if free > 0 else ():
+                try:
+                    claimed = await engine.claim(limit=free) if free > 0 else []
+                except Exception:  # a locked or unreachable database: try again later
+                    _log.warning("worker %s could not claim runs; retrying in %.1fs",
+                                 engine.worker_id, self._poll_interval, exc_info=True)
+                    claimed = []
+                for run in claimed:
                     task = asyncio.ensure_future(engine.execute(run))
                     running.add(task)
                     task.add_done_callback(running.discard)
-                    task.add_done_callback(lambda _: self._wakeup.set())
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), self._poll_interval)
+                    task.add_done_callback(self._finished)
+                await self._until(self._wakeup, self._poll_interval)
         finally:
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("worker execution failed", exc_info=task.exception())
+        self._wakeup.set()
 
     # -- registry
     def list_registered_workflows(self) -> list[str]:
