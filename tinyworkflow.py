@@ -736,14 +736,16 @@ class _SQLiteStore(_Store):
     """SQLite through aiosqlite: WAL, a busy timeout, durable (FULL) commits unless the
     URL relaxes them. One connection per client, used by one task at a time (a lock).
 
-    Reads and general transactions run on aiosqlite's thread. A write batch -- one
-    step, one state change -- is short and ours, and runs on the event loop itself:
-    a thread round trip costs about as much as the commit, so the hop would double
-    the price of every step. The loop never waits for another writer, though: SQLite's
-    own busy handler is off, an inline batch that finds the database locked moves to
-    the thread, and only there do we wait for locks (``_retry_busy``). Nor for a slow
-    disk: while commits take longer than ``_INLINE_COMMIT_LIMIT`` on average, batches
-    run on the thread too."""
+    Reads and general transactions run on aiosqlite's thread. Write batches -- one
+    step, one state change each -- are short and ours. They are committed in groups:
+    every batch queued during one turn of the event loop shares one transaction and
+    one fsync (group commit), which is what lets many concurrent runs go fast. A group
+    commits on the event loop itself, since a thread round trip costs about as much
+    as the commit. The loop never waits for another writer, though: SQLite's own busy
+    handler is off, a group that finds the database locked moves to the thread, and
+    only there do we wait for locks (``_retry_busy``). Nor for a slow disk: while
+    commits take longer than ``_INLINE_COMMIT_LIMIT`` on average, groups commit on the
+    thread too."""
 
     def __init__(self, path: str, options: dict, prefix: str):
         super().__init__(_SQLITE, prefix)
@@ -755,6 +757,8 @@ class _SQLiteStore(_Store):
         self._commit_seconds = 0.0  # moving average of a write batch's duration
         self._wal = False  # inline writes need WAL: without it COMMIT waits for readers
         self._abandoned = False  # the caller of the thread call under way was cancelled
+        self._pending: list = []  # write batches waiting for the next group commit
+        self._flusher: Optional[asyncio.Task] = None
 
     async def connect(self) -> None:
         try:
@@ -787,6 +791,12 @@ class _SQLiteStore(_Store):
         return wal
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            await asyncio.wait({self._flusher})
+        if self._pending:
+            group, self._pending = self._pending, []
+            _resolve(group, [TinyWorkflowError("the database was closed before this write "
+                                               "was committed")] * len(group))
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await conn.close()
@@ -847,7 +857,10 @@ class _SQLiteStore(_Store):
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
 
-    def _batch_sync(self, ops: list, fence: bool, inline: bool = False) -> Optional[bool]:
+    def _group_sync(self, group: list, inline: bool = False) -> Optional[list]:
+        """Commit queued batches in one transaction; a result (True, False when the
+        fence found the run no longer ours, or the exception) per batch. None when
+        ``inline`` and another connection holds the lock."""
         db, started = self._db, time.perf_counter()
         if not inline:
             self._begin_sync()
@@ -856,32 +869,74 @@ class _SQLiteStore(_Store):
                 db.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
                 if _is_busy(exc):
-                    return None  # another connection is writing: wait for it on the thread
+                    return None
                 raise
         try:
-            for i, (sql, params) in enumerate(ops):
-                if db.execute(sql, params).rowcount == 0 and fence and i == 0:
-                    db.execute("ROLLBACK")
-                    return False
+            results = [self._apply(ops, fence) for ops, fence, _ in group]
             db.execute("COMMIT")
-            return True
         except BaseException:
             self._rollback_sync()
-            raise
+            if len(group) == 1 or not isinstance(sys.exc_info()[1], Exception):
+                raise
+            # One batch failed: find it by committing each on its own.
+            return [self._one_sync(item) for item in group]
         finally:
             self._commit_seconds += (time.perf_counter() - started - self._commit_seconds) / 8
+        return results
+
+    def _apply(self, ops: list, fence: bool) -> bool:
+        # A fence that matches no row has written nothing: skip the rest of the batch.
+        for i, (sql, params) in enumerate(ops):
+            if self._db.execute(sql, params).rowcount == 0 and fence and i == 0:
+                return False
+        return True
+
+    def _one_sync(self, item: tuple):
+        try:
+            return self._group_sync([item])[0]
+        except Exception as exc:
+            return exc
 
     async def fetch(self, sql: str, params: tuple = ()) -> list:
         async with self._lock:
             return await self._call(self._fetch_sync, sql, params)
 
     async def batch(self, ops: list, fence: bool = False) -> bool:
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((ops, fence, future))
+        if len(self._pending) == 1:  # first of a group: commit once this turn is over
+            future.get_loop().call_soon(self._flush_soon)
+        return await future
+
+    def _flush_soon(self) -> None:
+        if not self._pending or self._conn is None:
+            return
+        if (self._lock.locked() or not self._wal
+                or self._commit_seconds >= _INLINE_COMMIT_LIMIT):
+            if self._flusher is None or self._flusher.done():
+                self._flusher = asyncio.ensure_future(self._flush())
+            return
+        group, self._pending = self._pending, []
+        try:
+            results = self._group_sync(group, inline=True)
+        except BaseException as exc:
+            results = [exc] * len(group)
+        if results is None:  # locked by another connection: wait for it on the thread
+            self._pending[:0] = group
+            self._flusher = asyncio.ensure_future(self._flush())
+            return
+        _resolve(group, results)
+
+    async def _flush(self) -> None:
         async with self._lock:
-            if self._wal and self._commit_seconds < _INLINE_COMMIT_LIMIT:
-                done = self._batch_sync(ops, fence, inline=True)
-                if done is not None:
-                    return done
-            return await self._call(self._batch_sync, ops, fence)
+            while self._pending:
+                group, self._pending = self._pending, []
+                try:
+                    results = await self._call(self._group_sync, group)
+                except BaseException as exc:
+                    _resolve(group, [exc] * len(group))
+                    raise
+                _resolve(group, results)
 
     @contextlib.asynccontextmanager
     async def transaction(self):
@@ -896,6 +951,17 @@ class _SQLiteStore(_Store):
 
 
 _INLINE_COMMIT_LIMIT = 0.002  # seconds a write batch may hold the event loop, on average
+
+
+def _resolve(group: list, results: list) -> None:
+    for (_, _, future), result in zip(group, results):
+        if future.done():  # its caller was cancelled; the write stands or not alike
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result if isinstance(result, Exception) else
+                                 TinyWorkflowError(f"write interrupted: {result!r}"))
+        else:
+            future.set_result(result)
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
