@@ -225,6 +225,10 @@ class WorkflowNotFoundError(TinyWorkflowError, ValueError):
     """No workflow of the given name is registered."""
 
 
+class _Released(BaseException):
+    """The worker is stopping: the run stops before its next step and is given back."""
+
+
 class _LostOwnership(BaseException):
     """This executor no longer owns the run (cancelled, or taken over after its lease
     expired). A BaseException so that ``except Exception`` in a workflow cannot hide it."""
@@ -596,10 +600,10 @@ class _Store:
         ops += [self._event(run["run_id"], kind, data, run["created_at"]) for kind, data in events]
         await self.batch(ops)
 
-    async def claim(self, owner_for: Callable[[], str], now: float, lease: float, *,
-                    names: list, run_ids: Optional[list] = None, limit: int = 1) -> list:
-        """Take up to ``limit`` runnable runs of the given workflows; each gets its own
-        owner token (a fencing token every later write of that run must match)."""
+    async def claim(self, owner: str, now: float, lease: float, *, names: list,
+                    run_ids: Optional[list] = None, limit: int = 1) -> list:
+        """Take up to ``limit`` runnable runs of the given workflows under the owner
+        token ``owner`` (a fencing token every later write of those runs must match)."""
         if not names or limit < 1:
             return []
         where = f"{_RUNNABLE} AND workflow_name IN ({', '.join('?' * len(names))})"
@@ -611,30 +615,46 @@ class _Store:
                           f"WHERE {where} ORDER BY created_at LIMIT ? {self.dialect.for_update}")
         # deadline_at is assigned before status: MySQL evaluates SET left to right and
         # later expressions would see the new status.
-        update = self.sql(
-            "UPDATE {p}runs SET deadline_at = CASE WHEN status = 'running' THEN deadline_at "
-            "ELSE ? + timeout END, status = 'running', owner = ?, lease_expires_at = ?, "
-            "started_at = COALESCE(started_at, ?), updated_at = ?, wake_at = NULL "
-            f"WHERE run_id = ? AND {_RUNNABLE}")
-        claimed = []
         async with self.transaction() as tx:
-            for run_id, status, old_owner, retry_count in await tx.fetch(select, (*params, limit)):
-                owner = owner_for()
-                if not await tx.execute(update, (now, owner, now + lease, now, now, run_id,
-                                                 now, now)):
-                    continue
-                if status == "running":
-                    event = ("workflow_resumed", {"previous_owner": old_owner, "owner": owner})
-                else:
-                    event = ("workflow_started", {"attempt": retry_count + 1, "owner": owner})
-                await tx.execute(*self._event(run_id, *event, now))
-                claimed.append(run_id)
-            if not claimed:
+            candidates = await tx.fetch(select, (*params, limit))
+            if not candidates:
                 return []
+            # The candidates are ours to take: BEGIN IMMEDIATE (SQLite) or the row locks
+            # of the SELECT (FOR UPDATE SKIP LOCKED) keep other claimers away until commit.
+            ids = [row[0] for row in candidates]
+            marks = ", ".join("?" * len(ids))
+            await tx.execute(self.sql(
+                "UPDATE {p}runs SET deadline_at = CASE WHEN status = 'running' THEN deadline_at "
+                "ELSE ? + timeout END, status = 'running', owner = ?, lease_expires_at = ?, "
+                "started_at = COALESCE(started_at, ?), updated_at = ?, wake_at = NULL "
+                f"WHERE run_id IN ({marks})"), (now, owner, now + lease, now, now, *ids))
+            events = [self._event(run_id, *(
+                ("workflow_resumed", {"previous_owner": old_owner, "owner": owner})
+                if status == "running" else
+                ("workflow_started", {"attempt": retry_count + 1, "owner": owner})), now)[1]
+                for run_id, status, old_owner, retry_count in candidates]
+            await tx.executemany(self._event("", "", None, now)[0], events)
             rows = await tx.fetch(self.sql(f"SELECT {', '.join(_RUN_COLUMNS)} FROM {{p}}runs "
-                                           f"WHERE run_id IN ({', '.join('?' * len(claimed))})"),
-                                  tuple(claimed))
+                                           f"WHERE run_id IN ({marks})"), tuple(ids))
         return [dict(zip(_RUN_COLUMNS, row)) for row in rows]
+
+    async def release_run(self, run_id: str, owner: str, now: float) -> bool:
+        """Give a run back (a worker stopping): any worker may claim it at once."""
+        return await self.batch([
+            (self.sql("UPDATE {p}runs SET owner = NULL, lease_expires_at = 0, updated_at = ? "
+                      "WHERE run_id = ? AND owner = ? AND status = 'running'"),
+             (now, run_id, owner)),
+            self._event(run_id, "workflow_released", {"owner": owner}, now),
+        ], fence=True)
+
+    async def next_wake(self, names: list) -> Optional[float]:
+        """When the earliest waiting run of these workflows becomes due, if any."""
+        if not names:
+            return None
+        rows = await self.fetch(self.sql(
+            "SELECT MIN(wake_at) FROM {p}runs WHERE status IN ('pending', 'retrying') "
+            f"AND workflow_name IN ({', '.join('?' * len(names))})"), tuple(names))
+        return rows[0][0] if rows else None
 
     # Every write of an executing run is fenced: it takes effect only while the writer's
     # owner token is the run's and the run is running, so an executor that was cancelled
@@ -982,6 +1002,9 @@ class _SQLiteTransaction:
     async def execute(self, sql: str, params: tuple = ()) -> int:
         return await self._store._call(self._execute_sync, sql, params)
 
+    async def executemany(self, sql: str, rows: list) -> None:
+        await self._store._call(self._store._db.executemany, sql, rows)
+
     def _execute_sync(self, sql: str, params: tuple) -> int:
         return self._store._db.execute(sql, params).rowcount
 
@@ -1251,6 +1274,8 @@ class WorkflowContext:
                 if record["status"] == "failed":
                     raise _rebuild_error(_loads(record["error"]), self.run_id, step)
                 attempts = record["attempts"]  # crashed while retrying: keep counting
+        if self._owner in self._engine.draining:
+            raise _Released(self.run_id)
         return await self._run_activity(step, definition, args, kwargs, attempts)
 
     async def _run_activity(self, step: int, definition: _ActivityDef, args: tuple,
@@ -1320,8 +1345,9 @@ class _Engine:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._claims = itertools.count(1)
         self._tasks: dict[str, tuple[str, asyncio.Task]] = {}  # run id -> (owner, task)
-        self._cancelling: set[str] = set()  # owner tokens whose execution was cancelled
+        self._cancelling: set[tuple] = set()  # (run id, owner) of executions we cancelled
         self._changes: dict[str, asyncio.Event] = {}  # run id -> "look again" for waiters
+        self.draining: set[str] = set()  # owner tokens whose runs stop before their next step
 
     def new_owner(self) -> str:
         """A fencing token: unique per claim, so even this worker's own earlier,
@@ -1329,9 +1355,8 @@ class _Engine:
         return f"{self.worker_id}:{next(self._claims)}"
 
     async def claim(self, *, run_ids: Optional[list] = None, limit: int = 1) -> list:
-        rows = await self.store.claim(self.new_owner, self.clock(), self.lease,
+        return await self.store.claim(self.new_owner(), self.clock(), self.lease,
                                       names=sorted(_WORKFLOWS), run_ids=run_ids, limit=limit)
-        return rows
 
     async def execute(self, run: dict) -> None:
         """Execute a claimed run until it completes, fails, is scheduled for a retry,
@@ -1343,14 +1368,14 @@ class _Engine:
         try:
             await task
         except asyncio.CancelledError:
-            if owner not in self._cancelling:
+            if (run_id, owner) not in self._cancelling:
                 task.cancel()
                 raise
         finally:
             heartbeat.cancel()
             if self._tasks.get(run_id, (None,))[0] == owner:
                 del self._tasks[run_id]
-            self._cancelling.discard(owner)
+            self._cancelling.discard((run_id, owner))
             self.changed(run_id)
 
     async def _heartbeat(self, run_id: str, owner: str) -> None:
@@ -1373,7 +1398,7 @@ class _Engine:
         """Stop this engine's execution of a run (only the one under ``owner``, if given)."""
         current_owner, task = self._tasks.get(run_id, (None, None))
         if task is not None and owner in (None, current_owner):
-            self._cancelling.add(current_owner)
+            self._cancelling.add((run_id, current_owner))
             task.cancel()
         self.changed(run_id)
 
@@ -1402,6 +1427,9 @@ class _Engine:
             output = _dumps({"result": result}, f"the result of workflow {definition.name!r}")
         except _LostOwnership:
             _log.info("run %s is no longer ours (cancelled or taken over); stopped", run_id)
+            return
+        except _Released:
+            _log.info("run %s stopped before its next step: the worker is stopping", run_id)
             return
         except Exception as exc:
             await self._failed(run, definition, ctx._fatal or exc)
@@ -1491,6 +1519,8 @@ class TinyWorkflowClient:
         self._engine: Optional[_Engine] = None
         self._worker: Optional[asyncio.Task] = None
         self._wakeup: Optional[asyncio.Event] = None
+        self._stopping = asyncio.Event()
+        self._stop_grace = 10.0
         self._opening = asyncio.Lock()
 
     # -- lifecycle
@@ -1680,41 +1710,79 @@ class TinyWorkflowClient:
         if self._worker is None or self._worker.done():
             self._worker = asyncio.ensure_future(self._work(engine))
 
-    async def stop_worker(self) -> None:
-        """Stop the background worker; runs it was executing are resumed later by any
-        worker once their lease expires."""
+    async def stop_worker(self, grace: float = 10.0) -> None:
+        """Stop the background worker gracefully: it claims nothing more, lets the
+        steps in flight finish for up to ``grace`` seconds (each run stops before its
+        next step), cancels what is still running then, and gives every run it held
+        back to the database, so that another worker takes it over at once."""
         worker, self._worker = self._worker, None
-        if worker is not None:
-            worker.cancel()
-            await asyncio.wait({worker})
+        if worker is None:
+            return
+        self._stop_grace = grace
+        self._stopping.set()
+        self._wakeup.set()
+        await asyncio.wait({worker})
+        self._stopping.clear()
+        if not worker.cancelled() and worker.exception() is not None:
+            _log.error("the worker stopped with an error", exc_info=worker.exception())
 
     async def _work(self, engine: _Engine) -> None:
-        running: set[asyncio.Task] = set()
+        running: dict[asyncio.Task, dict] = {}
         try:
-            while True:
+            while not self._stopping.is_set():
                 self._wakeup.clear()
                 free = self._worker_concurrency - len(running)
+                if free <= 0:  # every slot busy: a finishing execution wakes us
+                    await self._until(self._wakeup, self._poll_interval)
+                    continue
                 try:
-                    claimed = await engine.claim(limit=free) if free > 0 else []
+                    claimed = await engine.claim(limit=free)
+                    idle = len(claimed) < free
+                    due = await self._store.next_wake(sorted(_WORKFLOWS)) if idle else None
                 except Exception:  # a locked or unreachable database: try again later
                     _log.warning("worker %s could not claim runs; retrying in %.1fs",
                                  engine.worker_id, self._poll_interval, exc_info=True)
-                    claimed = []
+                    claimed, idle, due = [], True, None
                 for run in claimed:
                     task = asyncio.ensure_future(engine.execute(run))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
-                    task.add_done_callback(self._finished)
-                await self._until(self._wakeup, self._poll_interval)
+                    running[task] = run
+                    task.add_done_callback(self._finished(running))
+                if idle:  # else claim again right away: more runs are waiting
+                    pause = self._poll_interval
+                    if due is not None:
+                        pause = min(pause, max(due - engine.clock(), 0.0))
+                    await self._until(self._wakeup, pause)
         finally:
-            for task in running:
-                task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
+            await self._drain(engine, running)
 
-    def _finished(self, task: asyncio.Task) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            _log.error("worker execution failed", exc_info=task.exception())
-        self._wakeup.set()
+    async def _drain(self, engine: _Engine, running: dict) -> None:
+        """Let the executions finish their current step, then give their runs back."""
+        held = dict(running)
+        if not held:
+            return
+        owners = {run["owner"] for run in held.values()}
+        engine.draining |= owners
+        try:
+            _, late = await asyncio.wait(held, timeout=self._stop_grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+            now = engine.clock()
+            for run in held.values():  # fenced: a run that finished is not touched
+                with contextlib.suppress(Exception):
+                    if await self._store.release_run(run["run_id"], run["owner"], now):
+                        _log.info("run %s released by stopping worker %s", run["run_id"],
+                                  engine.worker_id)
+        finally:
+            engine.draining -= owners
+
+    def _finished(self, running: dict) -> Callable[[asyncio.Task], None]:
+        def done(task: asyncio.Task) -> None:
+            running.pop(task, None)
+            if not task.cancelled() and task.exception() is not None:
+                _log.error("worker execution failed", exc_info=task.exception())
+            self._wakeup.set()
+        return done
 
     # -- registry
     def list_registered_workflows(self) -> list[str]:
