@@ -53,6 +53,9 @@ __all__ = [
     "ActivityError",
     "RunNotFoundError",
     "WorkflowNotFoundError",
+    "RunStateError",
+    "WorkflowFailedError",
+    "WorkerInfo",
 ]
 
 import asyncio
@@ -173,10 +176,22 @@ class StepRecord:
         return (self.completed_at - self.started_at).total_seconds()
 
 
+@dataclasses.dataclass
+class WorkerInfo:
+    """A live worker, as it advertises itself in the database."""
+
+    worker_id: str
+    host: str
+    pid: int
+    workflows: list
+    started_at: datetime
+    heartbeat_at: datetime
+
+
 # `from tinyworkflow.models import WorkflowStatus` works as it did in TinyWorkflow
 # 0.1.0, also when this file is copied alone into a project.
 models = types.ModuleType(__name__ + ".models", "The data classes of tinyworkflow.")
-for _cls in (WorkflowStatus, WorkflowExecution, WorkflowEvent, StepRecord):
+for _cls in (WorkflowStatus, WorkflowExecution, WorkflowEvent, StepRecord, WorkerInfo):
     setattr(models, _cls.__name__, _cls)
 sys.modules[models.__name__] = models
 
@@ -222,7 +237,25 @@ class RunNotFoundError(TinyWorkflowError, LookupError):
 
 
 class WorkflowNotFoundError(TinyWorkflowError, ValueError):
-    """No workflow of the given name is registered."""
+    """No workflow of the given name is registered here or served by a live worker."""
+
+
+class RunStateError(TinyWorkflowError, ValueError):
+    """The run is not in a state that allows the operation (say, cancelling a run that
+    has finished); nothing was changed."""
+
+    def __init__(self, message: str, *, run_id: str = "", status: str = ""):
+        super().__init__(message)
+        self.run_id, self.status = run_id, status
+
+
+class WorkflowFailedError(TinyWorkflowError):
+    """``wait_for_result``: the run failed or was cancelled. ``error`` is the run's
+    recorded error (``"ExceptionType: message"``), ``status`` its final status."""
+
+    def __init__(self, message: str, *, run_id: str = "", status: str = "", error: str = ""):
+        super().__init__(message)
+        self.run_id, self.status, self.error = run_id, status, error
 
 
 class _Released(BaseException):
@@ -508,6 +541,17 @@ _MIGRATIONS: list[list[str]] = [
             timestamp {float} NOT NULL)""",
         "CREATE INDEX {p}events_run ON {p}events (run_id, id)",
     ],
+    [
+        # Live workers and what they serve: a process without the code can start runs.
+        """CREATE TABLE {p}workers (
+            worker_id {key} PRIMARY KEY,
+            host {key} NOT NULL,
+            pid {int} NOT NULL,
+            workflows {text} NOT NULL,
+            started_at {float} NOT NULL,
+            heartbeat_at {float} NOT NULL,
+            expires_at {float} NOT NULL)""",
+    ],
 ]
 
 _RUN_COLUMNS = (
@@ -637,6 +681,48 @@ class _Store:
             rows = await tx.fetch(self.sql(f"SELECT {', '.join(_RUN_COLUMNS)} FROM {{p}}runs "
                                            f"WHERE run_id IN ({marks})"), tuple(ids))
         return [dict(zip(_RUN_COLUMNS, row)) for row in rows]
+
+    async def resume_run(self, run_id: str, now: float, retries: int) -> bool:
+        """A failed or cancelled run becomes due again as a new attempt, with ``retries``
+        more automatic retries; its recorded steps stay and replay."""
+        return await self.batch([
+            (self.sql("UPDATE {p}runs SET max_retries = retry_count + 1 + ?, "
+                      "retry_count = retry_count + 1, status = 'pending', completed_at = NULL, "
+                      "wake_at = NULL, deadline_at = NULL, updated_at = ? "
+                      "WHERE run_id = ? AND status IN ('failed', 'cancelled')"),
+             (retries, now, run_id)),
+            self._event(run_id, "workflow_resume_requested", {}, now),
+        ], fence=True)
+
+    async def fork_run(self, source: dict, run: dict, before_step: int) -> None:
+        """Insert ``run`` with the completed steps of ``source`` numbered below
+        ``before_step``: they replay, and the new run executes from there."""
+        columns = tuple(run)
+        copied = ", ".join(c for c in _STEP_COLUMNS if c not in ("run_id", "run_attempt"))
+        await self.batch([
+            (self.sql(f"INSERT INTO {{p}}runs ({', '.join(columns)}) "
+                      f"VALUES ({', '.join('?' * len(columns))})"), tuple(run.values())),
+            (self.sql(f"INSERT INTO {{p}}steps (run_id, run_attempt, {copied}) "
+                      f"SELECT ?, 0, {copied} FROM {{p}}steps "
+                      "WHERE run_id = ? AND step < ? AND status = 'completed'"),
+             (run["run_id"], source["run_id"], before_step)),
+            self._event(run["run_id"], "workflow_created", {
+                "workflow_name": run["workflow_name"], "forked_from": source["run_id"],
+                "from_step": before_step}, run["created_at"]),
+        ])
+
+    async def advertise(self, worker: dict) -> None:
+        await self.batch([(self.sql(self.dialect.upsert(
+            "{p}workers", tuple(worker), ("worker_id",))), tuple(worker.values()))])
+
+    async def retire(self, worker_id: str) -> None:
+        await self.batch([(self.sql("DELETE FROM {p}workers WHERE worker_id = ?"),
+                           (worker_id,))])
+
+    async def live_workers(self, now: float) -> list:
+        return await self.fetch(self.sql(
+            "SELECT worker_id, host, pid, workflows, started_at, heartbeat_at FROM {p}workers "
+            "WHERE expires_at > ? ORDER BY started_at"), (now,))
 
     async def release_run(self, run_id: str, owner: str, now: float) -> bool:
         """Give a run back (a worker stopping): any worker may claim it at once."""
@@ -1346,7 +1432,7 @@ class _Engine:
         self._claims = itertools.count(1)
         self._tasks: dict[str, tuple[str, asyncio.Task]] = {}  # run id -> (owner, task)
         self._cancelling: set[tuple] = set()  # (run id, owner) of executions we cancelled
-        self._changes: dict[str, asyncio.Event] = {}  # run id -> "look again" for waiters
+        self._changes: dict[str, set] = {}  # run id -> an event per waiter here
         self.draining: set[str] = set()  # owner tokens whose runs stop before their next step
 
     def new_owner(self) -> str:
@@ -1404,12 +1490,22 @@ class _Engine:
 
     def changed(self, run_id: str) -> None:
         """Wake whoever waits here for this run's state to change."""
-        event = self._changes.get(run_id)
-        if event is not None:
+        for event in self._changes.get(run_id, ()):
             event.set()
 
-    def watch(self, run_id: str) -> asyncio.Event:
-        return self._changes.setdefault(run_id, asyncio.Event())
+    @contextlib.contextmanager
+    def watching(self, run_id: str):
+        """An event set whenever this process changes the run (executes a step of it,
+        finishes it, cancels it); clear it before reading the run's state."""
+        event = asyncio.Event()
+        self._changes.setdefault(run_id, set()).add(event)
+        try:
+            yield event
+        finally:
+            waiters = self._changes.get(run_id, set())
+            waiters.discard(event)
+            if not waiters:
+                self._changes.pop(run_id, None)
 
     async def _execute(self, run: dict) -> None:
         run_id, owner = run["run_id"], run["owner"]
@@ -1574,21 +1670,22 @@ class TinyWorkflowClient:
         outcome with ``get_workflow_status(run_id)`` (``status``, ``output_data``,
         ``error``). ``workflow_id`` groups related runs; it defaults to the name.
         """
-        definition = _WORKFLOWS.get(workflow_name) if isinstance(workflow_name, str) else None
-        if definition is None:
-            raise WorkflowNotFoundError(
-                f"no workflow named {workflow_name!r} is registered; registered workflows: "
-                f"{', '.join(sorted(_WORKFLOWS)) or '(none)'} -- import the module that "
-                "defines it before starting it")
         if workflow_id is not None and (not isinstance(workflow_id, str) or not workflow_id):
             raise TypeError(f"workflow_id must be a non-empty string, got {workflow_id!r}")
+        definition = _WORKFLOWS.get(workflow_name) if isinstance(workflow_name, str) else None
         input_text = _dumps(input_data, f"the input of workflow {workflow_name!r}")
         engine = await self._ready()
+        retries, timeout = await self._options(engine, workflow_name)
+        if definition is None and wait:
+            raise WorkflowNotFoundError(
+                f"workflow {workflow_name!r} is served by a worker but not registered in "
+                "this process; wait=True executes the run here: import the module that "
+                "defines it, or start with wait=False and call wait_for_result()")
         now, run_id = engine.clock(), str(uuid.uuid4())
         run = {"run_id": run_id, "workflow_id": workflow_id or workflow_name,
                "workflow_name": workflow_name, "status": "pending", "input_data": input_text,
-               "retry_count": 0, "max_retries": definition.retry_policy.max_retries,
-               "timeout": definition.timeout, "created_at": now, "updated_at": now}
+               "retry_count": 0, "max_retries": retries, "timeout": timeout,
+               "created_at": now, "updated_at": now}
         events = [("workflow_created", {"workflow_name": workflow_name})]
         if not wait:
             await self._store.insert_run(run, events)
@@ -1604,12 +1701,25 @@ class TinyWorkflowClient:
         await self._drive(engine, await self._store.get_run(run_id))
         return run_id
 
+    async def _served(self, engine: _Engine, name: Any) -> tuple:
+        """(max_retries, timeout) of a workflow a live worker serves, else the error."""
+        served: dict = {}
+        for worker in await self._store.live_workers(engine.clock()):
+            for workflow_name, options in _loads(worker[3]).items():
+                served.setdefault(workflow_name, options)
+        if isinstance(name, str) and name in served:
+            return served[name]["max_retries"], served[name]["timeout"]
+        raise WorkflowNotFoundError(
+            f"no workflow named {name!r} is registered; registered workflows: "
+            f"{', '.join(sorted(_WORKFLOWS)) or '(none)'}; served by live workers: "
+            f"{', '.join(sorted(served)) or '(none)'} -- import the module that defines it, "
+            "or start a worker that serves it")
+
     async def _drive(self, engine: _Engine, run: dict) -> None:
         """Execute a run here until it is final, sleeping through retry backoffs."""
         run_id, poll = run["run_id"], 0.05
         claimed: Optional[dict] = run  # a row this engine owns, or None
-        changed = engine.watch(run_id)
-        try:
+        with engine.watching(run_id) as changed:
             while True:
                 if claimed is not None:
                     await engine.execute(claimed)
@@ -1627,8 +1737,6 @@ class TinyWorkflowClient:
                 if claimed is None:
                     await self._until(changed, poll)
                     poll = min(poll * 2, 1.0)
-        finally:
-            engine._changes.pop(run_id, None)
 
     @staticmethod
     async def _until(event: asyncio.Event, seconds: float) -> bool:
@@ -1675,16 +1783,103 @@ class TinyWorkflowClient:
                 for s in history.values()]
 
     async def cancel_workflow(self, run_id: str) -> bool:
-        """Cancel a run that has not finished. True if it was cancelled, False if it had
-        already finished; RunNotFoundError for an unknown id. A run executing in this
-        process stops at once; one executing elsewhere stops at its next step."""
+        """Cancel a run that has not finished and return True. A run executing in this
+        process stops at once, at its current await; one executing in another process
+        stops within a third of the lease (its next lease renewal). RunStateError if
+        the run had already finished (nothing changes), RunNotFoundError if unknown."""
         engine = await self._ready()
         if not await self._store.cancel_run(run_id, engine.clock()):
-            if await self._store.get_run(run_id) is None:
+            row = await self._store.get_run(run_id)
+            if row is None:
                 raise RunNotFoundError(f"no run with id {run_id!r}")
-            return False
+            raise RunStateError(f"run {run_id} has already finished ({row['status']}); "
+                                "only a run that has not finished can be cancelled",
+                                run_id=run_id, status=row["status"])
         engine.cancel_local(run_id)
         return True
+
+    async def wait_for_result(self, run_id: str, timeout: Optional[float] = None) -> Any:
+        """Wait until the run has finished and return its result (the workflow's return
+        value). Raises WorkflowFailedError if it failed or was cancelled, TimeoutError
+        after ``timeout`` seconds, RunNotFoundError for an unknown id. The run may
+        execute anywhere: in this process (woken at once) or in another (polled)."""
+        engine = await self._ready()
+        poll = 0.02
+        deadline = None if timeout is None else engine.clock() + timeout
+        with engine.watching(run_id) as changed:
+            while True:
+                changed.clear()
+                row = await self._store.get_run(run_id)
+                if row is None:
+                    raise RunNotFoundError(f"no run with id {run_id!r}")
+                if row["status"] == "completed":
+                    return _loads(row["output_data"])["result"]
+                if row["status"] in _TERMINAL:
+                    raise WorkflowFailedError(
+                        f"run {run_id} of workflow {row['workflow_name']!r} "
+                        f"{'was cancelled' if row['status'] == 'cancelled' else 'failed'}"
+                        + (f": {row['error']}" if row["error"] else ""),
+                        run_id=run_id, status=row["status"], error=row["error"] or "")
+                pause = poll
+                if deadline is not None:
+                    left = deadline - engine.clock()
+                    if left <= 0:
+                        raise TimeoutError(f"run {run_id} has not finished within {timeout} s "
+                                           f"(it is {row['status']})")
+                    pause = min(pause, left)
+                await self._until(changed, pause)
+                poll = min(poll * 2, self._poll_interval)
+
+    async def resume_workflow(self, run_id: str) -> str:
+        """Run a failed or cancelled run again from its failure point, as a new attempt:
+        its completed steps replay, the rest execute, and it gets its workflow's
+        automatic retries again. A worker executes it; returns the run id.
+        RunStateError if the run is not failed or cancelled (nothing changes)."""
+        engine = await self._ready()
+        row = await self._store.get_run(run_id)
+        if row is None:
+            raise RunNotFoundError(f"no run with id {run_id!r}")
+        retries, _ = await self._options(engine, row["workflow_name"])
+        if not await self._store.resume_run(run_id, engine.clock(), retries):
+            row = await self._store.get_run(run_id)
+            raise RunStateError(f"run {run_id} is {row['status']}; only a failed or cancelled "
+                                "run can be resumed", run_id=run_id, status=row["status"])
+        self._wakeup.set()
+        return run_id
+
+    async def fork_workflow(self, run_id: str, from_step: int) -> str:
+        """Start a new run of the same workflow and input that reuses the recorded
+        results of the steps numbered below ``from_step`` and executes from there
+        (after fixing a bug in step ``from_step``, say). Returns the new run's id."""
+        if isinstance(from_step, bool) or not isinstance(from_step, int) or from_step < 1:
+            raise ValueError(f"from_step must be a step number >= 1, got {from_step!r}")
+        engine = await self._ready()
+        source = await self._store.get_run(run_id)
+        if source is None:
+            raise RunNotFoundError(f"no run with id {run_id!r}")
+        retries, timeout = await self._options(engine, source["workflow_name"])
+        now, new_id = engine.clock(), str(uuid.uuid4())
+        await self._store.fork_run(source, {
+            "run_id": new_id, "workflow_id": source["workflow_id"],
+            "workflow_name": source["workflow_name"], "status": "pending",
+            "input_data": source["input_data"], "retry_count": 0, "max_retries": retries,
+            "timeout": timeout, "created_at": now, "updated_at": now}, from_step)
+        self._wakeup.set()
+        return new_id
+
+    async def _options(self, engine: _Engine, name: str) -> tuple:
+        definition = _WORKFLOWS.get(name)
+        if definition is not None:
+            return definition.retry_policy.max_retries, definition.timeout
+        return await self._served(engine, name)
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        """The live workers sharing this database, with the workflows each serves."""
+        engine = await self._ready()
+        return [WorkerInfo(worker_id=w, host=h, pid=p, workflows=sorted(_loads(names)),
+                           started_at=_dt(started), heartbeat_at=_dt(beat))
+                for w, h, p, names, started, beat in await self._store.live_workers(
+                    engine.clock())]
 
     async def recover_workflows(self) -> list[str]:
         """Execute here every run that is due: pending, due for a retry, or left by an
@@ -1728,6 +1923,7 @@ class TinyWorkflowClient:
 
     async def _work(self, engine: _Engine) -> None:
         running: dict[asyncio.Task, dict] = {}
+        advertiser = asyncio.ensure_future(self._advertise(engine))
         try:
             while not self._stopping.is_set():
                 self._wakeup.clear()
@@ -1753,7 +1949,28 @@ class TinyWorkflowClient:
                         pause = min(pause, max(due - engine.clock(), 0.0))
                     await self._until(self._wakeup, pause)
         finally:
+            advertiser.cancel()
             await self._drain(engine, running)
+            with contextlib.suppress(Exception):
+                await self._store.retire(engine.worker_id)
+
+    async def _advertise(self, engine: _Engine) -> None:
+        """Keep this worker's row up to date: the workflows it serves, and until when
+        it counts as alive (one lease past its last heartbeat)."""
+        started = engine.clock()
+        while True:
+            now = engine.clock()
+            serves = {name: {"max_retries": d.retry_policy.max_retries, "timeout": d.timeout}
+                      for name, d in _WORKFLOWS.items()}
+            try:
+                await self._store.advertise({
+                    "worker_id": engine.worker_id, "host": socket.gethostname(),
+                    "pid": os.getpid(), "workflows": _dumps(serves, "the workflows served"),
+                    "started_at": started, "heartbeat_at": now, "expires_at": now + engine.lease})
+            except Exception:
+                _log.warning("worker %s could not record its heartbeat", engine.worker_id,
+                             exc_info=True)
+            await asyncio.sleep(engine.lease / 3)
 
     async def _drain(self, engine: _Engine, running: dict) -> None:
         """Let the executions finish their current step, then give their runs back."""

@@ -19,6 +19,7 @@ from tinyworkflow import (
     NonDeterminismError,
     RetryPolicy,
     RunNotFoundError,
+    RunStateError,
     SerializationError,
     TinyWorkflowClient,
     WorkflowContext,
@@ -107,8 +108,8 @@ async def test_durable_sqlite_settings(db_url, tmp_path):
         assert c._store.timeout == 2
     tables = {r[0] for r in table_rows(db_url, "SELECT name FROM sqlite_master WHERE type='table'")}
     assert tables == {"tinyworkflow_meta", "tinyworkflow_runs", "tinyworkflow_steps",
-                      "tinyworkflow_events"}
-    assert table_rows(db_url, "SELECT value FROM tinyworkflow_meta") == [("1",)]
+                      "tinyworkflow_events", "tinyworkflow_workers"}
+    assert table_rows(db_url, "SELECT value FROM tinyworkflow_meta") == [("2",)]
 
 
 async def test_table_prefix(tmp_path):
@@ -116,7 +117,8 @@ async def test_table_prefix(tmp_path):
     async with TinyWorkflowClient(url, table_prefix="app_wf_") as c:
         await c.list_workflow_executions()
     names = {r[0] for r in table_rows(url, "SELECT name FROM sqlite_master WHERE type='table'")}
-    assert names == {"app_wf_meta", "app_wf_runs", "app_wf_steps", "app_wf_events"}
+    assert names == {"app_wf_meta", "app_wf_runs", "app_wf_steps", "app_wf_events",
+                     "app_wf_workers"}
     for bad in ("", "1x", "a;drop table x", "a-b"):
         with pytest.raises(ValueError, match="prefix"):
             TinyWorkflowClient(url, table_prefix=bad)
@@ -526,10 +528,13 @@ async def test_cancel(client):
     run_id = await client.start_workflow("cancel_pending")
     assert await client.cancel_workflow(run_id) is True
     assert (await client.get_workflow_status(run_id)).status == "cancelled"
-    assert await client.cancel_workflow(run_id) is False
+    with pytest.raises(RunStateError, match="already finished \\(cancelled\\)"):
+        await client.cancel_workflow(run_id)
     assert await client.recover_workflows() == []  # a cancelled run never runs
     done = await client.start_workflow("cancel_pending", wait=True)
-    assert await client.cancel_workflow(done) is False
+    with pytest.raises(RunStateError, match="already finished \\(completed\\)") as err:
+        await client.cancel_workflow(done)
+    assert isinstance(err.value, ValueError) and err.value.status == "completed"
     assert (await client.get_workflow_status(done)).status == "completed"
     with pytest.raises(RunNotFoundError, match="no run with id 'nope'"):
         await client.cancel_workflow("nope")

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precondition, rule
 
-from tinyworkflow import (RetryPolicy, RunNotFoundError, TinyWorkflowClient, WorkflowContext,
-                          activity, workflow)
+from tinyworkflow import (RetryPolicy, RunNotFoundError, RunStateError, TinyWorkflowClient,
+                          WorkflowContext, activity, workflow)
 
 # ---- RetryPolicy.calculate_delay ---------------------------------------------------------
 
@@ -311,11 +311,15 @@ class RunStateMachine(RuleBasedStateMachine):
     @rule(run_id=runs)
     def cancel(self, run_id):
         model = self.model[run_id]
-        cancelled = self.run(self.client.cancel_workflow(run_id))
         if model.status in ("completed", "failed", "cancelled"):
-            assert cancelled is False
+            try:
+                self.run(self.client.cancel_workflow(run_id))
+            except RunStateError as exc:
+                assert exc.status == model.status
+            else:
+                raise AssertionError("cancelling a finished run must raise RunStateError")
         else:
-            assert cancelled is True
+            assert self.run(self.client.cancel_workflow(run_id)) is True
             model.cancelled()
 
     @rule()
