@@ -4,6 +4,7 @@
     tinyworkflow --import-workflows examples.workflows start simple_etl --input '{"n": 1}' --wait
     tinyworkflow status <run_id>
     tinyworkflow list --status failed --json
+    tinyworkflow --import-workflows examples.workflows worker --concurrency 20
 
 Run as ``tinyworkflow`` (pip), ``python -m tinyworkflow`` or ``python tinyworkflow.py``;
 each hands off to ``main()`` here. Uses only the public API of tinyworkflow.
@@ -13,12 +14,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import importlib
 import importlib.util
 import json
+import logging
+import math
 import os
+import re
+import signal
 import sys
 from datetime import datetime
 from typing import Any, Optional
@@ -32,7 +38,9 @@ exit codes:
   1  the operation failed: a run failed (start --wait), an unknown run id, a run that
      had already finished (cancel)
   2  bad usage: an unknown command or option, malformed --input JSON, an unknown
-     workflow name, a value the library rejects (ValueError, TypeError)
+     workflow name, a value the library rejects (ValueError, TypeError), no workflow
+     registered (recover, worker)
+  130, 143  worker: a second Ctrl-C (SIGINT) or SIGTERM ended it without waiting
 
 The workflows a command needs must be registered first: pass the module that defines
 them with --import-workflows (a dotted module path such as examples.workflows, resolved
@@ -248,7 +256,10 @@ async def _cmd_steps(client, args) -> int:
 
 
 async def _cmd_cancel(client, args) -> int:
-    cancelled = await client.cancel_workflow(args.run_id)
+    try:
+        cancelled = await client.cancel_workflow(args.run_id)
+    except tinyworkflow.RunStateError:  # had already finished: reported below, exit 1
+        cancelled = False
     run = await _require_run(client, args.run_id)
     if args.json:
         _print_json({"run_id": args.run_id, "cancelled": cancelled, "status": run.status})
@@ -285,6 +296,94 @@ async def _cmd_cleanup(client, args) -> int:
     else:
         print(f"deleted {deleted} run(s) that finished more than {args.days:g} day(s) ago")
     return 0
+
+
+# ---- the worker -------------------------------------------------------------------------
+
+_wlog = logging.getLogger("tinyworkflow.cli")
+
+
+def _masked(url: str) -> str:
+    """The database URL without its password, fit for a log line."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+@contextlib.contextmanager
+def _logging_to_stderr(verbose: bool):
+    """Show the library's log (the "tinyworkflow" logger) on stderr while the worker runs."""
+    logger = logging.getLogger("tinyworkflow")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)s %(message)s",
+                                           "%Y-%m-%d %H:%M:%S"))
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False  # once, even if the imported code configured the root logger
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+async def _cmd_worker(client, args) -> int:
+    workflows = client.list_registered_workflows()
+    if not workflows:
+        _error("no workflows are registered, so there is nothing this worker can execute",
+               "pass the module that defines them: --import-workflows MODULE_OR_FILE")
+        return 2
+    with _logging_to_stderr(args.verbose), _stop_signals(args.grace) as stopping:
+        async with client:  # opened only now: a refused worker leaves no database behind
+            if stopping.is_set():  # a signal while the database was opening
+                return 0
+            await client.start_worker()
+            database = _masked(client.database_url)
+            if args.json:
+                print(json.dumps({"worker": "started", "workflows": workflows,
+                                  "database": database}), flush=True)
+            else:
+                print(f"worker started: serving {len(workflows)} workflow(s) "
+                      f"({', '.join(workflows)}) from {database}; Ctrl-C or SIGTERM stops it",
+                      flush=True)
+            await stopping.wait()
+            await client.stop_worker(grace=args.grace)
+        _wlog.info("worker stopped")
+    return 0
+
+
+@contextlib.contextmanager
+def _stop_signals(grace: float):
+    """An event set by the first SIGINT or SIGTERM; a second one ends the process."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        name = signal.Signals(signum).name
+        if stopping.is_set():
+            # Like a crash: whatever this worker still holds resumes elsewhere once its
+            # lease expires. Nothing is awaited, so nothing can keep the process alive.
+            _wlog.warning("%s again: exiting at once; runs still held here resume elsewhere "
+                          "once their leases expire", name)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(128 + signum)
+        _wlog.info("%s: stopping; steps in flight get up to %gs to finish, then the runs "
+                   "are released (send it again to exit at once)", name, grace)
+        stopping.set()
+
+    installed = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, on_signal, signum)
+            installed.append(signum)
+        except (NotImplementedError, ValueError, RuntimeError):
+            pass  # Windows, or not the main thread: Ctrl-C interrupts without the grace
+    try:
+        yield stopping
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
 
 
 # ---- importing the user's workflows -----------------------------------------------------
@@ -372,6 +471,29 @@ def _days(text: str) -> float:
     return value
 
 
+def _positive_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _seconds_type(zero_ok: bool):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+            raise argparse.ArgumentTypeError(f"expected a number of seconds "
+                                             f"{'>= 0' if zero_ok else '> 0'}, got {text!r}")
+        return value
+    return parse
+
+
 def _add_global_options(parser: argparse.ArgumentParser, suffix: str = "") -> None:
     # Accepted before the command and again after it; after-values land in *_after
     # (a subcommand parses into a fresh namespace that would overwrite the first ones).
@@ -440,7 +562,32 @@ def _parser() -> argparse.ArgumentParser:
     sub = command("cleanup", _cmd_cleanup,
                   "delete finished runs older than --days, with their steps and events")
     sub.add_argument("--days", type=_days, required=True, metavar="N")
+    sub = command("worker", _cmd_worker,
+                  "execute runs of the imported workflows until SIGTERM or Ctrl-C: due runs, "
+                  "runs started elsewhere with wait=False, and runs left by a crashed worker "
+                  "once their lease expires; logs to stderr",
+                  needs_db=False)  # opens it itself, once it knows it will serve
+    sub.add_argument("--concurrency", type=_positive_count, default=None, metavar="N",
+                     help="runs executed at once (default 100)")
+    sub.add_argument("--lease-seconds", type=_seconds_type(zero_ok=False), default=None,
+                     metavar="S", help="how long a run stays with this worker after its last "
+                                       "heartbeat (default $TINYWORKFLOW_LEASE_SECONDS, else 30)")
+    sub.add_argument("--poll-interval", type=_seconds_type(zero_ok=False), default=None,
+                     metavar="S",
+                     help="how often to look for runs stored by other processes (default 1)")
+    sub.add_argument("--grace", type=_seconds_type(zero_ok=True), default=10.0, metavar="S",
+                     help="on SIGTERM or Ctrl-C, how long steps in flight may take to finish "
+                          "before their runs are released to other workers (default 10)")
+    sub.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     return parser
+
+
+def _client_options(args: argparse.Namespace) -> dict:
+    """TinyWorkflowClient keywords given on the command line (the worker's options)."""
+    given = {"worker_concurrency": getattr(args, "concurrency", None),
+             "lease_seconds": getattr(args, "lease_seconds", None),
+             "poll_interval": getattr(args, "poll_interval", None)}
+    return {key: value for key, value in given.items() if value is not None}
 
 
 async def _run(client: tinyworkflow.TinyWorkflowClient, args: argparse.Namespace) -> int:
@@ -466,7 +613,8 @@ def main(argv: Optional[list] = None) -> int:
     client = None
     try:
         _import_workflows(imports)
-        client = tinyworkflow.TinyWorkflowClient(args.db)  # ValueError on a bad URL
+        # ValueError on a bad URL or option:
+        client = tinyworkflow.TinyWorkflowClient(args.db, **_client_options(args))
         return asyncio.run(_run(client, args))
     except _UsageError as exc:
         _error(exc, exc.hint)

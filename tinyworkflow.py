@@ -319,9 +319,12 @@ def _rebuild_error(record: dict, run_id: str, step: int) -> BaseException:
     return ActivityError(message, error_type=record.get("type", ""), run_id=run_id, step=step)
 
 
-async def _with_timeout(awaitable: Awaitable, seconds: Optional[float], error: Callable[[], Exception]):
+async def _with_timeout(awaitable: Awaitable, seconds: Optional[float],
+                        error: Callable[[], Exception], settle: bool = True):
     """Await with a time limit, telling our timeout apart from a TimeoutError raised by
-    the awaited code itself (asyncio.wait_for cannot)."""
+    the awaited code itself (asyncio.wait_for cannot). On timeout the work is cancelled
+    and, with ``settle``, waited for until it has really stopped (a sync activity's
+    thread cannot be interrupted); without, it is abandoned to finish on its own."""
     if seconds is None:
         return await awaitable
     task = asyncio.ensure_future(awaitable)
@@ -332,11 +335,16 @@ async def _with_timeout(awaitable: Awaitable, seconds: Optional[float], error: C
         raise
     if not done:
         task.cancel()
-        await asyncio.wait({task})  # an outer cancellation still propagates from here
-        if not task.cancelled():
-            task.exception()  # retrieved: whatever it ended with, the verdict is timeout
+        task.add_done_callback(_retrieve)  # whatever it ends with, the verdict is timeout
+        if settle:
+            await asyncio.wait({task})  # an outer cancellation still propagates from here
         raise error()
     return task.result()
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 # ---- retry policy -----------------------------------------------------------------------
@@ -475,7 +483,8 @@ class _Dialect:
                 + (f"SELECT {values} {source}" if source else f"VALUES ({values})"))
         rest = [c for c in columns if c not in keys]
         if self.upsert_style == "on duplicate key":
-            return head + " ON DUPLICATE KEY UPDATE " + ", ".join(f"{c} = VALUES({c})" for c in rest)
+            return (head + " ON DUPLICATE KEY UPDATE "
+                    + ", ".join(f"{c} = VALUES({c})" for c in rest))
         return (head + f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
                 + ", ".join(f"{c} = excluded.{c}" for c in rest))
 
@@ -827,8 +836,8 @@ class _Store:
                                 (run_id, limit))
 
     async def delete_finished_before(self, cutoff: float) -> int:
-        finished = (f"SELECT run_id FROM {{p}}runs WHERE status IN ('completed', 'failed', "
-                    f"'cancelled') AND completed_at < ?")
+        finished = ("SELECT run_id FROM {p}runs WHERE status IN ('completed', 'failed', "
+                    "'cancelled') AND completed_at < ?")
         async with self.transaction() as tx:
             for table in ("events", "steps"):
                 await tx.execute(self.sql(f"DELETE FROM {{p}}{table} "
@@ -1130,7 +1139,14 @@ class _ActivityDef:
     async def call(self, args: tuple, kwargs: dict) -> Any:
         if self.is_async:
             return await self.fn(*args, **kwargs)
-        result = await asyncio.to_thread(self.fn, *args, **kwargs)  # never block the loop
+        thread = asyncio.ensure_future(asyncio.to_thread(self.fn, *args, **kwargs))
+        try:
+            result = await asyncio.shield(thread)  # a thread: never block the loop
+        except asyncio.CancelledError:
+            # A thread cannot be interrupted: the step is over only when it returns, so
+            # nobody (a retry, another worker) may run it again before that.
+            await asyncio.wait({thread})
+            raise
         if inspect.isawaitable(result):  # a callable object with an async __call__
             result = await result
         return result
@@ -1370,6 +1386,8 @@ class WorkflowContext:
         started = engine.clock()
         arguments = _dumps_lenient({"args": args, "kwargs": kwargs})
         while True:
+            if attempts and self._owner in engine.draining:
+                raise _Released(self.run_id)  # between attempts: the failures are recorded
             attempts += 1
             token = _CURRENT_ACTIVITY.set(ActivityInfo(
                 self.run_id, self.workflow_id, self.workflow_name, step, definition.name,
@@ -1379,7 +1397,7 @@ class WorkflowContext:
                     definition.call(args, kwargs), definition.timeout,
                     lambda: ActivityTimeoutError(
                         f"activity {definition.name!r} (step {step} of run {self.run_id}) "
-                        f"timed out after {definition.timeout} s"))
+                        f"timed out after {definition.timeout} s"), settle=False)
                 output = _dumps(result, f"the result of activity {definition.name!r} "
                                         f"(step {step} of run {self.run_id})")
                 error = None
@@ -1456,6 +1474,9 @@ class _Engine:
         except asyncio.CancelledError:
             if (run_id, owner) not in self._cancelling:
                 task.cancel()
+                # Until the execution has really stopped (a sync activity's thread ends
+                # when it returns), the run stays ours: the heartbeat keeps the lease.
+                await asyncio.wait({task})
                 raise
         finally:
             heartbeat.cancel()
@@ -1629,8 +1650,11 @@ class TinyWorkflowClient:
             try:
                 await self._store.connect()
                 await self._store.migrate()
-            except BaseException:
+            except BaseException as exc:
                 await self._store.close()
+                if isinstance(exc, (OSError, sqlite3.Error)):  # the driver's, said our way
+                    raise TinyWorkflowError(f"cannot open the database {self.database_url}: "
+                                            f"{exc}") from exc
                 raise
             self._engine = _Engine(self._store, self._lease)
             self._wakeup = asyncio.Event()

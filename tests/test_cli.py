@@ -4,8 +4,11 @@ points (python -m tinyworkflow, python tinyworkflow.py) in subprocesses."""
 import importlib.util
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -392,3 +395,195 @@ def test_without_imports_commands_hint_at_them(env):
     assert done.returncode == 2
     assert done.stderr.startswith("error: no workflows are registered")
     assert "--import-workflows" in done.stderr
+
+
+# ---- the worker command -----------------------------------------------------------------
+
+SLOW_WORKFLOW = '''
+import asyncio
+from tinyworkflow import workflow, activity, RetryPolicy
+
+
+@activity(name="nap_SFX", retry_policy=RetryPolicy(max_retries=0))
+async def nap(seconds):
+    for _ in range(int(seconds * 20)):
+        await asyncio.sleep(0.05)
+    return seconds
+
+
+@workflow(name="slow_SFX", retry_policy=RetryPolicy(max_retries=0))
+async def slow(ctx):
+    return await ctx.execute_activity(nap, ctx.get_input("seconds"))
+'''
+
+_LOG_LINE = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} (DEBUG|INFO|WARNING|ERROR) "
+
+
+class _WorkerProcess:
+    """``python -m tinyworkflow worker ...`` with stdout and stderr in files."""
+
+    def __init__(self, env, *argv):
+        self.out, self.err = env.tmp / "worker.out", env.tmp / "worker.err"
+        environ = {**os.environ, "PYTHONPATH": str(ROOT)}
+        environ.pop("TINYWORKFLOW_DATABASE_URL", None)
+        with open(self.out, "wb") as out, open(self.err, "wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tinyworkflow", "worker", "--db", env.db,
+                 "--poll-interval", "0.05", *argv],
+                cwd=env.tmp, env=environ, stdout=out, stderr=err)
+
+    def stdout(self) -> str:
+        return self.out.read_text()
+
+    def stderr(self) -> str:
+        return self.err.read_text()
+
+    def wait_started(self, timeout=15.0) -> str:
+        deadline = time.monotonic() + timeout
+        while not self.stdout().endswith("\n"):  # its one line on start
+            assert self.proc.poll() is None, f"worker exited early:\n{self.stderr()}"
+            assert time.monotonic() < deadline, f"worker did not start:\n{self.stderr()}"
+            time.sleep(0.01)
+        return self.stdout()
+
+    def signal(self, signum, timeout=10.0) -> tuple:
+        """Send ``signum``; (exit code or None if still running after ``timeout``, seconds)."""
+        started = time.monotonic()
+        self.proc.send_signal(signum)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+        return code, time.monotonic() - started
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def worker_process():
+    started = []
+
+    def start(env, *argv):
+        worker = _WorkerProcess(env, *argv)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.kill()
+
+
+def _until(predicate, timeout=15.0, what="a condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT],
+                         ids=["SIGTERM", "SIGINT"])
+def test_worker_executes_runs_started_elsewhere_then_stops_on_a_signal(
+        env, run, worker_process, stop_signal):
+    worker = worker_process(env, "--import-workflows", env.module, "--concurrency", "4")
+    line = worker.wait_started()
+    assert line.count("\n") == 1  # one line on start
+    assert env.hello in line and env.fail in line and env.db in line
+
+    run_ids = [run("start", env.hello, "--input", json.dumps({"name": f"n{i}"}))[1].strip()
+               for i in range(6)]
+    failing = run("start", env.fail)[1].strip()
+
+    def status(run_id):
+        return json.loads(run("status", run_id, "--json")[1])
+
+    _until(lambda: all(status(r)["status"] == "completed" for r in run_ids)
+           and status(failing)["status"] == "failed", what="the worker to execute the runs")
+    assert [status(r)["output_data"] for r in run_ids] == [
+        {"result": {"greeting": f"hello n{i}"}} for i in range(6)]
+    assert status(failing)["error"] == "RuntimeError: kaput"
+
+    code, took = worker.signal(stop_signal)
+    assert code == 0, worker.stderr()
+    assert took < 5
+    log = worker.stderr()
+    assert f"{signal.Signals(stop_signal).name}: stopping" in log
+    assert "worker stopped" in log
+    assert f"run {failing} failed" in log  # the library's log, with the run id
+    assert "Traceback" not in log
+    assert all(re.match(_LOG_LINE, line) for line in log.splitlines()), log
+
+
+def test_worker_second_signal_exits_at_once(env, run, worker_process):
+    sfx = env.hello.rpartition("_")[2]
+    slow_module, slow = f"cliworker_{sfx}", f"slow_{sfx}"
+    (env.tmp / f"{slow_module}.py").write_text(SLOW_WORKFLOW.replace("SFX", sfx))
+    worker = worker_process(env, "--import-workflows", slow_module, "--grace", "60",
+                            "--lease-seconds", "30", "--json")
+    assert json.loads(worker.wait_started()) == {
+        "worker": "started", "workflows": [slow], "database": env.db}
+    code, out, err = run("--import-workflows", slow_module, "start", slow,
+                         "--input", '{"seconds": 30}', imports=False)
+    assert code == 0, err
+    run_id = out.strip()
+    _until(lambda: json.loads(run("status", run_id, "--json")[1])["status"] == "running",
+           what="the worker to claim the run")
+
+    # First Ctrl-C: stops gracefully, so it waits for the 30 s step (grace 60 s)...
+    code, _ = worker.signal(signal.SIGINT, timeout=0.5)
+    assert code is None, worker.stderr()
+    # ...second one: gone at once, leaving the run to be taken over after its lease.
+    code, took = worker.signal(signal.SIGINT, timeout=5)
+    assert code == 130, worker.stderr()
+    assert took < 2
+    assert "SIGINT again: exiting at once" in worker.stderr()
+    assert json.loads(run("status", run_id, "--json")[1])["status"] == "running"
+
+
+def test_worker_start_line_hides_the_database_password():
+    masked = cli._masked("postgresql://app:s3cr:t@db:5432/jobs")
+    assert masked == "postgresql://app:***@db:5432/jobs"
+    assert cli._masked("mysql://root@localhost/test") == "mysql://root@localhost/test"
+    assert cli._masked("sqlite+aiosqlite:///a:b@c.db") == "sqlite+aiosqlite:///a:b@c.db"
+
+
+def test_worker_refuses_to_start_without_workflows(env):
+    done = _subprocess(["-m", "tinyworkflow", "--db", env.db, "worker"], cwd=env.tmp)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: no workflows are registered")
+    assert "--import-workflows" in done.stderr
+    assert done.stdout == ""
+    assert not (env.tmp / "t.db").exists()  # refused before opening the database
+
+
+@pytest.mark.parametrize("option", [
+    ["--concurrency", "0"], ["--concurrency", "two"], ["--lease-seconds", "0"],
+    ["--lease-seconds", "-1"], ["--poll-interval", "nan"], ["--grace", "-1"],
+    ["--grace", "inf"],
+])
+def test_worker_bad_options_exit_2(env, run, option):
+    code, out, err = run("worker", *option)
+    assert code == 2 and out == ""
+    assert f"argument {option[0]}" in err and "error:" in err
+
+
+def test_worker_bad_lease_from_environment_exits_2(env, run, monkeypatch):
+    monkeypatch.setenv("TINYWORKFLOW_LEASE_SECONDS", "soon")
+    code, _, err = run("worker")
+    assert code == 2
+    assert err.startswith("error: TINYWORKFLOW_LEASE_SECONDS must be a number of seconds")
+
+
+def test_a_file_that_is_not_a_database_is_a_clear_error(env, run):
+    bad = env.tmp / "notes.db"
+    bad.write_bytes(b"these are my notes, not a database\n" * 100)
+    url = f"sqlite+aiosqlite:///{bad}"
+    code, out, err = run("--db", url, "list", db=False)
+    assert code == 1 and out == ""
+    assert err.startswith("error:") and str(bad) in err
+    done = _subprocess(["-m", "tinyworkflow", "--db", url, "worker",
+                        "--import-workflows", env.module], cwd=env.tmp)
+    assert done.returncode == 1
+    assert done.stderr.startswith("error:") and "Traceback" not in done.stderr

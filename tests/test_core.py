@@ -16,7 +16,6 @@ import pytest
 import tinyworkflow
 from tinyworkflow import (
     ActivityTimeoutError,
-    NonDeterminismError,
     RetryPolicy,
     RunNotFoundError,
     RunStateError,

@@ -11,7 +11,7 @@ import time
 import aiosqlite
 import pytest
 
-from tinyworkflow import RetryPolicy, TinyWorkflowClient, activity, workflow
+from tinyworkflow import RetryPolicy, TinyWorkflowClient, TinyWorkflowError, activity, workflow
 
 _calls: dict = {}
 
@@ -104,8 +104,9 @@ async def test_failed_connect_does_not_leak_the_connection_thread(tmp_path):
     path = tmp_path / "not-a-db.db"
     path.write_bytes(b"this is not a sqlite database" * 100)
     client = TinyWorkflowClient(f"sqlite+aiosqlite:///{path}")
-    with pytest.raises(sqlite3.DatabaseError):
+    with pytest.raises(TinyWorkflowError, match="cannot open the database .*not-a-db.db") as err:
         await client.initialize()
+    assert isinstance(err.value.__cause__, sqlite3.DatabaseError)
     leaked = client._store._conn
     try:
         assert leaked is None, "the aiosqlite connection (and its thread) was left open"
