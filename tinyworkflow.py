@@ -1017,17 +1017,27 @@ class _SQLiteStore(_Store):
             return await self._call(self._fetch_sync, sql, params)
 
     async def batch(self, ops: list, fence: bool = False) -> bool:
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if (not self._pending and not getattr(loop, "_ready", True) and self._inline_ok()):
+            # Nothing else is ready to run this turn, so nobody could join a group:
+            # commit now. (``_ready`` is asyncio's run queue; a loop without it groups.)
+            result = self._group_sync([(ops, fence, None)], inline=True)
+            if result is not None:
+                return result[0]
+        future = loop.create_future()
         self._pending.append((ops, fence, future))
         if len(self._pending) == 1:  # first of a group: commit once this turn is over
-            future.get_loop().call_soon(self._flush_soon)
+            loop.call_soon(self._flush_soon)
         return await future
+
+    def _inline_ok(self) -> bool:
+        return (self._wal and not self._lock.locked()
+                and self._commit_seconds < _INLINE_COMMIT_LIMIT)
 
     def _flush_soon(self) -> None:
         if not self._pending or self._conn is None:
             return
-        if (self._lock.locked() or not self._wal
-                or self._commit_seconds >= _INLINE_COMMIT_LIMIT):
+        if not self._inline_ok():
             if self._flusher is None or self._flusher.done():
                 self._flusher = asyncio.ensure_future(self._flush())
             return
