@@ -79,7 +79,7 @@ async def test_wait_for_result_across_clients(db_url):
     """The run executes in another client (as in another process): polled."""
     reset()
     async with TinyWorkflowClient(db_url, poll_interval=0.05) as waiter, \
-            TinyWorkflowClient(db_url, auto_start_worker=True) as worker:
+            TinyWorkflowClient(db_url, auto_start_worker=True) as _worker:
         run_id = await waiter.start_workflow("wk_three", {"delay": 0.05})
         started = time.monotonic()
         assert await waiter.wait_for_result(run_id, timeout=10) == [1, 2, 3]
