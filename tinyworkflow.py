@@ -331,7 +331,9 @@ async def _with_timeout(awaitable: Awaitable, seconds: Optional[float],
     try:
         done, _ = await asyncio.wait({task}, timeout=max(seconds, 0.0))
     except asyncio.CancelledError:
-        task.cancel()
+        task.cancel()  # cancelled from outside: the work is over only once it has stopped
+        await asyncio.wait({task})
+        _retrieve(task)
         raise
     if not done:
         task.cancel()
@@ -695,11 +697,15 @@ class _Store:
         """A failed or cancelled run becomes due again as a new attempt, with ``retries``
         more automatic retries; its recorded steps stay and replay."""
         return await self.batch([
+            # A cancelled run whose executor may still be winding down (owner set, lease
+            # not expired) becomes due when that lease would have expired.
             (self.sql("UPDATE {p}runs SET max_retries = retry_count + 1 + ?, "
-                      "retry_count = retry_count + 1, status = 'pending', completed_at = NULL, "
-                      "wake_at = NULL, deadline_at = NULL, updated_at = ? "
+                      "retry_count = retry_count + 1, wake_at = CASE WHEN owner IS NOT NULL "
+                      "AND lease_expires_at > ? THEN lease_expires_at ELSE NULL END, "
+                      "status = 'pending', owner = NULL, lease_expires_at = NULL, "
+                      "completed_at = NULL, deadline_at = NULL, updated_at = ? "
                       "WHERE run_id = ? AND status IN ('failed', 'cancelled')"),
-             (retries, now, run_id)),
+             (retries, now, now, run_id)),
             self._event(run_id, "workflow_resume_requested", {}, now),
         ], fence=True)
 
@@ -732,6 +738,12 @@ class _Store:
         return await self.fetch(self.sql(
             "SELECT worker_id, host, pid, workflows, started_at, heartbeat_at FROM {p}workers "
             "WHERE expires_at > ? ORDER BY started_at"), (now,))
+
+    async def settle_run(self, run_id: str, owner: str, now: float) -> None:
+        """The cancelled execution under ``owner`` has really stopped: drop its lease."""
+        await self.batch([(self.sql(
+            "UPDATE {p}runs SET owner = NULL, lease_expires_at = NULL, updated_at = ? "
+            "WHERE run_id = ? AND owner = ? AND status = 'cancelled'"), (now, run_id, owner))])
 
     async def release_run(self, run_id: str, owner: str, now: float) -> bool:
         """Give a run back (a worker stopping): any worker may claim it at once."""
@@ -797,9 +809,10 @@ class _Store:
 
     async def cancel_run(self, run_id: str, now: float) -> bool:
         return await self.batch([
+            # owner and lease stay until the executor has really stopped (settle_run):
+            # a resume must not overlap the step that may still be running.
             (self.sql("UPDATE {p}runs SET status = 'cancelled', completed_at = ?, updated_at = ?, "
-                      f"owner = NULL, lease_expires_at = NULL, wake_at = NULL "
-                      f"WHERE run_id = ? AND {_NOT_TERMINAL}"),
+                      f"wake_at = NULL WHERE run_id = ? AND {_NOT_TERMINAL}"),
              (now, now, run_id)),
             self._event(run_id, "workflow_cancelled", {}, now),
         ], fence=True)
@@ -978,7 +991,7 @@ class _SQLiteStore(_Store):
         ``inline`` and another connection holds the lock."""
         db, started = self._db, time.perf_counter()
         if not inline:
-            self._begin_sync()
+            self._begin_sync()  # a failure here applied nothing: the whole group gets it
         else:
             try:
                 db.execute("BEGIN IMMEDIATE")
@@ -989,12 +1002,17 @@ class _SQLiteStore(_Store):
         try:
             results = [self._apply(ops, fence) for ops, fence, _ in group]
             db.execute("COMMIT")
-        except BaseException:
+        except Exception:
             self._rollback_sync()
-            if len(group) == 1 or not isinstance(sys.exc_info()[1], Exception):
+            if inline:
+                return None  # nothing applied: redo on the thread, which may wait
+            if len(group) == 1:
                 raise
             # One batch failed: find it by committing each on its own.
             return [self._one_sync(item) for item in group]
+        except BaseException:
+            self._rollback_sync()
+            raise
         finally:
             self._commit_seconds += (time.perf_counter() - started - self._commit_seconds) / 8
         return results
@@ -1012,11 +1030,17 @@ class _SQLiteStore(_Store):
         except Exception as exc:
             return exc
 
+    def _check_open(self) -> None:
+        if self._conn is None:
+            raise TinyWorkflowError("the database connection is closed")
+
     async def fetch(self, sql: str, params: tuple = ()) -> list:
+        self._check_open()
         async with self._lock:
             return await self._call(self._fetch_sync, sql, params)
 
     async def batch(self, ops: list, fence: bool = False) -> bool:
+        self._check_open()
         loop = asyncio.get_running_loop()
         if (not self._pending and not getattr(loop, "_ready", True) and self._inline_ok()):
             # Nothing else is ready to run this turn, so nobody could join a group:
@@ -1035,7 +1059,11 @@ class _SQLiteStore(_Store):
                 and self._commit_seconds < _INLINE_COMMIT_LIMIT)
 
     def _flush_soon(self) -> None:
-        if not self._pending or self._conn is None:
+        if not self._pending:
+            return
+        if self._conn is None:
+            group, self._pending = self._pending, []
+            _resolve(group, [TinyWorkflowError("the database connection is closed")] * len(group))
             return
         if not self._inline_ok():
             if self._flusher is None or self._flusher.done():
@@ -1058,13 +1086,18 @@ class _SQLiteStore(_Store):
                 group, self._pending = self._pending, []
                 try:
                     results = await self._call(self._group_sync, group)
-                except BaseException as exc:
-                    _resolve(group, [exc] * len(group))
+                except Exception as exc:  # the whole group failed (say, locked too long)
+                    results = [exc] * len(group)
+                except BaseException:
+                    group += self._pending
+                    self._pending = []
+                    _resolve(group, [TinyWorkflowError("write interrupted")] * len(group))
                     raise
                 _resolve(group, results)
 
     @contextlib.asynccontextmanager
     async def transaction(self):
+        self._check_open()
         async with self._lock:
             try:
                 await self._call(self._begin_sync)
@@ -1458,7 +1491,7 @@ class _Engine:
         self.store, self.lease, self.clock = store, lease, clock
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._claims = itertools.count(1)
-        self._tasks: dict[str, tuple[str, asyncio.Task]] = {}  # run id -> (owner, task)
+        self._tasks: dict[str, tuple] = {}  # run id -> (owner, task, done event)
         self._cancelling: set[tuple] = set()  # (run id, owner) of executions we cancelled
         self._changes: dict[str, set] = {}  # run id -> an event per waiter here
         self.draining: set[str] = set()  # owner tokens whose runs stop before their next step
@@ -1476,8 +1509,8 @@ class _Engine:
         """Execute a claimed run until it completes, fails, is scheduled for a retry,
         is cancelled or is lost to another owner."""
         run_id, owner = run["run_id"], run["owner"]
-        task = asyncio.ensure_future(self._execute(run))
-        self._tasks[run_id] = (owner, task)
+        task, done = asyncio.ensure_future(self._execute(run)), asyncio.Event()
+        self._tasks[run_id] = (owner, task, done)
         heartbeat = asyncio.ensure_future(self._heartbeat(run_id, owner))
         try:
             await task
@@ -1490,10 +1523,16 @@ class _Engine:
                 raise
         finally:
             heartbeat.cancel()
-            if self._tasks.get(run_id, (None,))[0] == owner:
-                del self._tasks[run_id]
-            self._cancelling.discard((run_id, owner))
-            self.changed(run_id)
+            try:
+                if (run_id, owner) in self._cancelling:
+                    self._cancelling.discard((run_id, owner))
+                    with contextlib.suppress(Exception):  # else the lease runs out by itself
+                        await self.store.settle_run(run_id, owner, self.clock())
+            finally:
+                if self._tasks.get(run_id, (None,))[0] == owner:
+                    del self._tasks[run_id]
+                done.set()
+                self.changed(run_id)
 
     async def _heartbeat(self, run_id: str, owner: str) -> None:
         """Renew the lease while the run executes, also through activities longer than
@@ -1513,11 +1552,16 @@ class _Engine:
 
     def cancel_local(self, run_id: str, owner: Optional[str] = None) -> None:
         """Stop this engine's execution of a run (only the one under ``owner``, if given)."""
-        current_owner, task = self._tasks.get(run_id, (None, None))
+        current_owner, task, _ = self._tasks.get(run_id, (None, None, None))
         if task is not None and owner in (None, current_owner):
             self._cancelling.add((run_id, current_owner))
             task.cancel()
         self.changed(run_id)
+
+    async def settled(self, run_id: str) -> None:
+        """Wait until this engine no longer executes the run."""
+        while run_id in self._tasks:
+            await self._tasks[run_id][2].wait()
 
     def changed(self, run_id: str) -> None:
         """Wake whoever waits here for this run's state to change."""
@@ -1646,7 +1690,7 @@ class TinyWorkflowClient:
         self._engine: Optional[_Engine] = None
         self._worker: Optional[asyncio.Task] = None
         self._wakeup: Optional[asyncio.Event] = None
-        self._stopping = asyncio.Event()
+        self._stopping = asyncio.Event()  # the current worker's; a new worker gets a new one
         self._stop_grace = 10.0
         self._opening = asyncio.Lock()
 
@@ -1870,6 +1914,7 @@ class TinyWorkflowClient:
         automatic retries again. A worker executes it; returns the run id.
         RunStateError if the run is not failed or cancelled (nothing changes)."""
         engine = await self._ready()
+        await engine.settled(run_id)  # a cancelled execution here: let it stop first
         row = await self._store.get_run(run_id)
         if row is None:
             raise RunNotFoundError(f"no run with id {run_id!r}")
@@ -1901,8 +1946,8 @@ class TinyWorkflowClient:
         self._wakeup.set()
         return new_id
 
-    async def _options(self, engine: _Engine, name: str) -> tuple:
-        definition = _WORKFLOWS.get(name)
+    async def _options(self, engine: _Engine, name: Any) -> tuple:
+        definition = _WORKFLOWS.get(name) if isinstance(name, str) else None
         if definition is not None:
             return definition.retry_policy.max_retries, definition.timeout
         return await self._served(engine, name)
@@ -1920,7 +1965,12 @@ class TinyWorkflowClient:
         executor whose lease expired (a crashed process). Returns their run ids once
         each has finished or been rescheduled."""
         engine = await self._ready()
-        runs = await engine.claim(limit=1_000_000)
+        runs: list = []
+        while True:  # in batches: one claim binds every id in an IN list
+            claimed = await engine.claim(limit=500)
+            runs += claimed
+            if len(claimed) < 500:
+                break
         await asyncio.gather(*(engine.execute(run) for run in runs))
         return [run["run_id"] for run in runs]
 
@@ -1936,30 +1986,36 @@ class TinyWorkflowClient:
     async def start_worker(self) -> None:
         """Execute due runs in the background of this event loop until ``stop_worker``."""
         engine = await self._ready()
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.ensure_future(self._work(engine))
+        if self._worker is not None and not self._worker.done():
+            if not self._stopping.is_set():
+                return  # running already
+            await asyncio.wait({self._worker})  # a stopping worker: let it finish first
+        self._stopping = asyncio.Event()
+        self._worker = asyncio.ensure_future(self._work(engine, self._stopping))
 
     async def stop_worker(self, grace: float = 10.0) -> None:
         """Stop the background worker gracefully: it claims nothing more, lets the
         steps in flight finish for up to ``grace`` seconds (each run stops before its
         next step), cancels what is still running then, and gives every run it held
         back to the database, so that another worker takes it over at once."""
-        worker, self._worker = self._worker, None
+        worker, stopping = self._worker, self._stopping
         if worker is None:
             return
-        self._stop_grace = grace
-        self._stopping.set()
-        self._wakeup.set()
-        await asyncio.wait({worker})
-        self._stopping.clear()
-        if not worker.cancelled() and worker.exception() is not None:
-            _log.error("the worker stopped with an error", exc_info=worker.exception())
+        if not stopping.is_set():
+            self._stop_grace = grace
+            stopping.set()
+            self._wakeup.set()
+        await asyncio.wait({worker})  # every caller waits for the same drain
+        if self._worker is worker:
+            self._worker = None
+            if not worker.cancelled() and worker.exception() is not None:
+                _log.error("the worker stopped with an error", exc_info=worker.exception())
 
-    async def _work(self, engine: _Engine) -> None:
+    async def _work(self, engine: _Engine, stopping: asyncio.Event) -> None:
         running: dict[asyncio.Task, dict] = {}
         advertiser = asyncio.ensure_future(self._advertise(engine))
         try:
-            while not self._stopping.is_set():
+            while not stopping.is_set():
                 self._wakeup.clear()
                 free = self._worker_concurrency - len(running)
                 if free <= 0:  # every slot busy: a finishing execution wakes us
@@ -1967,20 +2023,20 @@ class TinyWorkflowClient:
                     continue
                 try:
                     claimed = await engine.claim(limit=free)
-                    idle = len(claimed) < free
-                    due = await self._store.next_wake(sorted(_WORKFLOWS)) if idle else None
                 except Exception:  # a locked or unreachable database: try again later
                     _log.warning("worker %s could not claim runs; retrying in %.1fs",
                                  engine.worker_id, self._poll_interval, exc_info=True)
-                    claimed, idle, due = [], True, None
+                    claimed = []
                 for run in claimed:
                     task = asyncio.ensure_future(engine.execute(run))
                     running[task] = run
                     task.add_done_callback(self._finished(running))
-                if idle:  # else claim again right away: more runs are waiting
+                if len(claimed) < free:  # else claim again right away: more are waiting
                     pause = self._poll_interval
-                    if due is not None:
-                        pause = min(pause, max(due - engine.clock(), 0.0))
+                    with contextlib.suppress(Exception):  # unknown: poll as usual
+                        due = await self._store.next_wake(sorted(_WORKFLOWS))
+                        if due is not None:
+                            pause = min(pause, max(due - engine.clock(), 0.0))
                     await self._until(self._wakeup, pause)
         finally:
             advertiser.cancel()

@@ -252,3 +252,19 @@ async def test_migrates_a_version_1_database(tmp_path):
         assert await c.list_workers() == []
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT value FROM tinyworkflow_meta").fetchall() == [("2",)]
+
+
+async def test_resume_right_after_cancelling_an_executing_run(db_url):
+    """The cancelled execution here stops first (its lease is dropped then), so the
+    resumed run neither overlaps it nor waits for the lease to run out."""
+    reset()
+    async with TinyWorkflowClient(db_url, auto_start_worker=True, lease_seconds=30) as c:
+        run_id = await c.start_workflow("wk_three", {"delay": 0.2})
+        while not calls[1]:
+            await asyncio.sleep(0.01)
+        await c.cancel_workflow(run_id)
+        started = time.monotonic()
+        await c.resume_workflow(run_id)
+        assert await c.wait_for_result(run_id, timeout=10) == [1, 2, 3]
+        assert time.monotonic() - started < 3
+    assert calls[1] == 2 and calls[2] == 1 and calls[3] == 1
