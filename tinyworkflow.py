@@ -1801,7 +1801,7 @@ class TinyWorkflowClient:
             while True:
                 if claimed is not None:
                     await engine.execute(claimed)
-                    poll = 0.05
+                    claimed, poll = None, 0.05  # spent: only a new claim executes again
                 changed.clear()  # before reading the state: no change is missed
                 row = await self._store.get_run(run_id)
                 if row is None or row["status"] in _TERMINAL:

@@ -268,3 +268,34 @@ async def test_resume_right_after_cancelling_an_executing_run(db_url):
         assert await c.wait_for_result(run_id, timeout=10) == [1, 2, 3]
         assert time.monotonic() - started < 3
     assert calls[1] == 2 and calls[2] == 1 and calls[3] == 1
+
+
+flaky_world = {"down": True}
+
+
+@workflow(name="wk_fail_then_step", retry_policy=RetryPolicy(max_retries=3, initial_delay=0.3,
+                                                            jitter=False))
+async def wk_fail_then_step(ctx):
+    await ctx.execute_activity(wk_step, 10)
+    if flaky_world["down"]:  # outside state: the next execution takes another path
+        flaky_world["down"] = False
+        raise RuntimeError("first attempt fails")
+    return await ctx.execute_activity(wk_step, 11)
+
+
+async def test_cancel_during_wait_true_backoff_runs_nothing_more(client):
+    """Cancelled while start_workflow(wait=True) sleeps through a retry backoff: the
+    call returns, and no activity of the cancelled run executes again."""
+    reset()
+    flaky_world["down"] = True
+    task = asyncio.ensure_future(client.start_workflow("wk_fail_then_step", wait=True))
+    while True:
+        runs = await client.list_workflow_executions(workflow_name="wk_fail_then_step")
+        if runs and runs[0].status == "retrying":
+            break
+        await asyncio.sleep(0.01)
+    await client.cancel_workflow(runs[0].run_id)
+    assert await asyncio.wait_for(task, 5) == runs[0].run_id
+    await asyncio.sleep(0.4)  # past the backoff
+    assert calls == Counter({10: 1}) and (await client.get_workflow_status(
+        runs[0].run_id)).status == "cancelled"
