@@ -860,6 +860,10 @@ class _Store:
                                     (cutoff,))
 
 
+# Workers of this process, by database: a run stored by any client wakes them at once.
+_LOCAL_WORKERS: dict[str, set] = {}
+
+
 class _SQLiteStore(_Store):
     """SQLite through aiosqlite: WAL, a busy timeout, durable (FULL) commits unless the
     URL relaxes them. One connection per client, used by one task at a time (a lock).
@@ -887,6 +891,9 @@ class _SQLiteStore(_Store):
         self._abandoned = False  # the caller of the thread call under way was cancelled
         self._pending: list = []  # write batches waiting for the next group commit
         self._flusher: Optional[asyncio.Task] = None
+        # The same file under any name is one database; each in-memory one is its own.
+        self.key = (f"sqlite:{os.path.realpath(path)}" if path != ":memory:"
+                    else f"sqlite:memory:{id(self)}")
 
     async def connect(self) -> None:
         try:
@@ -1767,7 +1774,7 @@ class TinyWorkflowClient:
         events = [("workflow_created", {"workflow_name": workflow_name})]
         if not wait:
             await self._store.insert_run(run, events)
-            self._wakeup.set()
+            self._wake_workers()
             return run_id
         # Inserted already claimed, so no worker can take it between insert and execute.
         owner = engine.new_owner()
@@ -1923,7 +1930,7 @@ class TinyWorkflowClient:
             row = await self._store.get_run(run_id)
             raise RunStateError(f"run {run_id} is {row['status']}; only a failed or cancelled "
                                 "run can be resumed", run_id=run_id, status=row["status"])
-        self._wakeup.set()
+        self._wake_workers()
         return run_id
 
     async def fork_workflow(self, run_id: str, from_step: int) -> str:
@@ -1943,8 +1950,13 @@ class TinyWorkflowClient:
             "workflow_name": source["workflow_name"], "status": "pending",
             "input_data": source["input_data"], "retry_count": 0, "max_retries": retries,
             "timeout": timeout, "created_at": now, "updated_at": now}, from_step)
-        self._wakeup.set()
+        self._wake_workers()
         return new_id
+
+    def _wake_workers(self) -> None:
+        """A run became due: wake this process's workers on this database."""
+        for wakeup in _LOCAL_WORKERS.get(self._store.key, ()):
+            wakeup.set()
 
     async def _options(self, engine: _Engine, name: Any) -> tuple:
         definition = _WORKFLOWS.get(name) if isinstance(name, str) else None
@@ -1992,6 +2004,7 @@ class TinyWorkflowClient:
             await asyncio.wait({self._worker})  # a stopping worker: let it finish first
         self._stopping = asyncio.Event()
         self._worker = asyncio.ensure_future(self._work(engine, self._stopping))
+        _LOCAL_WORKERS.setdefault(self._store.key, set()).add(self._wakeup)
 
     async def stop_worker(self, grace: float = 10.0) -> None:
         """Stop the background worker gracefully: it claims nothing more, lets the
@@ -2008,6 +2021,10 @@ class TinyWorkflowClient:
         await asyncio.wait({worker})  # every caller waits for the same drain
         if self._worker is worker:
             self._worker = None
+            local = _LOCAL_WORKERS.get(self._store.key, set())
+            local.discard(self._wakeup)
+            if not local:
+                _LOCAL_WORKERS.pop(self._store.key, None)
             if not worker.cancelled() and worker.exception() is not None:
                 _log.error("the worker stopped with an error", exc_info=worker.exception())
 

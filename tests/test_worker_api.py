@@ -299,3 +299,14 @@ async def test_cancel_during_wait_true_backoff_runs_nothing_more(client):
     await asyncio.sleep(0.4)  # past the backoff
     assert calls == Counter({10: 1}) and (await client.get_workflow_status(
         runs[0].run_id)).status == "cancelled"
+
+
+async def test_a_run_started_by_another_client_of_the_process_starts_at_once(db_url):
+    async with TinyWorkflowClient(db_url, auto_start_worker=True, poll_interval=30) as worker, \
+            TinyWorkflowClient(db_url, poll_interval=0.02) as other:
+        await asyncio.sleep(0.05)  # the worker is idle, sleeping up to 30 s
+        started = time.monotonic()
+        run_id = await other.start_workflow("wk_three")
+        assert await other.wait_for_result(run_id, timeout=5) == [1, 2, 3]
+        assert time.monotonic() - started < 1
+        assert worker is not other
