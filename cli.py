@@ -451,47 +451,28 @@ def _json_input(text: str) -> Any:
             "--input '{\"key\": \"value\"}'") from None
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
+def _number(cast: type, least: float, *, strict: bool = False, what: str = "a whole number"):
+    """An argparse type: a finite number >= least (> least when strict)."""
+    bound = f"{'>' if strict else '>='} {least:g}"
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < least or (strict and value == least):
+            raise argparse.ArgumentTypeError(f"expected {what} {bound}, got {text!r}")
+        return value
+    return parse
 
 
-def _days(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number of days >= 0, got {text!r}")
-    return value
-
-
-def _positive_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
+_count = _number(int, 0)
+_positive_count = _number(int, 1)
+_days = _number(float, 0, what="a number of days")
 
 
 def _seconds_type(zero_ok: bool):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
-            raise argparse.ArgumentTypeError(f"expected a number of seconds "
-                                             f"{'>= 0' if zero_ok else '> 0'}, got {text!r}")
-        return value
-    return parse
+    return _number(float, 0, strict=not zero_ok, what="a number of seconds")
 
 
 def _add_global_options(parser: argparse.ArgumentParser, suffix: str = "") -> None:
