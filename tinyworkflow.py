@@ -63,6 +63,7 @@ import contextlib
 import contextvars
 import dataclasses
 import enum
+import hashlib
 import inspect
 import itertools
 import json
@@ -80,13 +81,14 @@ import types
 import uuid
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, NamedTuple, Optional
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 _log = logging.getLogger("tinyworkflow")
 
 _DEFAULT_URL = "sqlite+aiosqlite:///tinyworkflow.db"
 _DEFAULT_PREFIX = "tinyworkflow_"
 _DEFAULT_LEASE_SECONDS = 30.0
+_KEY_LENGTH = 255  # the longest name or id (workflow, activity, workflow_id) in characters
 
 
 # ---- statuses and models ----------------------------------------------------------------
@@ -262,6 +264,13 @@ class _Released(BaseException):
     """The worker is stopping: the run stops before its next step and is given back."""
 
 
+class _StoreFailed(BaseException):
+    """A step could not be recorded (the database is unreachable or failing). It is
+    not the workflow's failure: the execution stops, the run is given back (or, if
+    even that fails, its lease expires) and the step runs again. A BaseException, so that the
+    workflow's own ``except Exception`` cannot swallow it."""
+
+
 class _LostOwnership(BaseException):
     """This executor no longer owns the run (cancelled, or taken over after its lease
     expired). A BaseException so that ``except Exception`` in a workflow cannot hide it."""
@@ -413,10 +422,32 @@ _URL_FORMS = (
     "mysql+aiomysql://user:pass@host:3306/db (also mysql+asyncmy://, mysql://)"
 )
 _SQLITE_OPTIONS = {"synchronous": ("full", "normal", "off", "extra"), "timeout": None}
+# Options of the PostgreSQL and MySQL URLs that tinyworkflow reads itself: (parse, check,
+# default, what a bad value must be). The pool follows the usage guide's numbers.
+_SERVER_OPTIONS: dict[str, tuple] = {
+    "pool_size": (int, lambda v: v >= 1, 10, "a whole number >= 1"),
+    "max_overflow": (int, lambda v: v >= 0, 20, "a whole number >= 0"),
+    "pool_recycle": (float, lambda v: v > 0 or v == -1, 3600.0,
+                     "seconds > 0, or -1 to never recycle"),
+    "pool_pre_ping": (lambda s: _BOOLEANS[s.lower()], None, True, "true or false"),
+    "pool_timeout": (float, lambda v: v > 0, 30.0, "seconds > 0"),
+    "connect_timeout": (float, lambda v: v > 0, 10.0, "seconds > 0"),
+}
+_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True,
+             "false": False, "0": False, "no": False, "off": False}
+# MySQL connection options passed on to aiomysql. Text is stored as utf8mb4 (all of
+# Unicode); a connection in another character set would mangle it.
+_MYSQL_OPTIONS = {"charset": ("utf8mb4",), "unix_socket": None}
 
 
-def _parse_url(url: str) -> tuple[str, str, dict]:
-    """Split a database URL into (backend, target, options); ValueError if malformed."""
+def _redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    return re.sub(r"(://[^:/?#@]*:)[^@/?#]*@", r"\1***@", url)
+
+
+def _parse_url(url: str) -> tuple[str, Any, dict]:
+    """Split a database URL into (backend, target, options); ValueError if malformed.
+    The target is a file path for SQLite and a dict of connection settings otherwise."""
     if not isinstance(url, str) or not url.strip():
         raise ValueError(f"database URL must be a non-empty string; accepted forms: {_URL_FORMS}")
     if url.strip() == ":memory:":
@@ -424,9 +455,9 @@ def _parse_url(url: str) -> tuple[str, str, dict]:
     scheme, sep, rest = url.strip().partition("://")
     backend = _SCHEMES.get(scheme.lower()) if sep else None
     if backend is None:
-        raise ValueError(f"unsupported database URL {url!r}; accepted forms: {_URL_FORMS}")
+        raise ValueError(f"unsupported database URL {_redact(url)!r}; accepted forms: {_URL_FORMS}")
     if backend != "sqlite":
-        return backend, url, {}
+        return _parse_server_url(backend, url.strip())
     path, _, query = rest.partition("?")
     if path and not path.startswith("/"):
         raise ValueError(
@@ -454,6 +485,54 @@ def _parse_url(url: str) -> tuple[str, str, dict]:
     return "sqlite", path or ":memory:", options
 
 
+def _parse_server_url(backend: str, url: str) -> tuple[str, dict, dict]:
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    options = {key: default for key, (_, _, default, _) in _SERVER_OPTIONS.items()}
+    passed = []  # query options for the driver
+    for key, value in query:
+        if key in _SERVER_OPTIONS:
+            parse, check, _, what = _SERVER_OPTIONS[key]
+            try:
+                parsed = parse(value)
+                if isinstance(parsed, float) and not math.isfinite(parsed):
+                    raise ValueError
+                if check is not None and not check(parsed):
+                    raise ValueError
+            except (ValueError, KeyError):
+                raise ValueError(f"database URL option {key}={value!r} must be {what}") from None
+            options[key] = parsed
+        elif backend == "mysql":
+            if key not in _MYSQL_OPTIONS:
+                raise ValueError(
+                    f"unknown MySQL URL option {key!r} in {_redact(url)!r}; known options: "
+                    f"{', '.join([*_MYSQL_OPTIONS, *_SERVER_OPTIONS])}")
+            allowed = _MYSQL_OPTIONS[key]
+            if allowed and value.lower() not in allowed:
+                raise ValueError(f"MySQL option {key}={value!r} must be one of "
+                                 f"{', '.join(allowed)}: tinyworkflow stores text as utf8mb4")
+            options[key] = value.lower() if allowed else value
+        else:
+            passed.append((key, value))  # sslmode, application_name, ...: asyncpg's to check
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"database URL {_redact(url)!r} has a bad port") from None
+    if backend == "mysql":
+        if "," in parts.netloc:
+            raise ValueError("a MySQL URL names one host")
+        target = {"host": parts.hostname or "localhost", "port": port or 3306,
+                  "user": unquote(parts.username or "") or "root",
+                  "password": unquote(parts.password or ""), "db": unquote(parts.path[1:])}
+        if not target["db"]:
+            raise ValueError(f"MySQL URL {_redact(url)!r} must name a database: "
+                             "mysql+aiomysql://user:pass@host:3306/db")
+    else:  # asyncpg reads a libpq-style DSN itself (several hosts, sockets, sslmode ...)
+        target = {"dsn": urlunsplit(("postgresql", parts.netloc, parts.path,
+                                     urlencode(passed), ""))}
+    return backend, target, options
+
+
 # ---- storage: dialect -------------------------------------------------------------------
 
 
@@ -468,6 +547,7 @@ class _Dialect:
     for_update: str  # appended to the claim's SELECT: row locks that skip locked rows
     lock_shared: str  # appended to a SELECT whose row must not change before commit
     upsert_style: str  # "on conflict" (SQLite, PostgreSQL) or "on duplicate key" (MySQL)
+    typed_select: bool = False  # values selected from a bind need a CAST (PostgreSQL)
 
     def translate(self, sql: str) -> str:
         if self.placeholder == "?":
@@ -477,16 +557,21 @@ class _Dialect:
             return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
         return sql.replace("%", "%%").replace("?", self.placeholder)
 
-    def upsert(self, table: str, columns: tuple, keys: tuple, source: str = "") -> str:
-        """Insert or update on key conflict. With ``source`` (``FROM ... WHERE ...``) the
-        row is inserted only if the source yields one: a conditional insert."""
-        values = ", ".join("?" * len(columns))
-        head = (f"INSERT INTO {table} ({', '.join(columns)}) "
-                + (f"SELECT {values} {source}" if source else f"VALUES ({values})"))
+    def upsert(self, table: str, columns: dict, keys: tuple, source: str = "") -> str:
+        """Insert or update on key conflict; ``columns`` maps each column to its type
+        name. With ``source`` (``FROM ... WHERE ...``) the row is inserted only if the
+        source yields one: a conditional insert."""
+        if source:
+            values = ", ".join(f"CAST(? AS {{{kind}}})" if self.typed_select else "?"
+                               for kind in columns.values())
+            head = f"INSERT INTO {table} ({', '.join(columns)}) SELECT {values} {source}"
+        else:
+            head = (f"INSERT INTO {table} ({', '.join(columns)}) "
+                    f"VALUES ({', '.join('?' * len(columns))})")
         rest = [c for c in columns if c not in keys]
         if self.upsert_style == "on duplicate key":
             return (head + " ON DUPLICATE KEY UPDATE "
-                    + ", ".join(f"{c} = VALUES({c})" for c in rest))
+                    + ", ".join(f"{table}.{c} = VALUES({c})" for c in rest))
         return (head + f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
                 + ", ".join(f"{c} = excluded.{c}" for c in rest))
 
@@ -497,10 +582,36 @@ _SQLITE = _Dialect(
     # No AUTOINCREMENT (it writes sqlite_sequence on every insert) and steps WITHOUT
     # ROWID (one B-tree instead of two): fewer pages in the commit of every step.
     types={"key": "TEXT", "text": "TEXT", "float": "REAL", "int": "INTEGER",
-           "autoid": "INTEGER PRIMARY KEY", "clustered": " WITHOUT ROWID"},
+           "autoid": "INTEGER PRIMARY KEY", "clustered": " WITHOUT ROWID", "table": ""},
     for_update="",  # BEGIN IMMEDIATE already makes the claim the only writer
     lock_shared="",  # likewise for every write transaction
     upsert_style="on conflict",
+)
+
+_POSTGRES = _Dialect(
+    name="postgresql",
+    placeholder="$",
+    types={"key": "TEXT", "text": "TEXT", "float": "DOUBLE PRECISION", "int": "BIGINT",
+           "autoid": "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY", "clustered": "",
+           "table": ""},
+    for_update="FOR UPDATE SKIP LOCKED",
+    lock_shared="FOR SHARE",
+    upsert_style="on conflict",
+    typed_select=True,
+)
+
+_MYSQL = _Dialect(
+    name="mysql",
+    placeholder="%s",
+    # Keys are VARCHAR (an index needs a bounded length; names are checked against it);
+    # LONGTEXT holds JSON of any size. Binary collation: names compare exactly, as
+    # they do in SQLite and PostgreSQL, whatever the database's default.
+    types={"key": f"VARCHAR({_KEY_LENGTH})", "text": "LONGTEXT", "float": "DOUBLE",
+           "int": "BIGINT", "autoid": "BIGINT AUTO_INCREMENT PRIMARY KEY", "clustered": "",
+           "table": " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"},
+    for_update="FOR UPDATE SKIP LOCKED",  # MySQL 8, MariaDB 10.6
+    lock_shared="LOCK IN SHARE MODE",
+    upsert_style="on duplicate key",
 )
 
 # Forward-only migrations: entry i moves the schema from version i to i + 1.
@@ -526,7 +637,7 @@ _MIGRATIONS: list[list[str]] = [
             owner {key},
             lease_expires_at {float},
             parent_run_id {key},
-            approval_required {key})""",
+            approval_required {key}){table}""",
         "CREATE INDEX {p}runs_runnable ON {p}runs (status, wake_at)",
         "CREATE INDEX {p}runs_created ON {p}runs (created_at)",
         "CREATE INDEX {p}runs_name ON {p}runs (workflow_name, status)",
@@ -543,13 +654,13 @@ _MIGRATIONS: list[list[str]] = [
             run_attempt {int} NOT NULL,
             started_at {float},
             completed_at {float},
-            PRIMARY KEY (run_id, step)){clustered}""",
+            PRIMARY KEY (run_id, step)){clustered}{table}""",
         """CREATE TABLE {p}events (
             id {autoid},
             run_id {key} NOT NULL,
             event_type {key} NOT NULL,
             event_data {text},
-            timestamp {float} NOT NULL)""",
+            timestamp {float} NOT NULL){table}""",
         "CREATE INDEX {p}events_run ON {p}events (run_id, id)",
     ],
     [
@@ -561,7 +672,7 @@ _MIGRATIONS: list[list[str]] = [
             workflows {text} NOT NULL,
             started_at {float} NOT NULL,
             heartbeat_at {float} NOT NULL,
-            expires_at {float} NOT NULL)""",
+            expires_at {float} NOT NULL){table}""",
     ],
 ]
 
@@ -571,8 +682,10 @@ _RUN_COLUMNS = (
     "updated_at", "wake_at", "deadline_at", "owner", "lease_expires_at", "parent_run_id",
     "approval_required",
 )
-_STEP_COLUMNS = ("run_id", "step", "name", "kind", "status", "input", "output", "error",
-                 "attempts", "run_attempt", "started_at", "completed_at")
+_STEP_TYPES = {"run_id": "key", "step": "int", "name": "key", "kind": "key", "status": "key",
+               "input": "text", "output": "text", "error": "text", "attempts": "int",
+               "run_attempt": "int", "started_at": "float", "completed_at": "float"}
+_STEP_COLUMNS = tuple(_STEP_TYPES)
 _RUNNABLE = ("((status IN ('pending', 'retrying') AND (wake_at IS NULL OR wake_at <= ?))"
              " OR (status = 'running' AND lease_expires_at < ?))")
 _NOT_TERMINAL = "status NOT IN ('completed', 'failed', 'cancelled')"
@@ -621,6 +734,17 @@ class _Store:
             self._cache[template] = text
         return text
 
+    # -- waking workers of other processes (PostgreSQL's NOTIFY; elsewhere they poll)
+    def _wake_ops(self, run_id: str) -> list:
+        """Statements to add to a write that makes a run due."""
+        return []
+
+    async def listen(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` whenever another process makes a run due, while listening."""
+
+    async def unlisten(self, wake: Callable[[], None]) -> None:
+        pass
+
     def _event(self, run_id: str, event_type: str, data: Any, now: float) -> tuple:
         return (self.sql("INSERT INTO {p}events (run_id, event_type, event_data, timestamp)"
                          " VALUES (?, ?, ?, ?)"),
@@ -628,24 +752,39 @@ class _Store:
 
     # -- schema
     async def migrate(self) -> None:
+        """Create the tables or bring them up to date. Safe when several processes
+        initialise at once: they take turns (a schema lock) and the later ones find the
+        work done. Each finished migration records the version it reached."""
         async with self.transaction() as tx:
-            await tx.execute(self.sql("CREATE TABLE IF NOT EXISTS {p}meta "
-                                      "(name {key} PRIMARY KEY, value {text} NOT NULL)"))
-            rows = await tx.fetch(self.sql("SELECT value FROM {p}meta WHERE name = ?"),
-                                  ("schema_version",))
-            version = int(rows[0][0]) if rows else 0
-            if version > len(_MIGRATIONS):
-                raise TinyWorkflowError(
-                    f"the database schema is version {version}, newer than this tinyworkflow "
-                    f"{__version__} knows ({len(_MIGRATIONS)}); upgrade tinyworkflow"
-                )
-            for statements in _MIGRATIONS[version:]:
-                for statement in statements:
-                    await tx.execute(self.sql(statement))
-            if version < len(_MIGRATIONS):
-                await tx.execute(self.sql(self.dialect.upsert("{p}meta", ("name", "value"),
-                                                              ("name",))),
-                                 ("schema_version", str(len(_MIGRATIONS))))
+            await self._lock_schema(tx)
+            try:
+                await self._ddl(tx, self.sql("CREATE TABLE IF NOT EXISTS {p}meta (name {key} "
+                                             "PRIMARY KEY, value {text} NOT NULL){table}"))
+                rows = await tx.fetch(self.sql("SELECT value FROM {p}meta WHERE name = ?"),
+                                      ("schema_version",))
+                version = int(rows[0][0]) if rows else 0
+                if version > len(_MIGRATIONS):
+                    raise TinyWorkflowError(
+                        f"the database schema is version {version}, newer than this "
+                        f"tinyworkflow {__version__} knows ({len(_MIGRATIONS)}); upgrade "
+                        "tinyworkflow")
+                record = self.sql(self.dialect.upsert(
+                    "{p}meta", dict.fromkeys(("name", "value")), ("name",)))
+                for reached, statements in enumerate(_MIGRATIONS[version:], version + 1):
+                    for statement in statements:
+                        await self._ddl(tx, self.sql(statement))
+                    await tx.execute(record, ("schema_version", str(reached)))
+            finally:
+                await self._unlock_schema(tx)
+
+    async def _lock_schema(self, tx) -> None:
+        """Make this transaction the only one migrating (SQLite: BEGIN IMMEDIATE has)."""
+
+    async def _unlock_schema(self, tx) -> None:
+        pass
+
+    async def _ddl(self, tx, statement: str) -> None:
+        await tx.execute(statement)
 
     # -- runs
     async def insert_run(self, run: dict, events: list) -> None:
@@ -653,7 +792,7 @@ class _Store:
         ops = [(self.sql(f"INSERT INTO {{p}}runs ({', '.join(columns)}) "
                          f"VALUES ({', '.join('?' * len(columns))})"), tuple(run.values()))]
         ops += [self._event(run["run_id"], kind, data, run["created_at"]) for kind, data in events]
-        await self.batch(ops)
+        await self.batch(ops + self._wake_ops(run["run_id"]))
 
     async def claim(self, owner: str, now: float, lease: float, *, names: list,
                     run_ids: Optional[list] = None, limit: int = 1) -> list:
@@ -707,6 +846,7 @@ class _Store:
                       "WHERE run_id = ? AND status IN ('failed', 'cancelled')"),
              (retries, now, now, run_id)),
             self._event(run_id, "workflow_resume_requested", {}, now),
+            *self._wake_ops(run_id),
         ], fence=True)
 
     async def fork_run(self, source: dict, run: dict, before_step: int) -> None:
@@ -724,11 +864,12 @@ class _Store:
             self._event(run["run_id"], "workflow_created", {
                 "workflow_name": run["workflow_name"], "forked_from": source["run_id"],
                 "from_step": before_step}, run["created_at"]),
+            *self._wake_ops(run["run_id"]),
         ])
 
     async def advertise(self, worker: dict) -> None:
         await self.batch([(self.sql(self.dialect.upsert(
-            "{p}workers", tuple(worker), ("worker_id",))), tuple(worker.values()))])
+            "{p}workers", dict.fromkeys(worker), ("worker_id",))), tuple(worker.values()))])
 
     async def retire(self, worker_id: str) -> None:
         await self.batch([(self.sql("DELETE FROM {p}workers WHERE worker_id = ?"),
@@ -752,6 +893,7 @@ class _Store:
                       "WHERE run_id = ? AND owner = ? AND status = 'running'"),
              (now, run_id, owner)),
             self._event(run_id, "workflow_released", {"owner": owner}, now),
+            *self._wake_ops(run_id),
         ], fence=True)
 
     async def next_wake(self, names: list) -> Optional[float]:
@@ -778,7 +920,7 @@ class _Store:
         # hot path writes no run row (the heartbeat renews the lease).
         if self._step_upsert is None:
             self._step_upsert = self.sql(self.dialect.upsert(
-                "{p}steps", _STEP_COLUMNS, ("run_id", "step"),
+                "{p}steps", _STEP_TYPES, ("run_id", "step"),
                 "FROM {p}runs WHERE run_id = ? AND owner = ? AND status = 'running' "
                 + self.dialect.lock_shared))
         return await self.batch([
@@ -805,6 +947,7 @@ class _Store:
                       "WHERE run_id = ? AND owner = ? AND status = 'running'"),
              (error, wake_at, now, run_id, owner)),
             self._event(run_id, *event, now),
+            *self._wake_ops(run_id),  # other workers learn when it is due
         ], fence=True)
 
     async def cancel_run(self, run_id: str, now: float) -> bool:
@@ -1154,14 +1297,471 @@ class _SQLiteTransaction:
         return self._store._db.execute(sql, params).rowcount
 
 
+class _Pool:
+    """Connections to a database server, as the usage guide promises: ``size`` kept
+    open, up to ``overflow`` more opened under load (closed again when given back),
+    each checked before use (``pre_ping``: one round trip; a dead one is replaced) and
+    replaced once older than ``recycle`` seconds. ``acquire`` waits up to ``timeout``
+    seconds for a free connection."""
+
+    def __init__(self, store: "_ServerStore", options: dict):
+        self._store = store
+        self.size, self.overflow = options["pool_size"], options["max_overflow"]
+        self.recycle, self.pre_ping = options["pool_recycle"], options["pool_pre_ping"]
+        self.timeout = options["pool_timeout"]
+        self._idle: list = []  # (connection, opened at), the warmest last
+        self._free = asyncio.Semaphore(self.size + self.overflow)  # one per connection out
+        self._closing: set = set()  # graceful closes under way
+        self._closed = False
+
+    @contextlib.asynccontextmanager
+    async def connection(self):
+        """A checked connection for the block. One that failed in the block is closed
+        rather than given back: its state (a transaction, the socket) is unknown."""
+        try:
+            await asyncio.wait_for(self._free.acquire(), self.timeout)
+        except asyncio.TimeoutError:
+            raise TinyWorkflowError(
+                f"no database connection became free within pool_timeout={self.timeout} s "
+                f"(pool_size={self.size}, max_overflow={self.overflow}); raise them in the "
+                "URL or lower worker_concurrency") from None
+        try:
+            conn, opened = await self._checkout()
+            try:
+                yield conn
+            except BaseException:
+                self._discard(conn)
+                raise
+            self._give_back(conn, opened)
+        finally:
+            self._free.release()
+
+    async def _checkout(self) -> tuple:
+        store, now = self._store, time.monotonic()
+        while self._idle:
+            conn, opened = self._idle.pop()
+            if store._is_closed(conn) or (self.recycle > 0 and now - opened > self.recycle):
+                self._discard(conn)
+                continue
+            if self.pre_ping:
+                try:
+                    await store._ping(conn)
+                except Exception as exc:
+                    if not store._lost(exc):
+                        self._discard(conn)
+                        raise
+                    _log.info("a pooled database connection was dead (%s); replacing it", exc)
+                    self._discard(conn)
+                    continue
+            return conn, opened
+        if self._closed:
+            raise TinyWorkflowError("the database connection is closed")
+        return await store._open(), time.monotonic()
+
+    def _give_back(self, conn, opened: float) -> None:
+        if self._store._is_closed(conn):
+            self._discard(conn)
+        elif self._closed or len(self._idle) >= self.size:  # overflow, or closing
+            closing = asyncio.ensure_future(self._close_one(conn))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+        else:
+            self._idle.append((conn, opened))
+
+    def _discard(self, conn) -> None:
+        """Drop a connection in an unknown state (the server rolls back its work)."""
+        self._store._terminate(conn)
+
+    async def _close_one(self, conn) -> None:
+        try:
+            await asyncio.wait_for(self._store._close(conn), 5)
+        except Exception:
+            pass
+        finally:
+            self._store._terminate(conn)
+
+    async def close(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(self._close_one(conn) for conn, _ in idle), *self._closing)
+
+
+class _ServerStore(_Store):
+    """A database server through a driver and a connection pool (PostgreSQL, MySQL).
+
+    Write batches run in a transaction each; the server's own group commit serves
+    concurrent runs. A batch that fails before its COMMIT was sent -- a connection
+    killed by the server, a deadlock -- has applied nothing and runs again on another
+    connection; a connection lost during the COMMIT itself leaves the outcome unknown
+    and raises. Subclasses supply the driver calls."""
+
+    _WRITE_ATTEMPTS = 4
+
+    def __init__(self, dialect: _Dialect, target: dict, options: dict, prefix: str, url: str):
+        super().__init__(dialect, prefix)
+        self.target, self.options, self.url = target, options, _redact(url)
+        self.key = f"{self.url.partition('?')[0]}#{prefix}"
+        self._pool: Optional[_Pool] = None
+
+    # -- driver calls, per backend
+    async def _open(self):
+        raise NotImplementedError
+
+    async def _close(self, conn) -> None:
+        raise NotImplementedError
+
+    def _terminate(self, conn) -> None:
+        raise NotImplementedError
+
+    def _is_closed(self, conn) -> bool:
+        raise NotImplementedError
+
+    async def _ping(self, conn) -> None:
+        raise NotImplementedError
+
+    async def _execute(self, conn, sql: str, params: tuple) -> int:
+        raise NotImplementedError
+
+    async def _fetch(self, conn, sql: str, params: tuple) -> list:
+        raise NotImplementedError
+
+    async def _executemany(self, conn, sql: str, rows: list) -> None:
+        raise NotImplementedError
+
+    def _lost(self, exc: BaseException) -> bool:
+        """The connection is gone (killed, server restarted, network)."""
+        raise NotImplementedError
+
+    def _conflict(self, exc: BaseException) -> bool:
+        """A deadlock or serialisation failure: the transaction was rolled back."""
+        raise NotImplementedError
+
+    # -- primitives
+    async def connect(self) -> None:
+        self._pool = _Pool(self, self.options)
+        async with self._pool.connection():  # fail now if the server cannot be reached
+            pass
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    def _connection(self):
+        if self._pool is None:
+            raise TinyWorkflowError("the database connection is closed")
+        return self._pool.connection()
+
+    async def fetch(self, sql: str, params: tuple = ()) -> list:
+        for attempt in range(1, self._WRITE_ATTEMPTS + 1):  # reads are safe to repeat
+            try:
+                async with self._connection() as conn:
+                    return await self._fetch(conn, sql, params)
+            except Exception as exc:
+                if attempt == self._WRITE_ATTEMPTS or not self._lost(exc):
+                    raise
+                _log.info("database connection lost during a read (%s); reading again", exc)
+
+    async def batch(self, ops: list, fence: bool = False) -> bool:
+        for attempt in range(1, self._WRITE_ATTEMPTS + 1):
+            committing = False
+            try:
+                async with self._connection() as conn:
+                    await self._execute(conn, "BEGIN", ())
+                    try:
+                        for i, (sql, params) in enumerate(ops):
+                            if await self._execute(conn, sql, params) == 0 and fence and i == 0:
+                                await self._execute(conn, "ROLLBACK", ())
+                                return False
+                        committing = True
+                        await self._execute(conn, "COMMIT", ())
+                        return True
+                    except BaseException:
+                        if not committing and not self._is_closed(conn):
+                            with contextlib.suppress(Exception):
+                                await self._execute(conn, "ROLLBACK", ())
+                        raise
+            except Exception as exc:
+                if committing and self._lost(exc):
+                    raise TinyWorkflowError(
+                        f"the database connection was lost while committing; the write "
+                        f"may or may not have been applied: {exc}") from exc
+                if attempt == self._WRITE_ATTEMPTS or not (self._lost(exc) or self._conflict(exc)):
+                    raise
+                _log.info("write rolled back (%s); writing again", exc)
+                await asyncio.sleep(random.uniform(0, 0.01 * attempt))
+
+    @contextlib.asynccontextmanager
+    async def transaction(self):
+        async with self._connection() as conn:
+            await self._execute(conn, "BEGIN", ())
+            try:
+                yield _ServerTransaction(self, conn)
+            except BaseException:
+                if not self._is_closed(conn):
+                    with contextlib.suppress(Exception):
+                        await self._execute(conn, "ROLLBACK", ())
+                raise
+            await self._execute(conn, "COMMIT", ())
+
+
+class _ServerTransaction:
+    def __init__(self, store: _ServerStore, conn):
+        self._store, self._conn = store, conn
+
+    async def fetch(self, sql: str, params: tuple = ()) -> list:
+        return await self._store._fetch(self._conn, sql, params)
+
+    async def execute(self, sql: str, params: tuple = ()) -> int:
+        return await self._store._execute(self._conn, sql, params)
+
+    async def executemany(self, sql: str, rows: list) -> None:
+        await self._store._executemany(self._conn, sql, rows)
+
+
+def _import_driver(module: str, extra: str, backend: str) -> types.ModuleType:
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ImportError(f"tinyworkflow needs {module} for {backend}: "
+                          f'pip install "tinyworkflow[{extra}]"') from None
+
+
+def _schema_lock_key(name: str) -> int:
+    """A 63-bit number naming the schema lock of a database and table prefix."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") >> 1
+
+
+class _PostgresStore(_ServerStore):
+    """PostgreSQL through asyncpg. Idle workers of other processes and machines are
+    woken by NOTIFY, sent in the transaction that makes a run due (delivered on
+    commit); each worker keeps one extra connection that LISTENs."""
+
+    def __init__(self, target: dict, options: dict, prefix: str, url: str):
+        super().__init__(_POSTGRES, target, options, prefix, url)
+        self.channel = f"{prefix.lower()}wake"
+        self._asyncpg: Any = None
+        self._wakers: set = set()
+        self._listener: Optional[asyncio.Task] = None
+
+    async def connect(self) -> None:
+        self._asyncpg = _import_driver("asyncpg", "postgres", "PostgreSQL")
+        await super().connect()
+
+    async def _open(self):
+        asyncpg = self._asyncpg
+        try:
+            return await asyncpg.connect(
+                self.target["dsn"], timeout=self.options["connect_timeout"],
+                server_settings={"application_name": "tinyworkflow"}
+                if "application_name=" not in self.target["dsn"] else None)
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
+                asyncpg.InterfaceError) as exc:
+            raise TinyWorkflowError(f"cannot connect to {self.url}: {exc}") from exc
+
+    async def _close(self, conn) -> None:
+        await conn.close()
+
+    def _terminate(self, conn) -> None:
+        conn.terminate()
+
+    def _is_closed(self, conn) -> bool:
+        return conn.is_closed()
+
+    async def _ping(self, conn) -> None:
+        await conn.execute("SELECT 1")
+
+    async def _execute(self, conn, sql: str, params: tuple) -> int:
+        status = await conn.execute(sql, *params)
+        count = status.rpartition(" ")[2]  # "UPDATE 3", "INSERT 0 1", "SELECT 1", "BEGIN"
+        return int(count) if count.isdigit() else 0
+
+    async def _fetch(self, conn, sql: str, params: tuple) -> list:
+        return [tuple(row) for row in await conn.fetch(sql, *params)]
+
+    async def _executemany(self, conn, sql: str, rows: list) -> None:
+        await conn.executemany(sql, rows)
+
+    def _lost(self, exc: BaseException) -> bool:
+        asyncpg = self._asyncpg
+        return isinstance(exc, (OSError, asyncpg.ConnectionDoesNotExistError,
+                                asyncpg.PostgresConnectionError,
+                                asyncpg.exceptions.AdminShutdownError,
+                                asyncpg.exceptions.CrashShutdownError,
+                                asyncpg.exceptions.CannotConnectNowError)) or (
+            isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc))
+
+    def _conflict(self, exc: BaseException) -> bool:
+        return isinstance(exc, (self._asyncpg.exceptions.DeadlockDetectedError,
+                                self._asyncpg.exceptions.SerializationError))
+
+    async def _lock_schema(self, tx) -> None:
+        # Before anything else, even CREATE TABLE IF NOT EXISTS (which races itself).
+        await tx.execute("SELECT pg_advisory_xact_lock($1)",
+                         (_schema_lock_key(f"tinyworkflow schema {self.prefix}"),))
+
+    # -- waking workers elsewhere
+    def _wake_ops(self, run_id: str) -> list:
+        return [("SELECT pg_notify($1, $2)", (self.channel, run_id))]
+
+    async def listen(self, wake: Callable[[], None]) -> None:
+        self._wakers.add(wake)
+        if self._listener is None:
+            self._listener = asyncio.ensure_future(self._listen())
+
+    async def unlisten(self, wake: Callable[[], None]) -> None:
+        self._wakers.discard(wake)
+        if not self._wakers and self._listener is not None:
+            listener, self._listener = self._listener, None
+            listener.cancel()
+            await asyncio.wait({listener})
+
+    def _notified(self, *_args) -> None:
+        for wake in list(self._wakers):
+            wake()
+
+    async def _listen(self) -> None:
+        """Keep one connection LISTENing; when it dies, open another (meanwhile the
+        workers poll) and wake them, since notifications may have been missed."""
+        pause = 0.1
+        while True:
+            conn, lost = None, asyncio.Event()
+            try:
+                conn = await self._open()
+                conn.add_termination_listener(lambda _conn: lost.set())
+                await conn.add_listener(self.channel, self._notified)
+                pause = 0.1
+                self._notified()
+                await lost.wait()
+                _log.info("the LISTEN connection to %s was lost; reconnecting", self.url)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                _log.warning("cannot LISTEN on %s (%s); workers poll until it works again",
+                             self.url, exc)
+            finally:
+                if conn is not None:
+                    conn.terminate()
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+
+class _MySQLStore(_ServerStore):
+    """MySQL 8 / MariaDB 10.6+ through aiomysql. Sessions run in UTC, in strict mode
+    (a value that does not fit is an error, not truncated) and at READ COMMITTED
+    (the claim's SKIP LOCKED locks only the rows it takes). No LISTEN/NOTIFY:
+    workers of other processes find new runs when they poll."""
+
+    # The server's error numbers: deadlock, lock wait timeout; gone away, lost, killed.
+    _CONFLICTS = {1213, 1205}
+    _LOST = {2003, 2006, 2013, 2055, 1927, 4031, 1053}
+    _EXISTS = {1050, 1061}  # table exists, index exists: a migration half done by a crash
+
+    def __init__(self, target: dict, options: dict, prefix: str, url: str):
+        super().__init__(_MYSQL, target, options, prefix, url)
+        self._aiomysql: Any = None
+        lock = f"tinyworkflow:{target['db']}:{prefix}"
+        self._lock_name = lock if len(lock) <= 64 else lock[:48] + hashlib.sha256(
+            lock.encode()).hexdigest()[:16]
+
+    async def connect(self) -> None:
+        self._aiomysql = _import_driver("aiomysql", "mysql", "MySQL")
+        await super().connect()
+
+    async def _open(self):
+        import pymysql  # aiomysql's own dependency
+        target, options = self.target, self.options
+        extra = ({"unix_socket": options["unix_socket"]} if "unix_socket" in options else {})
+        try:
+            conn = await self._aiomysql.connect(
+                host=target["host"], port=target["port"], user=target["user"],
+                password=target["password"], db=target["db"],
+                charset=options.get("charset", "utf8mb4"), autocommit=True,
+                connect_timeout=options["connect_timeout"],
+                # UPDATE counts the rows it matched, not those it changed: a fence.
+                client_flag=pymysql.constants.CLIENT.FOUND_ROWS, **extra)
+        except (OSError, asyncio.TimeoutError, pymysql.MySQLError) as exc:
+            raise TinyWorkflowError(f"cannot connect to {self.url}: {exc}") from exc
+        try:
+            async with conn.cursor() as cur:
+                await cur.execute("SET SESSION time_zone = '+00:00', SESSION sql_mode = "
+                                  "CONCAT_WS(',', @@sql_mode, 'STRICT_ALL_TABLES')")
+                await cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def _close(self, conn) -> None:
+        await conn.ensure_closed()
+
+    def _terminate(self, conn) -> None:
+        conn.close()
+
+    def _is_closed(self, conn) -> bool:
+        return conn.closed or conn._reader.at_eof()
+
+    async def _ping(self, conn) -> None:
+        await conn.ping(reconnect=False)
+
+    async def _execute(self, conn, sql: str, params: tuple) -> int:
+        async with conn.cursor() as cur:
+            return await cur.execute(sql, params)
+
+    async def _fetch(self, conn, sql: str, params: tuple) -> list:
+        async with conn.cursor() as cur:
+            await cur.execute(sql, params)
+            return list(await cur.fetchall())
+
+    async def _executemany(self, conn, sql: str, rows: list) -> None:
+        async with conn.cursor() as cur:
+            await cur.executemany(sql, rows)
+
+    @staticmethod
+    def _code(exc: BaseException) -> Optional[int]:
+        args = getattr(exc, "args", ())
+        return args[0] if args and isinstance(args[0], int) else None
+
+    def _lost(self, exc: BaseException) -> bool:
+        import pymysql
+        if isinstance(exc, OSError):
+            return True
+        if isinstance(exc, pymysql.err.InterfaceError):  # (0, '') once the socket is gone
+            return True
+        return isinstance(exc, pymysql.MySQLError) and self._code(exc) in self._LOST
+
+    def _conflict(self, exc: BaseException) -> bool:
+        import pymysql
+        return isinstance(exc, pymysql.MySQLError) and self._code(exc) in self._CONFLICTS
+
+    async def _lock_schema(self, tx) -> None:
+        # DDL commits by itself in MySQL, so the lock is a named one, held by the session.
+        rows = await tx.fetch("SELECT GET_LOCK(%s, %s)", (self._lock_name, 300))
+        if not rows or rows[0][0] != 1:
+            raise TinyWorkflowError("timed out waiting for another process to finish "
+                                    "creating or migrating the tables")
+
+    async def _unlock_schema(self, tx) -> None:
+        with contextlib.suppress(Exception):
+            await tx.fetch("SELECT RELEASE_LOCK(%s)", (self._lock_name,))
+
+    async def _ddl(self, tx, statement: str) -> None:
+        import pymysql
+        try:
+            await tx.execute(statement)
+        except pymysql.MySQLError as exc:
+            if self._code(exc) not in self._EXISTS:
+                raise
+            _log.info("finishing a migration that was interrupted: %s", exc)
+
+
 def _open_store(url: str, prefix: str) -> _Store:
     backend, target, options = _parse_url(url)
     if backend == "sqlite":
         return _SQLiteStore(target, options, prefix)
-    raise TinyWorkflowError(
-        f"{backend} URLs are recognised but this version of tinyworkflow ({__version__}) "
-        "stores runs in SQLite only; use a sqlite+aiosqlite:/// URL"
-    )
+    if backend == "postgresql":
+        return _PostgresStore(target, options, prefix, url)
+    return _MySQLStore(target, options, prefix, url)
 
 
 # ---- registry and decorators ------------------------------------------------------------
@@ -1209,6 +1809,9 @@ _ACTIVITIES: dict[str, _ActivityDef] = {}
 def _check_options(kind: str, name: Any, retry_policy: Any, timeout: Any) -> None:
     if not isinstance(name, str) or not name:
         raise TypeError(f"{kind} name must be a non-empty string, got {name!r}")
+    if len(name) > _KEY_LENGTH:
+        raise ValueError(f"{kind} name {name[:40]!r}... is {len(name)} characters long; "
+                         f"at most {_KEY_LENGTH} fit every database")
     if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
         raise TypeError(f"retry_policy of {kind} {name!r} must be a RetryPolicy, "
                         f"got {type(retry_policy).__name__}")
@@ -1482,8 +2085,12 @@ class WorkflowContext:
         now = engine.clock()
         row = {**step_row, "status": status, "output": output, "error": error,
                "completed_at": now}
-        if not await engine.store.record_step(self.run_id, self._owner, now, row,
-                                              (event_type, event_data)):
+        try:
+            ours = await engine.store.record_step(self.run_id, self._owner, now, row,
+                                                  (event_type, event_data))
+        except Exception as exc:  # the database's trouble, not the workflow's
+            raise _StoreFailed(self.run_id, exc) from exc
+        if not ours:
             raise _LostOwnership(self.run_id)
 
 
@@ -1609,6 +2216,12 @@ class _Engine:
         except _Released:
             _log.info("run %s stopped before its next step: the worker is stopping", run_id)
             return
+        except _StoreFailed as failure:
+            _log.warning("run %s stopped: a step could not be recorded (%s); it resumes "
+                         "from that step", run_id, failure.__cause__)
+            with contextlib.suppress(Exception):  # else it resumes once the lease expires
+                await self.store.release_run(run_id, owner, self.clock())
+            return
         except Exception as exc:
             await self._failed(run, definition, ctx._fatal or exc)
             return
@@ -1714,8 +2327,8 @@ class TinyWorkflowClient:
             except BaseException as exc:
                 await self._store.close()
                 if isinstance(exc, (OSError, sqlite3.Error)):  # the driver's, said our way
-                    raise TinyWorkflowError(f"cannot open the database {self.database_url}: "
-                                            f"{exc}") from exc
+                    raise TinyWorkflowError(f"cannot open the database "
+                                            f"{_redact(self.database_url)}: {exc}") from exc
                 raise
             self._engine = _Engine(self._store, self._lease)
             self._wakeup = asyncio.Event()
@@ -1757,6 +2370,9 @@ class TinyWorkflowClient:
         """
         if workflow_id is not None and (not isinstance(workflow_id, str) or not workflow_id):
             raise TypeError(f"workflow_id must be a non-empty string, got {workflow_id!r}")
+        if workflow_id is not None and len(workflow_id) > _KEY_LENGTH:
+            raise ValueError(f"workflow_id is {len(workflow_id)} characters long; at most "
+                             f"{_KEY_LENGTH} fit every database")
         definition = _WORKFLOWS.get(workflow_name) if isinstance(workflow_name, str) else None
         input_text = _dumps(input_data, f"the input of workflow {workflow_name!r}")
         engine = await self._ready()
@@ -2005,6 +2621,7 @@ class TinyWorkflowClient:
         self._stopping = asyncio.Event()
         self._worker = asyncio.ensure_future(self._work(engine, self._stopping))
         _LOCAL_WORKERS.setdefault(self._store.key, set()).add(self._wakeup)
+        await self._store.listen(self._wakeup.set)
 
     async def stop_worker(self, grace: float = 10.0) -> None:
         """Stop the background worker gracefully: it claims nothing more, lets the
@@ -2025,6 +2642,7 @@ class TinyWorkflowClient:
             local.discard(self._wakeup)
             if not local:
                 _LOCAL_WORKERS.pop(self._store.key, None)
+            await self._store.unlisten(self._wakeup.set)
             if not worker.cancelled() and worker.exception() is not None:
                 _log.error("the worker stopped with an error", exc_info=worker.exception())
 
