@@ -438,6 +438,13 @@ _BOOLEANS = {"true": True, "1": True, "yes": True, "on": True,
 # MySQL connection options passed on to aiomysql. Text is stored as utf8mb4 (all of
 # Unicode); a connection in another character set would mangle it.
 _MYSQL_OPTIONS = {"charset": ("utf8mb4",), "unix_socket": None}
+# PostgreSQL connection options (libpq's names) that asyncpg reads from the URL.
+_POSTGRES_OPTIONS = (
+    "host", "port", "dbname", "database", "user", "password", "passfile", "service",
+    "sslmode", "sslcert", "sslkey", "sslrootcert", "sslnegotiation", "sslcrl", "sslpassword",
+    "ssl_min_protocol_version", "ssl_max_protocol_version", "target_session_attrs",
+    "krbsrvname", "gsslib", "application_name",
+)
 
 
 def _redact(url: str) -> str:
@@ -512,8 +519,12 @@ def _parse_server_url(backend: str, url: str) -> tuple[str, dict, dict]:
                 raise ValueError(f"MySQL option {key}={value!r} must be one of "
                                  f"{', '.join(allowed)}: tinyworkflow stores text as utf8mb4")
             options[key] = value.lower() if allowed else value
+        elif key in _POSTGRES_OPTIONS:
+            passed.append((key, value))  # asyncpg checks the value
         else:
-            passed.append((key, value))  # sslmode, application_name, ...: asyncpg's to check
+            raise ValueError(
+                f"unknown PostgreSQL URL option {key!r} in {_redact(url)!r}; known options: "
+                f"{', '.join([*_POSTGRES_OPTIONS, *_SERVER_OPTIONS])}")
     try:
         port = parts.port
     except ValueError:
@@ -689,6 +700,8 @@ _STEP_COLUMNS = tuple(_STEP_TYPES)
 _RUNNABLE = ("((status IN ('pending', 'retrying') AND (wake_at IS NULL OR wake_at <= ?))"
              " OR (status = 'running' AND lease_expires_at < ?))")
 _NOT_TERMINAL = "status NOT IN ('completed', 'failed', 'cancelled')"
+_EVENT_COLUMNS = "run_id, event_type, event_data, timestamp"
+_EVENT_INSERT = f"INSERT INTO {{p}}events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?)"
 
 
 # ---- storage: the store -----------------------------------------------------------------
@@ -746,9 +759,7 @@ class _Store:
         pass
 
     def _event(self, run_id: str, event_type: str, data: Any, now: float) -> tuple:
-        return (self.sql("INSERT INTO {p}events (run_id, event_type, event_data, timestamp)"
-                         " VALUES (?, ?, ?, ?)"),
-                (run_id, event_type, _dumps_lenient(data), now))
+        return self.sql(_EVENT_INSERT), (run_id, event_type, _dumps_lenient(data), now)
 
     # -- schema
     async def migrate(self) -> None:
@@ -830,7 +841,14 @@ class _Store:
             await tx.executemany(self._event("", "", None, now)[0], events)
             rows = await tx.fetch(self.sql(f"SELECT {', '.join(_RUN_COLUMNS)} FROM {{p}}runs "
                                            f"WHERE run_id IN ({marks})"), tuple(ids))
-        return [dict(zip(_RUN_COLUMNS, row)) for row in rows]
+            # Their recorded steps come along: the executions replay without a query each.
+            steps = await tx.fetch(self.sql(f"SELECT {', '.join(_STEP_COLUMNS)} FROM {{p}}steps "
+                                            f"WHERE run_id IN ({marks})"), tuple(ids))
+        runs = [{**dict(zip(_RUN_COLUMNS, row)), "history": {}} for row in rows]
+        by_id = {run["run_id"]: run["history"] for run in runs}
+        for row in steps:
+            by_id[row[0]][row[1]] = dict(zip(_STEP_COLUMNS, row))
+        return runs
 
     async def resume_run(self, run_id: str, now: float, retries: int) -> bool:
         """A failed or cancelled run becomes due again as a new attempt, with ``retries``
@@ -1299,78 +1317,167 @@ class _SQLiteTransaction:
 
 class _Pool:
     """Connections to a database server, as the usage guide promises: ``size`` kept
-    open, up to ``overflow`` more opened under load (closed again when given back),
-    each checked before use (``pre_ping``: one round trip; a dead one is replaced) and
-    replaced once older than ``recycle`` seconds. ``acquire`` waits up to ``timeout``
-    seconds for a free connection."""
+    open, up to ``overflow`` more opened under load (closed again once the load has
+    passed: after ``_OVERFLOW_IDLE`` seconds unused, rather than at once, which under
+    steady load would open a connection per query), and replaced once older than
+    ``recycle`` seconds. Before use, each is checked: one whose socket the server has
+    closed is replaced, and with ``pre_ping`` one that sat unused for more than
+    ``_PING_IDLE`` seconds is pinged first (a round trip; a dead one is replaced). A
+    busy connection is not pinged: that would double the round trips of a step. A
+    caller waits up to ``timeout`` seconds for a free connection."""
+
+    _OVERFLOW_IDLE = 10.0
+    _OVERFLOW_PATIENCE = 0.02
+    _PING_IDLE = 1.0
 
     def __init__(self, store: "_ServerStore", options: dict):
         self._store = store
         self.size, self.overflow = options["pool_size"], options["max_overflow"]
         self.recycle, self.pre_ping = options["pool_recycle"], options["pool_pre_ping"]
         self.timeout = options["pool_timeout"]
-        self._idle: list = []  # (connection, opened at), the warmest last
+        self._idle: list = []  # (connection, opened at, idle since), the warmest last
         self._free = asyncio.Semaphore(self.size + self.overflow)  # one per connection out
         self._closing: set = set()  # graceful closes under way
+        self._out = 0  # connections in use
+        self._opening = 0  # connections being opened
+        self._waiters: list = []  # futures of callers waiting for a connection of ours
+        self._full_until = 0.0  # the server refused a connection: open none until then
         self._closed = False
 
     @contextlib.asynccontextmanager
     async def connection(self):
         """A checked connection for the block. One that failed in the block is closed
         rather than given back: its state (a transaction, the socket) is unknown."""
+        deadline = time.monotonic() + self.timeout
         try:
             await asyncio.wait_for(self._free.acquire(), self.timeout)
         except asyncio.TimeoutError:
-            raise TinyWorkflowError(
-                f"no database connection became free within pool_timeout={self.timeout} s "
-                f"(pool_size={self.size}, max_overflow={self.overflow}); raise them in the "
-                "URL or lower worker_concurrency") from None
+            raise self._timed_out() from None
         try:
-            conn, opened = await self._checkout()
+            conn, opened = await self._checkout(deadline)
+            self._out += 1
             try:
                 yield conn
             except BaseException:
+                self._out -= 1
                 self._discard(conn)
                 raise
+            self._out -= 1
             self._give_back(conn, opened)
         finally:
             self._free.release()
 
-    async def _checkout(self) -> tuple:
-        store, now = self._store, time.monotonic()
-        while self._idle:
-            conn, opened = self._idle.pop()
-            if store._is_closed(conn) or (self.recycle > 0 and now - opened > self.recycle):
-                self._discard(conn)
-                continue
-            if self.pre_ping:
-                try:
-                    await store._ping(conn)
-                except Exception as exc:
-                    if not store._lost(exc):
-                        self._discard(conn)
-                        raise
-                    _log.info("a pooled database connection was dead (%s); replacing it", exc)
+    def _timed_out(self) -> TinyWorkflowError:
+        return TinyWorkflowError(
+            f"no database connection became free within pool_timeout={self.timeout} s "
+            f"(pool_size={self.size}, max_overflow={self.overflow}); raise them in the "
+            "URL, or the server's connection limit, or lower worker_concurrency")
+
+    async def _checkout(self, deadline: float) -> tuple:
+        store, patient = self._store, True
+        while True:
+            while self._idle:
+                conn, opened, idle_since = self._idle.pop()
+                now = time.monotonic()
+                if store._is_closed(conn) or (self.recycle > 0 and now - opened > self.recycle):
                     self._discard(conn)
                     continue
-            return conn, opened
-        if self._closed:
-            raise TinyWorkflowError("the database connection is closed")
-        return await store._open(), time.monotonic()
+                if self.pre_ping and now - idle_since > self._PING_IDLE:
+                    try:
+                        await store._ping(conn)
+                    except Exception as exc:
+                        self._discard(conn)
+                        if not store._lost(exc):
+                            raise
+                        _log.info("a pooled database connection was dead (%s); replacing it",
+                                  exc)
+                        continue
+                return conn, opened
+            if self._closed:
+                raise TinyWorkflowError("the database connection is closed")
+            if patient and self._out + self._opening >= self.size:
+                # Every kept connection is busy. A statement takes a millisecond and a
+                # new connection several: wait a moment for one before opening overflow.
+                patient = False
+                got = await self._wait_for_give_back(
+                    min(deadline, time.monotonic() + self._OVERFLOW_PATIENCE), quiet=True)
+                if got is not None:
+                    return got
+                continue
+            if time.monotonic() >= self._full_until or not self._out:
+                try:
+                    self._opening += 1
+                    try:
+                        return await store._open(), time.monotonic()
+                    finally:
+                        self._opening -= 1
+                except TinyWorkflowError as exc:
+                    if not store._full(exc.__cause__) or time.monotonic() >= deadline:
+                        raise
+                    # The server takes no more connections (other processes hold them):
+                    # share ours, and stop asking for more for a while.
+                    if time.monotonic() >= self._full_until:
+                        _log.info("the database server has no connection to spare (%s); "
+                                  "sharing the %d open ones", exc.__cause__, self._out)
+                    self._full_until = time.monotonic() + 1.0
+                    if not self._out:  # none of ours will come back: ask again soon
+                        await asyncio.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
+                        continue
+            got = await self._wait_for_give_back(deadline)
+            if got is not None:
+                return got
+
+    async def _wait_for_give_back(self, deadline: float, quiet: bool = False) -> Optional[tuple]:
+        """A connection one of ours gives back, or None when one was closed (so the
+        server has room again) or, if ``quiet``, when the deadline has passed."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter),
+                                          max(deadline - time.monotonic(), 0))
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
+                self._give_back(*waiter.result())  # handed to us as we gave up
+            if isinstance(exc, asyncio.TimeoutError):
+                if quiet:
+                    return None
+                raise self._timed_out() from None
+            raise
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            waiter.cancel()  # a no-op once it has a result
+
+    def _hand_over(self, got: Optional[tuple]) -> bool:
+        while self._waiters:
+            waiter = self._waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(got)
+                return True
+        return False
 
     def _give_back(self, conn, opened: float) -> None:
         if self._store._is_closed(conn):
             self._discard(conn)
-        elif self._closed or len(self._idle) >= self.size:  # overflow, or closing
-            closing = asyncio.ensure_future(self._close_one(conn))
-            self._closing.add(closing)
-            closing.add_done_callback(self._closing.discard)
-        else:
-            self._idle.append((conn, opened))
+        elif self._closed:
+            self._close_soon(conn)
+        elif not self._hand_over((conn, opened)):
+            now = time.monotonic()
+            self._idle.append((conn, opened, now))
+            # Surplus connections (overflow) that nobody needed for a while: close them,
+            # the longest unused first (the front of the list).
+            while len(self._idle) > self.size and now - self._idle[0][2] > self._OVERFLOW_IDLE:
+                self._close_soon(self._idle.pop(0)[0])
+
+    def _close_soon(self, conn) -> None:
+        closing = asyncio.ensure_future(self._close_one(conn))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
 
     def _discard(self, conn) -> None:
         """Drop a connection in an unknown state (the server rolls back its work)."""
         self._store._terminate(conn)
+        self._hand_over(None)  # room for a new one
 
     async def _close_one(self, conn) -> None:
         try:
@@ -1383,7 +1490,7 @@ class _Pool:
     async def close(self) -> None:
         self._closed = True
         idle, self._idle = self._idle, []
-        await asyncio.gather(*(self._close_one(conn) for conn, _ in idle), *self._closing)
+        await asyncio.gather(*(self._close_one(conn) for conn, _, _ in idle), *self._closing)
 
 
 class _ServerStore(_Store):
@@ -1430,6 +1537,10 @@ class _ServerStore(_Store):
 
     def _lost(self, exc: BaseException) -> bool:
         """The connection is gone (killed, server restarted, network)."""
+        raise NotImplementedError
+
+    def _full(self, exc: Optional[BaseException]) -> bool:
+        """The server refused a new connection: it has as many as it allows."""
         raise NotImplementedError
 
     def _conflict(self, exc: BaseException) -> bool:
@@ -1519,6 +1630,9 @@ class _ServerTransaction:
         await self._store._executemany(self._conn, sql, rows)
 
 
+_NOTIFY = "SELECT pg_notify($1, $2)"
+
+
 def _import_driver(module: str, extra: str, backend: str) -> types.ModuleType:
     try:
         return __import__(module)
@@ -1540,6 +1654,9 @@ class _PostgresStore(_ServerStore):
     def __init__(self, target: dict, options: dict, prefix: str, url: str):
         super().__init__(_POSTGRES, target, options, prefix, url)
         self.channel = f"{prefix.lower()}wake"
+        self._compiled: dict = {}  # batch statements -> one statement
+        self._steps: list = []  # steps to record at the end of this turn of the loop
+        self._writing: set = set()  # group writes under way
         self._asyncpg: Any = None
         self._wakers: set = set()
         self._listener: Optional[asyncio.Task] = None
@@ -1553,6 +1670,7 @@ class _PostgresStore(_ServerStore):
         try:
             return await asyncpg.connect(
                 self.target["dsn"], timeout=self.options["connect_timeout"],
+                statement_cache_size=1000,
                 server_settings={"application_name": "tinyworkflow"}
                 if "application_name=" not in self.target["dsn"] else None)
         except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
@@ -1591,6 +1709,9 @@ class _PostgresStore(_ServerStore):
                                 asyncpg.exceptions.CannotConnectNowError)) or (
             isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc))
 
+    def _full(self, exc: Optional[BaseException]) -> bool:
+        return isinstance(exc, self._asyncpg.exceptions.TooManyConnectionsError)
+
     def _conflict(self, exc: BaseException) -> bool:
         return isinstance(exc, (self._asyncpg.exceptions.DeadlockDetectedError,
                                 self._asyncpg.exceptions.SerializationError))
@@ -1602,12 +1723,164 @@ class _PostgresStore(_ServerStore):
 
     # -- waking workers elsewhere
     def _wake_ops(self, run_id: str) -> list:
-        return [("SELECT pg_notify($1, $2)", (self.channel, run_id))]
+        return [(_NOTIFY, (self.channel, run_id))]
+
+    # -- steps: group commit
+    async def record_step(self, run_id: str, owner: str, now: float, step: dict,
+                          event: tuple) -> bool:
+        """Steps recorded during one turn of the event loop are written by one
+        statement: one commit for many concurrent runs, as SQLite's group commit."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._steps.append(((run_id, owner, now, step, event), future))
+        if len(self._steps) == 1:
+            loop.call_soon(self._write_steps_soon)
+        return await future
+
+    def _write_steps_soon(self) -> None:
+        group, self._steps = self._steps, []
+        writing = asyncio.ensure_future(self._write_steps(group))
+        self._writing.add(writing)
+        writing.add_done_callback(self._writing.discard)
+
+    async def _write_steps(self, group: list) -> None:
+        keys = [(item[0], item[3]["step"]) for item, _ in group]
+        if len(group) == 1 or len(set(keys)) < len(keys):  # one, or a key twice: one by one
+            results = await asyncio.gather(*(super(_PostgresStore, self).record_step(*item)
+                                             for item, _ in group), return_exceptions=True)
+        else:
+            columns = [[] for _ in range(len(_STEP_COLUMNS) + 3)]
+            for run_id, owner, now, step, (event_type, data) in (item for item, _ in group):
+                for column, value in zip(columns, (*(step[c] for c in _STEP_COLUMNS), owner,
+                                                   event_type, _dumps_lenient(data))):
+                    column.append(value)
+            try:
+                written = set(map(tuple, await self._write_one(self._steps_sql(), columns,
+                                                               fetch=True)))
+                results = [key in written for key in keys]
+            except Exception as exc:
+                if isinstance(exc, TinyWorkflowError):  # outcome unknown: say so to all
+                    results = [exc] * len(group)
+                else:  # find the culprit: one by one
+                    results = await asyncio.gather(
+                        *(super(_PostgresStore, self).record_step(*item) for item, _ in group),
+                        return_exceptions=True)
+        for (_, future), result in zip(group, results):
+            if future.done():
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result if isinstance(result, Exception) else
+                                     TinyWorkflowError(f"write interrupted: {result!r}"))
+            else:
+                future.set_result(result)
+
+    def _steps_sql(self) -> str:
+        """Many steps (one array per column) in one statement, each fenced by its run."""
+        kinds = [*_STEP_TYPES.values(), "key", "key", "text"]
+        names = [*_STEP_COLUMNS, "owner", "event_type", "event_data"]
+        arrays = ", ".join(f"CAST(${i} AS {{{kind}}}[])" for i, kind in enumerate(kinds, 1))
+        rest = [c for c in _STEP_COLUMNS if c not in ("run_id", "step")]
+        return self.sql(
+            f"WITH v AS (SELECT * FROM unnest({arrays}) WITH ORDINALITY "
+            f"AS v({', '.join(names)}, ord)), "
+            f"s AS (INSERT INTO {{p}}steps ({', '.join(_STEP_COLUMNS)}) "
+            f"SELECT {', '.join('v.' + c for c in _STEP_COLUMNS)} FROM v JOIN {{p}}runs r "
+            "ON r.run_id = v.run_id AND r.owner = v.owner AND r.status = 'running' "
+            "FOR SHARE OF r ON CONFLICT (run_id, step) DO UPDATE SET "
+            f"{', '.join(f'{c} = excluded.{c}' for c in rest)} RETURNING run_id, step), "
+            f"e AS (INSERT INTO {{p}}events ({_EVENT_COLUMNS}) SELECT v.run_id, v.event_type, "
+            "v.event_data, v.completed_at FROM v JOIN s ON s.run_id = v.run_id "
+            "AND s.step = v.step ORDER BY v.ord) "
+            "SELECT run_id, step FROM s")
+
+    # -- a write batch in one round trip
+    async def batch(self, ops: list, fence: bool = False) -> bool:
+        """The statements of a batch as one: data-modifying CTEs, run by the server as
+        one implicit transaction, where BEGIN, each statement and COMMIT would be a
+        round trip each. Fenced, the later statements act only if the first touched a
+        row. A connection lost before the statement was sent is retried; one lost after
+        leaves the outcome unknown and raises."""
+        statement = self._compiled.get((tuple(sql for sql, _ in ops), fence))
+        if statement is None:
+            statement = self._compile([sql for sql, _ in ops], fence)
+        if not statement:
+            return await super().batch(ops, fence)
+        count = await self._write_one(statement, [p for _, op_params in ops for p in op_params])
+        return count > 0 or not fence
+
+    async def _write_one(self, statement: str, params: list, fetch: bool = False) -> Any:
+        """Run one writing statement (its own transaction); the first value it returns,
+        or with ``fetch`` every row."""
+        for attempt in range(1, self._WRITE_ATTEMPTS + 1):
+            sent = False
+            try:
+                async with self._connection() as conn:
+                    sent = True
+                    if fetch:
+                        return await conn.fetch(statement, *params)
+                    return await conn.fetchval(statement, *params)
+            except Exception as exc:
+                if sent and self._lost(exc):
+                    raise TinyWorkflowError(
+                        f"the database connection was lost during a write; it may or may "
+                        f"not have been applied: {exc}") from exc
+                if attempt == self._WRITE_ATTEMPTS or not (self._lost(exc) or self._conflict(exc)):
+                    raise
+                await asyncio.sleep(random.uniform(0, 0.01 * attempt))
+
+    def _compile(self, sqls: list, fence: bool) -> str:
+        """One statement doing what the batch's statements do, or "" if some statement
+        is not of a kind this knows (then the batch runs as a transaction)."""
+        ctes, offset, event = [], 0, self.sql(_EVENT_INSERT)
+        events: list = []  # the rows of consecutive events: one INSERT keeps their order
+        for i, sql in enumerate(sqls):
+            count = len(re.findall(r"\$\d+", sql))
+            shifted = re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) + offset}", sql)
+            marks = [f"${offset + n}" for n in range(1, count + 1)]
+            if sql == event and i > 0:
+                events.append(marks)
+                if i + 1 < len(sqls) and sqls[i + 1] == event:
+                    offset += count
+                    continue
+                if fence:  # typed: a bind in a SELECT list has no type
+                    rows = " UNION ALL ".join(
+                        "SELECT " + ", ".join(f"CAST({mark} AS {self.dialect.types[kind]})"
+                                              for mark, kind in zip(row, ("key", "key", "text",
+                                                                          "float")))
+                        + " FROM b0" for row in events)
+                else:
+                    rows = "VALUES " + ", ".join(f"({', '.join(row)})" for row in events)
+                ctes.append(self.sql(f"b{i} AS (INSERT INTO {{p}}events ({_EVENT_COLUMNS}) "
+                                     f"{rows})"))
+                events = []
+            elif i == 0 and sql.startswith(("INSERT", "UPDATE", "DELETE")):
+                ctes.append(f"b0 AS ({shifted} RETURNING 1)")
+            elif sql == _NOTIFY:
+                ctes.append(f"b{i} AS (SELECT pg_notify({', '.join(marks)})"
+                            f"{' FROM b0' if fence else ''})")
+            elif i > 0 and not fence and sql.startswith("INSERT"):  # fork_run's steps
+                ctes.append(f"b{i} AS ({shifted})")
+            else:
+                self._compiled[(tuple(sqls), fence)] = ""
+                return ""
+            offset += count
+        # A SELECT in a WITH runs only if referenced (data-modifying ones always run).
+        notified = [f"(SELECT count(*) FROM b{i})" for i, s in enumerate(sqls) if s == _NOTIFY]
+        statement = (f"WITH {', '.join(ctes)} SELECT (SELECT count(*) FROM b0)"
+                     + "".join(f" + 0 * {n}" for n in notified))
+        self._compiled[(tuple(sqls), fence)] = statement
+        return statement
 
     async def listen(self, wake: Callable[[], None]) -> None:
         self._wakers.add(wake)
         if self._listener is None:
             self._listener = asyncio.ensure_future(self._listen())
+
+    async def close(self) -> None:
+        await asyncio.sleep(0)  # steps queued this turn start their write
+        while self._writing:
+            await asyncio.wait(set(self._writing))
+        await super().close()
 
     async def unlisten(self, wake: Callable[[], None]) -> None:
         self._wakers.discard(wake)
@@ -1729,6 +2002,9 @@ class _MySQLStore(_ServerStore):
         if isinstance(exc, pymysql.err.InterfaceError):  # (0, '') once the socket is gone
             return True
         return isinstance(exc, pymysql.MySQLError) and self._code(exc) in self._LOST
+
+    def _full(self, exc: Optional[BaseException]) -> bool:
+        return self._code(exc) == 1040  # too many connections
 
     def _conflict(self, exc: BaseException) -> bool:
         import pymysql
@@ -2199,7 +2475,8 @@ class _Engine:
     async def _execute(self, run: dict) -> None:
         run_id, owner = run["run_id"], run["owner"]
         definition = _WORKFLOWS[run["workflow_name"]]
-        ctx = WorkflowContext(self, run, owner, await self.store.load_steps(run_id))
+        history = run["history"] if "history" in run else await self.store.load_steps(run_id)
+        ctx = WorkflowContext(self, run, owner, history)
         remaining = None if run["deadline_at"] is None else run["deadline_at"] - self.clock()
         try:
             result = await _with_timeout(
