@@ -1385,9 +1385,9 @@ class _Pool:
                 if self.pre_ping and now - idle_since > self._PING_IDLE:
                     try:
                         await store._ping(conn)
-                    except Exception as exc:
+                    except BaseException as exc:
                         self._discard(conn)
-                        if not store._lost(exc):
+                        if not (isinstance(exc, Exception) and store._lost(exc)):
                             raise
                         _log.info("a pooled database connection was dead (%s); replacing it",
                                   exc)
@@ -1543,6 +1543,10 @@ class _ServerStore(_Store):
         """The server refused a new connection: it has as many as it allows."""
         raise NotImplementedError
 
+    def _unsent(self, exc: BaseException) -> bool:
+        """A lost connection that failed before the statement was sent: safe to redo."""
+        raise NotImplementedError
+
     def _conflict(self, exc: BaseException) -> bool:
         """A deadlock or serialisation failure: the transaction was rolled back."""
         raise NotImplementedError
@@ -1593,7 +1597,7 @@ class _ServerStore(_Store):
                                 await self._execute(conn, "ROLLBACK", ())
                         raise
             except Exception as exc:
-                if committing and self._lost(exc):
+                if committing and self._lost(exc) and not self._unsent(exc):
                     raise TinyWorkflowError(
                         f"the database connection was lost while committing; the write "
                         f"may or may not have been applied: {exc}") from exc
@@ -1707,7 +1711,14 @@ class _PostgresStore(_ServerStore):
                                 asyncpg.exceptions.AdminShutdownError,
                                 asyncpg.exceptions.CrashShutdownError,
                                 asyncpg.exceptions.CannotConnectNowError)) or (
-            isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc))
+            isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)) or self._unsent(exc)
+
+    def _unsent(self, exc: BaseException) -> bool:
+        # Raised before anything was sent: the connection was known closed, or is still
+        # taking in the error the server sent as it ended the session.
+        asyncpg = self._asyncpg
+        return (isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc)) \
+            or isinstance(exc, asyncpg.exceptions._base.InternalClientError)
 
     def _full(self, exc: Optional[BaseException]) -> bool:
         return isinstance(exc, self._asyncpg.exceptions.TooManyConnectionsError)
@@ -1820,7 +1831,7 @@ class _PostgresStore(_ServerStore):
                         return await conn.fetch(statement, *params)
                     return await conn.fetchval(statement, *params)
             except Exception as exc:
-                if sent and self._lost(exc):
+                if sent and self._lost(exc) and not self._unsent(exc):
                     raise TinyWorkflowError(
                         f"the database connection was lost during a write; it may or may "
                         f"not have been applied: {exc}") from exc
@@ -2005,6 +2016,10 @@ class _MySQLStore(_ServerStore):
 
     def _full(self, exc: Optional[BaseException]) -> bool:
         return self._code(exc) == 1040  # too many connections
+
+    def _unsent(self, exc: BaseException) -> bool:
+        import pymysql
+        return isinstance(exc, pymysql.err.InterfaceError)  # the socket was already gone
 
     def _conflict(self, exc: BaseException) -> bool:
         import pymysql
