@@ -279,9 +279,19 @@ class _LostOwnership(BaseException):
 # ---- helpers ----------------------------------------------------------------------------
 
 
+def _json(value: Any, **options: Any) -> str:
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, **options)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: no database stores them raw
+            text = json.dumps(value, separators=(",", ":"), **options)
+    return text
+
+
 def _dumps(value: Any, what: str) -> str:
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return _json(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise SerializationError(
             f"{what} is not JSON-serialisable ({exc}); pass and return only JSON values: "
@@ -296,13 +306,15 @@ def _loads(text: Optional[str]) -> Any:
 def _dumps_lenient(value: Any) -> str:
     """For what is recorded only to be read by people (activity arguments): never fails."""
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=repr)
+        return _json(value, default=repr)
     except (TypeError, ValueError):  # non-string keys, circular references
-        return json.dumps(repr(value), ensure_ascii=False)
+        return _json(repr(value))
 
 
 def _error_text(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    # Stored as text: no NUL (PostgreSQL refuses it) and no lone surrogates.
+    text = f"{type(exc).__name__}: {exc}".replace("\x00", "\\x00")
+    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode()
 
 
 def _error_record(exc: BaseException) -> dict:
@@ -448,8 +460,20 @@ _POSTGRES_OPTIONS = (
 
 
 def _redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    return re.sub(r"(://[^:/?#@]*:)[^@/?#]*@", r"\1***@", url)
+    """The URL without its password (in the user part or the query), for messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    head = ""
+    if "@" in rest:  # user[:password]@...: the password may hold any character
+        userinfo, _, rest = rest.rpartition("@")
+        user = userinfo.partition(":")[0]
+        head = f"{user}:***@" if ":" in userinfo else f"{user}@"
+    where, _, query = rest.partition("?")
+    if query:
+        query = "?" + "&".join(f"{k}=***" if k.lower() in ("password", "sslpassword")
+                               else f"{k}={v}" for k, v in parse_qsl(query, True))
+    return f"{scheme}://{head}{where}{query}"
 
 
 def _parse_url(url: str) -> tuple[str, Any, dict]:
@@ -746,6 +770,11 @@ class _Store:
             text = self.dialect.translate(template.format(p=self.prefix, **self.dialect.types))
             self._cache[template] = text
         return text
+
+    def transient(self, exc: BaseException) -> bool:
+        """Whether a failed write may succeed if done again: the database was busy or
+        unreachable, rather than refusing the values written."""
+        return isinstance(exc, TinyWorkflowError)  # ours: closed, pool timeout, unknown
 
     # -- waking workers of other processes (PostgreSQL's NOTIFY; elsewhere they poll)
     def _wake_ops(self, run_id: str) -> list:
@@ -1198,6 +1227,10 @@ class _SQLiteStore(_Store):
         except Exception as exc:
             return exc
 
+    def transient(self, exc: BaseException) -> bool:
+        return super().transient(exc) or (isinstance(exc, sqlite3.OperationalError)
+                                          and _is_busy(exc))
+
     def _check_open(self) -> None:
         if self._conn is None:
             raise TinyWorkflowError("the database connection is closed")
@@ -1290,7 +1323,7 @@ def _resolve(group: list, results: list) -> None:
             future.set_result(result)
 
 
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
+def _is_busy(exc: BaseException) -> bool:
     return "locked" in str(exc) or "busy" in str(exc)  # SQLITE_BUSY, SQLITE_LOCKED
 
 
@@ -1349,10 +1382,13 @@ class _Pool:
         """A checked connection for the block. One that failed in the block is closed
         rather than given back: its state (a transaction, the socket) is unknown."""
         deadline = time.monotonic() + self.timeout
-        try:
-            await asyncio.wait_for(self._free.acquire(), self.timeout)
-        except asyncio.TimeoutError:
-            raise self._timed_out() from None
+        if not self._free.locked():
+            await self._free.acquire()  # free now: no timer (and no lost cancellation)
+        else:
+            try:
+                await asyncio.wait_for(self._free.acquire(), self.timeout)
+            except asyncio.TimeoutError:
+                raise self._timed_out() from None
         try:
             conn, opened = await self._checkout(deadline)
             self._out += 1
@@ -1503,6 +1539,10 @@ class _ServerStore(_Store):
     and raises. Subclasses supply the driver calls."""
 
     _WRITE_ATTEMPTS = 4
+
+    def transient(self, exc: BaseException) -> bool:
+        return super().transient(exc) or self._lost(exc) or self._conflict(exc) or \
+            isinstance(exc, (OSError, asyncio.TimeoutError))
 
     def __init__(self, dialect: _Dialect, target: dict, options: dict, prefix: str, url: str):
         super().__init__(dialect, prefix)
@@ -1691,7 +1731,7 @@ class _PostgresStore(_ServerStore):
         return conn.is_closed()
 
     async def _ping(self, conn) -> None:
-        await conn.execute("SELECT 1")
+        await asyncio.wait_for(conn.execute("SELECT 1"), self.options["connect_timeout"])
 
     async def _execute(self, conn, sql: str, params: tuple) -> int:
         status = await conn.execute(sql, *params)
@@ -1718,7 +1758,8 @@ class _PostgresStore(_ServerStore):
         # taking in the error the server sent as it ended the session.
         asyncpg = self._asyncpg
         return (isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc)) \
-            or isinstance(exc, asyncpg.exceptions._base.InternalClientError)
+            or (isinstance(exc, asyncpg.exceptions._base.InternalClientError)
+                and "cannot switch to state" in str(exc))
 
     def _full(self, exc: Optional[BaseException]) -> bool:
         return isinstance(exc, self._asyncpg.exceptions.TooManyConnectionsError)
@@ -1986,7 +2027,7 @@ class _MySQLStore(_ServerStore):
         return conn.closed or conn._reader.at_eof()
 
     async def _ping(self, conn) -> None:
-        await conn.ping(reconnect=False)
+        await asyncio.wait_for(conn.ping(reconnect=False), self.options["connect_timeout"])
 
     async def _execute(self, conn, sql: str, params: tuple) -> int:
         async with conn.cursor() as cur:
@@ -2379,8 +2420,15 @@ class WorkflowContext:
         try:
             ours = await engine.store.record_step(self.run_id, self._owner, now, row,
                                                   (event_type, event_data))
-        except Exception as exc:  # the database's trouble, not the workflow's
-            raise _StoreFailed(self.run_id, exc) from exc
+        except Exception as exc:
+            if engine.store.transient(exc):  # the database's trouble, not the workflow's
+                raise _StoreFailed(self.run_id, exc) from exc
+            # The database refuses this value (too large for it, say): it always will.
+            error = SerializationError(
+                f"step {step_row['step']} ({step_row['name']}) of run {self.run_id} could not "
+                f"be stored: {type(exc).__name__}: {exc}")
+            self._fatal = self._fatal or error
+            raise error from exc
         if not ours:
             raise _LostOwnership(self.run_id)
 
