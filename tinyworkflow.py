@@ -1394,9 +1394,15 @@ class _Pool:
             self._out += 1
             try:
                 yield conn
-            except BaseException:
+            except BaseException as exc:
                 self._out -= 1
-                self._discard(conn)
+                # An error the server answered (a deadlock, a refused value) leaves the
+                # connection usable once out of its transaction; anything else may not.
+                if (isinstance(exc, Exception) and not self._store._lost(exc)
+                        and self._store._reusable(conn)):
+                    self._give_back(conn, opened)
+                else:
+                    self._discard(conn)
                 raise
             self._out -= 1
             self._give_back(conn, opened)
@@ -1587,6 +1593,10 @@ class _ServerStore(_Store):
         """A lost connection that failed before the statement was sent: safe to redo."""
         raise NotImplementedError
 
+    def _reusable(self, conn) -> bool:
+        """Open, idle and outside a transaction."""
+        raise NotImplementedError
+
     def _conflict(self, exc: BaseException) -> bool:
         """A deadlock or serialisation failure: the transaction was rolled back."""
         raise NotImplementedError
@@ -1729,6 +1739,9 @@ class _PostgresStore(_ServerStore):
 
     def _is_closed(self, conn) -> bool:
         return conn.is_closed()
+
+    def _reusable(self, conn) -> bool:
+        return not conn.is_closed() and not conn.is_in_transaction()
 
     async def _ping(self, conn) -> None:
         await asyncio.wait_for(conn.execute("SELECT 1"), self.options["connect_timeout"])
@@ -1941,6 +1954,18 @@ class _PostgresStore(_ServerStore):
             listener.cancel()
             await asyncio.wait({listener})
 
+    async def _until_lost(self, lost: asyncio.Event, conn) -> bool:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(lost.wait(), self._LISTEN_PING)
+            return True
+        try:
+            await asyncio.wait_for(conn.execute("SELECT 1"), self.options["connect_timeout"])
+        except (Exception, asyncio.TimeoutError):
+            return True
+        return False
+
+    _LISTEN_PING = 30.0
+
     def _notified(self, *_args) -> None:
         for wake in list(self._wakers):
             wake()
@@ -1957,7 +1982,10 @@ class _PostgresStore(_ServerStore):
                 await conn.add_listener(self.channel, self._notified)
                 pause = 0.1
                 self._notified()
-                await lost.wait()
+                # A connection dropped without a word (a failover, a NAT timeout) is
+                # found by a ping now and then.
+                while not await self._until_lost(lost, conn):
+                    pass
                 _log.info("the LISTEN connection to %s was lost; reconnecting", self.url)
             except asyncio.CancelledError:
                 raise
@@ -2025,6 +2053,9 @@ class _MySQLStore(_ServerStore):
 
     def _is_closed(self, conn) -> bool:
         return conn.closed or conn._reader.at_eof()
+
+    def _reusable(self, conn) -> bool:
+        return not self._is_closed(conn) and not conn.get_transaction_status()
 
     async def _ping(self, conn) -> None:
         await asyncio.wait_for(conn.ping(reconnect=False), self.options["connect_timeout"])
