@@ -2110,6 +2110,10 @@ class _MySQLStore(_ServerStore):
 
     async def _ddl(self, tx, statement: str) -> None:
         import pymysql
+        if statement.startswith("CREATE TABLE IF NOT EXISTS "):  # spare the warning
+            if await tx.fetch("SELECT 1 FROM information_schema.tables WHERE table_schema = "
+                              "DATABASE() AND table_name = %s", (statement.split()[5],)):
+                return
         try:
             await tx.execute(statement)
         except pymysql.MySQLError as exc:

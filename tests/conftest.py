@@ -1,14 +1,55 @@
 """Shared fixtures. The workflow registry is process-wide: every test registers its
-workflows and activities under names of its own."""
+workflows and activities under names of its own.
+
+``db_url`` is parametrised over the three backends (ids ``sqlite``, ``postgres``,
+``mysql``), so every test that uses it, or ``client``, runs on each:
+
+- sqlite: a new file under the test's tmp_path;
+- postgres / mysql: the server named by TINYWORKFLOW_TEST_POSTGRES_URL /
+  TINYWORKFLOW_TEST_MYSQL_URL (a database of its own for the tests: every table in it is
+  dropped before each test). Their parameters carry the ``postgres`` / ``mysql``
+  markers, so ``-m "not postgres and not mysql"`` is the fast SQLite-only run. A server
+  that does not answer skips its tests with the reason; with CI=true they fail instead.
+
+A test that is about SQLite by nature (files, PRAGMAs, its locks, group commit) uses
+``sqlite_url``. A test that goes through ``db_url`` but must stay on SQLite (say, a
+command-line test that never opens the database) narrows it with
+``@dbutil.sqlite_only``, which overrides the ``backend`` fixture by direct parametrisation;
+``@dbutil.servers_only`` likewise keeps PostgreSQL and MySQL only.
+"""
+
+import os
+import sys
 
 import pytest
 
-from tinyworkflow import TinyWorkflowClient
+TESTS = os.path.dirname(os.path.abspath(__file__))
+if TESTS not in sys.path:  # import the helpers under one name, whatever pytest's import mode
+    sys.path.insert(0, TESTS)
+
+import dbutil  # noqa: E402
+from tinyworkflow import TinyWorkflowClient  # noqa: E402
+
+
+@pytest.fixture(params=dbutil.BACKENDS)
+def backend(request):
+    """'sqlite', 'postgres' or 'mysql'."""
+    return request.param
 
 
 @pytest.fixture
-def db_url(tmp_path):
-    return f"sqlite+aiosqlite:///{tmp_path}/tw.db"
+def sqlite_url(tmp_path):
+    return f"sqlite+aiosqlite:///{tmp_path}/tw.db"  # absolute path: four slashes
+
+
+@pytest.fixture
+def db_url(backend, tmp_path):
+    """A URL of an empty database of the backend under test."""
+    if backend == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/tw.db"
+    url = dbutil.require(backend)  # skips (or fails, with CI=true) if the server is down
+    dbutil.empty_sync(url)
+    return url
 
 
 @pytest.fixture

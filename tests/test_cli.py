@@ -1,5 +1,9 @@
 """The command line (cli.py): in-process through cli.main, and through its real entry
-points (python -m tinyworkflow, python tinyworkflow.py) in subprocesses."""
+points (python -m tinyworkflow, python tinyworkflow.py) in subprocesses.
+
+The commands that read or write runs run on every backend (``env.db`` is the db_url
+fixture's database); those about arguments, entry points and SQLite files stay on
+SQLite (``@sqlite_only``)."""
 
 import importlib.util
 import json
@@ -16,7 +20,9 @@ from types import SimpleNamespace
 
 import pytest
 
+import dbutil
 import tinyworkflow
+from dbutil import sqlite_only
 
 ROOT = Path(tinyworkflow.__file__).resolve().parent
 
@@ -57,7 +63,7 @@ async def fail(ctx):
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
+def env(tmp_path, monkeypatch, db_url):
     sfx = uuid.uuid4().hex[:10]
     module = f"cliwf_{sfx}"
     path = tmp_path / f"{module}.py"
@@ -65,8 +71,7 @@ def env(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))  # undo what --import-workflows adds
     monkeypatch.delenv("TINYWORKFLOW_DATABASE_URL", raising=False)
-    db = f"sqlite+aiosqlite:///{tmp_path}/t.db"
-    return SimpleNamespace(tmp=tmp_path, db=db, module=module, file=str(path),
+    return SimpleNamespace(tmp=tmp_path, db=db_url, module=module, file=str(path),
                            hello=f"hello_{sfx}", fail=f"fail_{sfx}", greet=f"greet_{sfx}",
                            boom=f"boom_{sfx}")
 
@@ -327,11 +332,13 @@ def test_database_url_from_environment(env, run, monkeypatch):
     assert code == 0 and json.loads(out)["status"] == "completed"
 
 
+@sqlite_only
 def test_bad_database_url_exits_2(env, run):
     code, _, err = run("--db", "nosuchdb://x", "list", db=False)
     assert code == 2 and err.startswith("error: unsupported database URL")
 
 
+@sqlite_only
 def test_import_errors_exit_2(env, run):
     code, _, err = run("--import-workflows", "no_such_module_xyz", "workflows", imports=False)
     assert code == 2 and "no module named 'no_such_module_xyz'" in err and "hint:" in err
@@ -339,12 +346,14 @@ def test_import_errors_exit_2(env, run):
     assert code == 2 and "no such file" in err
 
 
+@sqlite_only
 def test_no_command_prints_help(env, run):
     code, out, err = run(db=False, imports=False)
     assert code == 2
     assert "usage: tinyworkflow" in err and "exit codes" in err
 
 
+@sqlite_only
 def test_version_and_unknown_command(env, run):
     code, out, _ = run("--version", db=False, imports=False)
     assert code == 0 and out.strip() == f"tinyworkflow {tinyworkflow.__version__}"
@@ -362,6 +371,7 @@ def _subprocess(args, cwd):
                           text=True, timeout=60)
 
 
+@sqlite_only
 def test_python_dash_m_sees_the_imported_workflows(env):
     # One registry: the workflows the command imports register in the module it reads.
     done = _subprocess(["-m", "tinyworkflow", "--import-workflows", env.module, "--db", env.db,
@@ -370,6 +380,7 @@ def test_python_dash_m_sees_the_imported_workflows(env):
     assert json.loads(done.stdout)["workflows"] == [env.fail, env.hello]
 
 
+@sqlite_only
 def test_script_entry_point_runs_a_workflow(env):
     script = str(ROOT / "tinyworkflow.py")
     done = _subprocess([script, "--version"], cwd=ROOT)
@@ -386,6 +397,7 @@ def test_script_entry_point_runs_a_workflow(env):
     assert done.returncode == 2 and "Traceback" not in done.stderr
 
 
+@sqlite_only
 def test_without_imports_commands_hint_at_them(env):
     # A fresh process: nothing registered (in this one, earlier tests registered plenty).
     done = _subprocess(["-m", "tinyworkflow", "--db", env.db, "workflows"], cwd=env.tmp)
@@ -490,7 +502,7 @@ def test_worker_executes_runs_started_elsewhere_then_stops_on_a_signal(
     worker = worker_process(env, "--import-workflows", env.module, "--concurrency", "4")
     line = worker.wait_started()
     assert line.count("\n") == 1  # one line on start
-    assert env.hello in line and env.fail in line and env.db in line
+    assert env.hello in line and env.fail in line and cli._masked(env.db) in line
 
     run_ids = [run("start", env.hello, "--input", json.dumps({"name": f"n{i}"}))[1].strip()
                for i in range(6)]
@@ -523,7 +535,7 @@ def test_worker_second_signal_exits_at_once(env, run, worker_process):
     worker = worker_process(env, "--import-workflows", slow_module, "--grace", "60",
                             "--lease-seconds", "30", "--json")
     assert json.loads(worker.wait_started()) == {
-        "worker": "started", "workflows": [slow], "database": env.db}
+        "worker": "started", "workflows": [slow], "database": cli._masked(env.db)}
     code, out, err = run("--import-workflows", slow_module, "start", slow,
                          "--input", '{"seconds": 30}', imports=False)
     assert code == 0, err
@@ -555,9 +567,11 @@ def test_worker_refuses_to_start_without_workflows(env):
     assert done.stderr.startswith("error: no workflows are registered")
     assert "--import-workflows" in done.stderr
     assert done.stdout == ""
-    assert not (env.tmp / "t.db").exists()  # refused before opening the database
+    # Refused before opening the database: no file, no table.
+    assert not any(env.tmp.glob("*.db")) and dbutil.table_names_sync(env.db) == set()
 
 
+@sqlite_only
 @pytest.mark.parametrize("option", [
     ["--concurrency", "0"], ["--concurrency", "two"], ["--lease-seconds", "0"],
     ["--lease-seconds", "-1"], ["--poll-interval", "nan"], ["--grace", "-1"],
@@ -569,6 +583,7 @@ def test_worker_bad_options_exit_2(env, run, option):
     assert f"argument {option[0]}" in err and "error:" in err
 
 
+@sqlite_only
 def test_worker_bad_lease_from_environment_exits_2(env, run, monkeypatch):
     monkeypatch.setenv("TINYWORKFLOW_LEASE_SECONDS", "soon")
     code, _, err = run("worker")
@@ -576,6 +591,7 @@ def test_worker_bad_lease_from_environment_exits_2(env, run, monkeypatch):
     assert err.startswith("error: TINYWORKFLOW_LEASE_SECONDS must be a number of seconds")
 
 
+@sqlite_only
 def test_a_file_that_is_not_a_database_is_a_clear_error(env, run):
     bad = env.tmp / "notes.db"
     bad.write_bytes(b"these are my notes, not a database\n" * 100)

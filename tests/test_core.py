@@ -1,5 +1,5 @@
-"""Behaviour of the core library on SQLite: replay, retries, timeouts, audit trail,
-bad input. Fast: the whole file runs in a few seconds."""
+"""Behaviour of the core library: replay, retries, timeouts, audit trail, bad input.
+Runs on every backend (the db_url / client fixtures); fast: a few seconds on each."""
 
 import asyncio
 import json
@@ -13,6 +13,7 @@ from datetime import timezone
 
 import pytest
 
+import dbutil
 import tinyworkflow
 from tinyworkflow import (
     ActivityTimeoutError,
@@ -33,16 +34,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NO_RETRY = RetryPolicy(max_retries=0)
 FAST = RetryPolicy(max_retries=2, initial_delay=0.001, jitter=False)
 calls: Counter = Counter()
-
-
-def table_rows(db_url, sql):
-    path = db_url.split(":///", 1)[1]
-    with sqlite3.connect(path) as db:
-        return db.execute(sql).fetchall()
-
-
-def snapshot(db_url):
-    return [table_rows(db_url, f"SELECT * FROM tinyworkflow_{t}") for t in ("runs", "steps", "events")]
 
 
 # ---- the public API ---------------------------------------------------------------------
@@ -94,8 +85,8 @@ def test_default_url_and_env(monkeypatch):
     assert TinyWorkflowClient("sqlite:///given.db").database_url == "sqlite:///given.db"
 
 
-async def test_durable_sqlite_settings(db_url, tmp_path):
-    async with TinyWorkflowClient(db_url) as c:
+async def test_durable_sqlite_settings(sqlite_url, tmp_path):
+    async with TinyWorkflowClient(sqlite_url) as c:
         assert await c._store.fetch("PRAGMA journal_mode") == [("wal",)]
         assert await c._store.fetch("PRAGMA synchronous") == [(2,)]  # FULL
         # SQLite's busy handler is off: locks are waited for on aiosqlite's thread,
@@ -105,22 +96,26 @@ async def test_durable_sqlite_settings(db_url, tmp_path):
     async with TinyWorkflowClient(f"sqlite:///{tmp_path}/fast.db?synchronous=normal&timeout=2") as c:
         assert await c._store.fetch("PRAGMA synchronous") == [(1,)]
         assert c._store.timeout == 2
-    tables = {r[0] for r in table_rows(db_url, "SELECT name FROM sqlite_master WHERE type='table'")}
-    assert tables == {"tinyworkflow_meta", "tinyworkflow_runs", "tinyworkflow_steps",
-                      "tinyworkflow_events", "tinyworkflow_workers"}
-    assert table_rows(db_url, "SELECT value FROM tinyworkflow_meta") == [("2",)]
 
 
-async def test_table_prefix(tmp_path):
-    url = f"sqlite:///{tmp_path}/p.db"
-    async with TinyWorkflowClient(url, table_prefix="app_wf_") as c:
+async def test_schema_tables_and_version(db_url):
+    async with TinyWorkflowClient(db_url) as c:
         await c.list_workflow_executions()
-    names = {r[0] for r in table_rows(url, "SELECT name FROM sqlite_master WHERE type='table'")}
-    assert names == {"app_wf_meta", "app_wf_runs", "app_wf_steps", "app_wf_events",
-                     "app_wf_workers"}
+    assert await dbutil.table_names(db_url) == {"tinyworkflow_meta", "tinyworkflow_runs",
+                                                "tinyworkflow_steps", "tinyworkflow_events",
+                                                "tinyworkflow_workers"}
+    assert await dbutil.schema_version(db_url) == [
+        ("schema_version", str(len(tinyworkflow._MIGRATIONS)))]
+
+
+async def test_table_prefix(db_url):
+    async with TinyWorkflowClient(db_url, table_prefix="app_wf_") as c:
+        await c.list_workflow_executions()
+    assert await dbutil.table_names(db_url) == {"app_wf_meta", "app_wf_runs", "app_wf_steps",
+                                                "app_wf_events", "app_wf_workers"}
     for bad in ("", "1x", "a;drop table x", "a-b"):
         with pytest.raises(ValueError, match="prefix"):
-            TinyWorkflowClient(url, table_prefix=bad)
+            TinyWorkflowClient(db_url, table_prefix=bad)
 
 
 async def test_reopening_keeps_schema_and_data(db_url):
@@ -626,12 +621,12 @@ async def test_cleanup_old_workflows(client, db_url):
 
 async def test_unknown_workflow_stores_nothing(client, db_url):
     await client.list_workflow_executions()
-    before = snapshot(db_url)
+    before = await dbutil.snapshot(db_url)
     with pytest.raises(ValueError, match="no workflow named 'nope' is registered; "
                                          "registered workflows: .*replay_wf") as err:
         await client.start_workflow("nope", {"a": 1})
     assert isinstance(err.value, tinyworkflow.WorkflowNotFoundError)
-    assert snapshot(db_url) == before
+    assert await dbutil.snapshot(db_url) == before
 
 
 class Opaque:
@@ -640,14 +635,14 @@ class Opaque:
 
 async def test_unserialisable_input_stores_nothing(client, db_url):
     await client.list_workflow_executions()
-    before = snapshot(db_url)
+    before = await dbutil.snapshot(db_url)
     for bad in ({"when": Opaque()}, {"x": float("nan")}, {1, 2}):
         with pytest.raises(TypeError, match="the input of workflow 'replay_wf' is not "
                                             "JSON-serialisable"):
             await client.start_workflow("replay_wf", bad)
     with pytest.raises(SerializationError, match="Opaque"):
         await client.start_workflow("replay_wf", {"when": Opaque()})
-    assert snapshot(db_url) == before
+    assert await dbutil.snapshot(db_url) == before
 
 
 @activity(name="returns_opaque", retry_policy=NO_RETRY)
@@ -752,11 +747,11 @@ def test_bare_decorators_and_defaults():
     assert json.loads(json.dumps(RetryPolicy().__dict__))["jitter_factor"] == 0.1
 
 
-async def test_writes_never_block_the_event_loop_on_another_writer(db_url):
+async def test_writes_never_block_the_event_loop_on_another_writer(sqlite_url):
     """While another connection holds SQLite's write lock, a step's write waits on
     aiosqlite's thread, not on the event loop; it goes through once the lock is free."""
-    path = db_url.split(":///", 1)[1]
-    async with TinyWorkflowClient(db_url) as c:
+    path = dbutil.sqlite_path(sqlite_url)
+    async with TinyWorkflowClient(sqlite_url) as c:
         await c.list_workflow_executions()  # schema in place
         blocker = sqlite3.connect(path, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")

@@ -1,9 +1,9 @@
 """Resume after the process is gone: real child processes killed with SIGKILL.
 
 The child (tests/crash_worker.py) executes a workflow from tests/crash_workflows.py
-against a SQLite file with a short lease; the test kills it, then recovers the run
-in this process once the lease has expired and checks what ran where, using the
-activities' side-effect log and the database.
+against the database under test (each backend) with a short lease; the test kills it,
+then recovers the run in this process once the lease has expired and checks what ran
+where, using the activities' side-effect log and the database.
 """
 
 import asyncio
@@ -23,6 +23,7 @@ if TESTS not in sys.path:  # import the helper under one name, whatever pytest's
     sys.path.insert(0, TESTS)
 
 import crash_workflows as cw  # noqa: E402
+import dbutil  # noqa: E402
 from tinyworkflow import TinyWorkflowClient  # noqa: E402
 
 pytestmark = [pytest.mark.crash, pytest.mark.skipif(not hasattr(signal, "SIGKILL"),
@@ -33,11 +34,7 @@ RUN_EVENTS = ("workflow_created", "workflow_started", "workflow_resumed", "workf
               "workflow_completed", "workflow_failed", "workflow_cancelled")
 
 
-def db_url(tmp_path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}"  # absolute path: four slashes
-
-
-def spawn(tmp_path, workflow_name: str, input_data: dict, **env) -> subprocess.Popen:
+def spawn(tmp_path, url: str, workflow_name: str, input_data: dict, **env) -> subprocess.Popen:
     child_env = dict(os.environ)
     child_env.pop("TINYWORKFLOW_DATABASE_URL", None)
     child_env["PYTHONPATH"] = os.pathsep.join(
@@ -45,7 +42,7 @@ def spawn(tmp_path, workflow_name: str, input_data: dict, **env) -> subprocess.P
     child_env["TINYWORKFLOW_LEASE_SECONDS"] = str(CHILD_LEASE)
     child_env.update(env)
     return subprocess.Popen(
-        [sys.executable, os.path.join(TESTS, "crash_worker.py"), db_url(tmp_path),
+        [sys.executable, os.path.join(TESTS, "crash_worker.py"), url,
          workflow_name, json.dumps(input_data)],
         cwd=tmp_path, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -95,9 +92,9 @@ def run_events(events) -> list:
     return [e.event_type for e in events if e.event_type in RUN_EVENTS]
 
 
-async def test_run_killed_during_long_activity_resumes_from_that_activity(tmp_path):
+async def test_run_killed_during_long_activity_resumes_from_that_activity(tmp_path, db_url):
     log_path = str(tmp_path / "side_effects.log")
-    proc = spawn(tmp_path, "crash_test_three_steps", {"log": log_path, "x": 4},
+    proc = spawn(tmp_path, db_url, "crash_test_three_steps", {"log": log_path, "x": 4},
                  **{cw.LONG_SLEEP_ENV: "30"})
     try:
         wait_for_log(proc, log_path, lambda lines: "act3 start" in lines)
@@ -106,14 +103,18 @@ async def test_run_killed_during_long_activity_resumes_from_that_activity(tmp_pa
     assert proc.returncode == -signal.SIGKILL
     assert cw.read_log(log_path) == ["act1", "act2", "act3 start"]
 
-    async with TinyWorkflowClient(db_url(tmp_path), lease_seconds=1) as client:
+    async with TinyWorkflowClient(db_url, lease_seconds=1) as client:
         run = await only_run(client, "crash_test_three_steps")
         assert run.status == "running"
         assert f":{proc.pid}:" in run.owner  # still held by the dead process
         steps = await client.get_workflow_steps(run.run_id)
         assert [(s.step, s.status) for s in steps] == [(1, "completed"), (2, "completed")]
-        # The child's last write (step 2) renewed its lease until then + CHILD_LEASE.
-        lease_expiry = steps[-1].completed_at.timestamp() + CHILD_LEASE
+        # The lease the dead child left: its heartbeat renews it every third of the lease
+        # (a step write does not), so it ends at least 2/3 of a lease after step 2.
+        (lease_expiry,), = await dbutil.rows(
+            db_url, "SELECT lease_expires_at FROM tinyworkflow_runs WHERE run_id = ?",
+            (run.run_id,))
+        assert lease_expiry >= steps[-1].completed_at.timestamp() + CHILD_LEASE / 2
 
         deadline = time.monotonic() + 10
         while not (recovered := await client.recover_workflows()):
@@ -153,7 +154,8 @@ _SEED = int(os.environ.get("TW_CRASH_TEST_SEED", random.randrange(2**32)))
 
 
 @pytest.mark.parametrize("slot", range(KILL_SLOTS))
-async def test_kill_at_random_moment_then_recover_matches_uninterrupted_run(tmp_path, slot):
+async def test_kill_at_random_moment_then_recover_matches_uninterrupted_run(
+        tmp_path, db_url, slot):
     rng = random.Random(_SEED * 100 + slot)
     # Kill somewhere in slice `slot` of the run (measured from its first step's start);
     # the last slice reaches a little past the end, so a kill may also find it finished.
@@ -161,7 +163,7 @@ async def test_kill_at_random_moment_then_recover_matches_uninterrupted_run(tmp_
     delay = rng.uniform(slot, slot + 1.1) * duration / KILL_SLOTS
     where = f"(seed {_SEED}, slot {slot}, kill {delay:.3f} s after step 1 started)"
     log_path = str(tmp_path / "side_effects.log")
-    proc = spawn(tmp_path, "crash_test_ten_steps", {"log": log_path, "seed": slot},
+    proc = spawn(tmp_path, db_url, "crash_test_ten_steps", {"log": log_path, "seed": slot},
                  **{cw.STEP_SLEEP_ENV: str(STEP_SLEEP)})
     try:
         wait_for_log(proc, log_path, lambda lines: "1" in lines)
@@ -170,7 +172,7 @@ async def test_kill_at_random_moment_then_recover_matches_uninterrupted_run(tmp_
         kill(proc)
     before_kill = [int(line) for line in cw.read_log(log_path)]  # the child is dead: final
 
-    async with TinyWorkflowClient(db_url(tmp_path), lease_seconds=1) as client:
+    async with TinyWorkflowClient(db_url, lease_seconds=1) as client:
         run = await only_run(client, "crash_test_ten_steps")
         steps_before = await client.get_workflow_steps(run.run_id)
         done_before = {s.step for s in steps_before if s.status == "completed"}
@@ -206,17 +208,17 @@ async def test_kill_at_random_moment_then_recover_matches_uninterrupted_run(tmp_
                              "workflow_completed"], where
 
 
-async def test_live_executor_keeps_its_lease_during_a_long_activity(tmp_path):
+async def test_live_executor_keeps_its_lease_during_a_long_activity(tmp_path, db_url):
     """An executor that is alive and inside a long activity still owns its run: the
     lease must be renewed while the activity runs (DESIGN: "renews it while working"),
     so recovery elsewhere must not take the run over and run the activity twice."""
     log_path = str(tmp_path / "side_effects.log")
     long_sleep = 3 * CHILD_LEASE
-    proc = spawn(tmp_path, "crash_test_three_steps", {"log": log_path, "x": 1},
+    proc = spawn(tmp_path, db_url, "crash_test_three_steps", {"log": log_path, "x": 1},
                  **{cw.LONG_SLEEP_ENV: str(long_sleep)})
     try:
         wait_for_log(proc, log_path, lambda lines: "act3 start" in lines)
-        async with TinyWorkflowClient(db_url(tmp_path), lease_seconds=1) as client:
+        async with TinyWorkflowClient(db_url, lease_seconds=1) as client:
             run = await only_run(client, "crash_test_three_steps")
             steps = await client.get_workflow_steps(run.run_id)
             # Well past the lease the child took with its last step write, while the

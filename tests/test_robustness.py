@@ -1,7 +1,10 @@
 """Robustness of the SQLite store, the client and the worker under cancellation,
 contention and failure (each test once reproduced a defect found in review).
 Every test cleans up its connections itself, so a failure cannot hang pytest's exit
-on aiosqlite's non-daemon thread."""
+on aiosqlite's non-daemon thread.
+
+The tests of SQLite's locks and files stay on SQLite; those of the client and the
+worker (first use, a stale heartbeat, cancelling a backoff) run on every backend."""
 
 import asyncio
 import sqlite3
@@ -11,6 +14,7 @@ import time
 import aiosqlite
 import pytest
 
+import dbutil
 from tinyworkflow import RetryPolicy, TinyWorkflowClient, TinyWorkflowError, activity, workflow
 
 _calls: dict = {}
@@ -133,7 +137,7 @@ async def test_first_connect_waits_for_another_writer(tmp_path):
             await client._store.close()
 
 
-async def test_concurrent_first_use_initialises_once(tmp_path, monkeypatch):
+async def test_concurrent_first_use_initialises_once(sqlite_url, monkeypatch):
     """Concurrent first calls on a client that is not open yet open one connection."""
     opened = []
     real_connect = aiosqlite.connect
@@ -144,7 +148,7 @@ async def test_concurrent_first_use_initialises_once(tmp_path, monkeypatch):
         return conn
 
     monkeypatch.setattr(aiosqlite, "connect", tracking_connect)
-    client = TinyWorkflowClient(f"sqlite+aiosqlite:///{tmp_path}/tw.db")
+    client = TinyWorkflowClient(sqlite_url)
     try:
         await asyncio.gather(client.get_workflow_status("a"), client.get_workflow_status("b"))
         assert len(opened) == 1
@@ -153,6 +157,30 @@ async def test_concurrent_first_use_initialises_once(tmp_path, monkeypatch):
         for conn in opened:
             if conn._connection is not None:
                 await conn.close()
+
+
+async def test_concurrent_first_use_connects_the_store_once(db_url):
+    """Concurrent first calls on a client that is not open yet connect (and migrate) once,
+    whatever the backend: one connection, or one pool."""
+    client = TinyWorkflowClient(db_url)
+    store, calls = client._store, []
+    real_connect, real_migrate = store.connect, store.migrate
+
+    async def connect():
+        calls.append("connect")
+        await asyncio.sleep(0.05)  # the other callers arrive meanwhile
+        await real_connect()
+
+    async def migrate():
+        calls.append("migrate")
+        await real_migrate()
+
+    store.connect, store.migrate = connect, migrate
+    try:
+        statuses = await asyncio.gather(*(client.get_workflow_status(f"r{i}") for i in range(5)))
+        assert statuses == [None] * 5 and calls == ["connect", "migrate"]
+    finally:
+        await client.close()
 
 
 async def test_inline_batch_never_blocks_the_loop_after_a_cancelled_thread_call(tmp_path):
@@ -182,18 +210,17 @@ async def test_inline_batch_never_blocks_the_loop_after_a_cancelled_thread_call(
             other.close()
 
 
-async def test_stale_heartbeat_does_not_cancel_the_new_execution(tmp_path):
+async def test_stale_heartbeat_does_not_cancel_the_new_execution(db_url):
     """When this engine takes over a run whose lease it lost, the old execution's
     heartbeat stops only the old execution, never the new one."""
     _calls.clear()
-    async with TinyWorkflowClient(f"sqlite+aiosqlite:///{tmp_path}/tw.db", lease_seconds=0.3,
-                                  poll_interval=0.05) as client:
+    async with TinyWorkflowClient(db_url, lease_seconds=0.3, poll_interval=0.05) as client:
         store, real = client._store, client._store.renew_lease
         t0 = time.monotonic()
 
         async def flaky_renew(run_id, owner, now, until):
             if owner.endswith(":1") and time.monotonic() - t0 < 0.5:
-                raise sqlite3.OperationalError("database is locked")  # transient
+                raise dbutil.transient_error(db_url)
             return await real(run_id, owner, now, until)
 
         store.renew_lease = flaky_renew

@@ -3,12 +3,12 @@ waking without polling, wait_for_result, resume, fork, advertised workers."""
 
 import asyncio
 import json
-import sqlite3
 import time
 from collections import Counter
 
 import pytest
 
+import dbutil
 import tinyworkflow
 from tinyworkflow import (
     RetryPolicy,
@@ -237,21 +237,24 @@ async def test_start_a_run_served_only_by_a_live_worker(db_url):
 # ---- schema migration -------------------------------------------------------------------
 
 
-async def test_migrates_a_version_1_database(tmp_path):
-    path = tmp_path / "v1.db"
-    store = tinyworkflow._SQLiteStore(str(path), {}, "tinyworkflow_")
-    with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE tinyworkflow_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        for statement in tinyworkflow._MIGRATIONS[0]:
-            db.execute(store.sql(statement))
-        db.execute("INSERT INTO tinyworkflow_meta VALUES ('schema_version', '1')")
-        db.execute("INSERT INTO tinyworkflow_runs (run_id, workflow_id, workflow_name, status, "
-                   "created_at, updated_at) VALUES ('old', 'w', 'w', 'completed', 1, 1)")
-    async with TinyWorkflowClient(f"sqlite:///{path}") as c:
+async def test_migrates_a_version_1_database(db_url):
+    # The version 1 schema in the backend's own DDL (the store's SQL text, no connection).
+    store = TinyWorkflowClient(db_url)._store
+    await dbutil.execute(db_url, store.sql(
+        "CREATE TABLE {p}meta (name {key} PRIMARY KEY, value {text} NOT NULL){table}"))
+    for statement in tinyworkflow._MIGRATIONS[0]:
+        await dbutil.execute(db_url, store.sql(statement))
+    await dbutil.execute(db_url, "INSERT INTO tinyworkflow_meta VALUES (?, ?)",
+                         ("schema_version", "1"))
+    await dbutil.execute(db_url, "INSERT INTO tinyworkflow_runs (run_id, workflow_id, "
+                         "workflow_name, status, created_at, updated_at) "
+                         "VALUES ('old', 'w', 'w', 'completed', 1, 1)")
+    async with TinyWorkflowClient(db_url) as c:
         assert (await c.get_workflow_status("old")).status == "completed"
         assert await c.list_workers() == []
-    with sqlite3.connect(path) as db:
-        assert db.execute("SELECT value FROM tinyworkflow_meta").fetchall() == [("2",)]
+    assert await dbutil.schema_version(db_url) == [
+        ("schema_version", str(len(tinyworkflow._MIGRATIONS)))]
+    assert "tinyworkflow_workers" in await dbutil.table_names(db_url)
 
 
 async def test_resume_right_after_cancelling_an_executing_run(db_url):

@@ -2,10 +2,10 @@
 a defect found in review)."""
 
 import asyncio
-import sqlite3
 import threading
 import time
 
+import dbutil
 from tinyworkflow import RetryPolicy, TinyWorkflowClient, activity, workflow
 
 NO_RETRY = RetryPolicy(max_retries=0)
@@ -163,7 +163,7 @@ async def test_claimed_runs_execute_even_if_next_wake_fails(db_url):
 
         async def flaky(names):
             store.next_wake = original
-            raise sqlite3.OperationalError("database is locked")
+            raise dbutil.transient_error(db_url)
 
         store.next_wake = flaky
         await client.start_worker()

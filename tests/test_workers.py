@@ -1,5 +1,6 @@
-"""Workers in real processes: ``python -m tinyworkflow worker`` on one SQLite file,
-killed with SIGKILL, stopped with SIGTERM, sharing runs, cancelled from outside.
+"""Workers in real processes: ``python -m tinyworkflow worker`` on one database (on
+each backend: a SQLite file, PostgreSQL, MySQL), killed with SIGKILL, stopped with
+SIGTERM, sharing runs, cancelled from outside.
 
 The test process stores runs (start_workflow with wait=False) and reads the outcome;
 the workers execute them. The workflows are in tests/workers_workflows.py: each
@@ -124,10 +125,6 @@ def spawn(tmp_path):
 # ---- helpers ----------------------------------------------------------------------------
 
 
-def db_url(tmp_path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}"  # absolute path: four slashes
-
-
 async def until(predicate, timeout: float, what: str, *workers: Worker, pause: float = 0.01):
     """Poll ``predicate`` (sync or async) until it returns something true; return that."""
     deadline = time.monotonic() + timeout
@@ -159,7 +156,7 @@ CRASH_KILLS = 20
 CRASH_LEASE = 0.5
 
 
-async def test_crash_loop_sigkill_twenty_times(tmp_path, spawn):
+async def test_crash_loop_sigkill_twenty_times(tmp_path, spawn, db_url):
     """One 20-step run, its worker SIGKILLed at random moments at least 20 times and
     restarted each time. Two kinds of kill:
 
@@ -175,7 +172,7 @@ async def test_crash_loop_sigkill_twenty_times(tmp_path, spawn):
     flight); every step's line count must be 1 + the number of kills it was in
     flight at, and every worker must start at the first step not yet recorded."""
     rng = random.Random()
-    url, path = db_url(tmp_path), str(tmp_path / "effects.log")
+    url, path = db_url, str(tmp_path / "effects.log")
     seed = rng.randrange(1_000_000)
     async with TinyWorkflowClient(url) as client:
         run_id = await client.start_workflow("workers_crash_loop", {"log": path, "seed": seed})
@@ -282,9 +279,10 @@ SHARED_RUNS = int(os.environ.get("TW_TEST_SHARED_RUNS", "500"))
 SHARED_WORKERS = int(os.environ.get("TW_TEST_SHARED_WORKERS", "4"))
 
 
-async def test_four_workers_share_500_runs_without_double_execution(tmp_path, spawn):
-    url, path = db_url(tmp_path), str(tmp_path / "effects.log")
-    # Four processes create the schema of a new database file at once.
+async def test_four_workers_share_500_runs_without_double_execution(
+        tmp_path, spawn, db_url):
+    url, path = db_url, str(tmp_path / "effects.log")
+    # Four processes create the schema of a new database at once.
     workers = [spawn(url, "--concurrency", "25") for _ in range(SHARED_WORKERS)]
     for worker in workers:
         await worker.started()
@@ -338,12 +336,12 @@ async def test_four_workers_share_500_runs_without_double_execution(tmp_path, sp
 
 
 @pytest.mark.parametrize("grace", [0.2, 5.0], ids=["steps-cut-short", "steps-finish"])
-async def test_sigterm_releases_runs_to_another_worker_at_once(tmp_path, spawn, grace):
+async def test_sigterm_releases_runs_to_another_worker_at_once(tmp_path, spawn, db_url, grace):
     """Worker A holds runs under a 30 s lease and gets SIGTERM: it lets the steps in
     flight finish within ``grace`` (or cuts them short), releases its runs and exits 0;
     worker B takes them over at once, not after the lease."""
     runs, step_seconds, lease = 4, 1.0, 30.0
-    url, path = db_url(tmp_path), str(tmp_path / "effects.log")
+    url, path = db_url, str(tmp_path / "effects.log")
     async with TinyWorkflowClient(url) as client:
         a = spawn(url, "--grace", str(grace), lease=lease)
         await a.started()
@@ -393,8 +391,9 @@ async def test_sigterm_releases_runs_to_another_worker_at_once(tmp_path, spawn, 
             assert [s.attempts for s in await client.get_workflow_steps(run_id)] == [1, 1]
 
 
-async def test_concurrency_option_bounds_the_runs_a_worker_executes_at_once(tmp_path, spawn):
-    url, path = db_url(tmp_path), str(tmp_path / "effects.log")
+async def test_concurrency_option_bounds_the_runs_a_worker_executes_at_once(
+        tmp_path, spawn, db_url):
+    url, path = db_url, str(tmp_path / "effects.log")
     async with TinyWorkflowClient(url) as client:
         worker = spawn(url, "--concurrency", "2")
         await worker.started()
@@ -414,10 +413,11 @@ async def test_concurrency_option_bounds_the_runs_a_worker_executes_at_once(tmp_
     assert most == 2
 
 
-async def test_a_process_without_the_code_starts_a_run_a_worker_serves(tmp_path, spawn):
+async def test_a_process_without_the_code_starts_a_run_a_worker_serves(
+        tmp_path, spawn, db_url):
     """Workers advertise what they serve: the command line, without --import-workflows,
     starts a run by name and a worker process executes it."""
-    url, path = db_url(tmp_path), str(tmp_path / "effects.log")
+    url, path = db_url, str(tmp_path / "effects.log")
     worker = spawn(url)
     await worker.started()
     env = {**os.environ, "PYTHONPATH": ROOT}
@@ -442,9 +442,9 @@ async def test_a_process_without_the_code_starts_a_run_a_worker_serves(tmp_path,
 
 
 async def test_cancel_from_another_process_stops_the_run_within_a_lease_renewal(
-        tmp_path, spawn):
+        tmp_path, spawn, db_url):
     lease, ticks, interval = 1.0, 30, 0.1
-    url, path = db_url(tmp_path), str(tmp_path / "effects.log")
+    url, path = db_url, str(tmp_path / "effects.log")
     async with TinyWorkflowClient(url) as client:
         worker = spawn(url, lease=lease)
         await worker.started()
@@ -496,11 +496,12 @@ async def test_cancel_from_another_process_stops_the_run_within_a_lease_renewal(
 # ---- a blocking step at shutdown --------------------------------------------------------
 
 
-async def test_sigterm_never_hands_over_a_run_whose_blocking_step_still_runs(tmp_path, spawn):
+async def test_sigterm_never_hands_over_a_run_whose_blocking_step_still_runs(
+        tmp_path, spawn, db_url):
     """A sync activity runs in a thread, which cancellation cannot stop. When the grace
     runs out, worker A must not release the run while that thread still executes its
     step: worker B would execute the same step of the same run at the same time."""
-    url, path = db_url(tmp_path), str(tmp_path / "effects.log")
+    url, path = db_url, str(tmp_path / "effects.log")
     async with TinyWorkflowClient(url) as client:
         a = spawn(url, "--grace", "0.2", lease=30.0)
         await a.started()
