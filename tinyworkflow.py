@@ -1398,11 +1398,13 @@ class _Pool:
                 self._out -= 1
                 # An error the server answered (a deadlock, a refused value) leaves the
                 # connection usable once out of its transaction; anything else may not.
-                if (isinstance(exc, Exception) and not self._store._lost(exc)
-                        and self._store._reusable(conn)):
+                lost = isinstance(exc, Exception) and self._store._lost(exc)
+                if isinstance(exc, Exception) and not lost and self._store._reusable(conn):
                     self._give_back(conn, opened)
                 else:
                     self._discard(conn)
+                if lost:  # the server restarted or ended sessions: likely not this one only
+                    self._invalidate()
                 raise
             self._out -= 1
             self._give_back(conn, opened)
@@ -1515,6 +1517,12 @@ class _Pool:
         closing = asyncio.ensure_future(self._close_one(conn))
         self._closing.add(closing)
         closing.add_done_callback(self._closing.discard)
+
+    def _invalidate(self) -> None:
+        """Drop the idle connections: the next callers open fresh ones."""
+        idle, self._idle = self._idle, []
+        for conn, _, _ in idle:
+            self._discard(conn)
 
     def _discard(self, conn) -> None:
         """Drop a connection in an unknown state (the server rolls back its work)."""
@@ -1709,7 +1717,7 @@ class _PostgresStore(_ServerStore):
         super().__init__(_POSTGRES, target, options, prefix, url)
         self.channel = f"{prefix.lower()}wake"
         self._compiled: dict = {}  # batch statements -> one statement
-        self._steps: list = []  # steps to record at the end of this turn of the loop
+        self._queued: dict = {}  # kind -> writes to make at the end of this turn of the loop
         self._writing: set = set()  # group writes under way
         self._asyncpg: Any = None
         self._wakers: set = set()
@@ -1790,46 +1798,58 @@ class _PostgresStore(_ServerStore):
     def _wake_ops(self, run_id: str) -> list:
         return [(_NOTIFY, (self.channel, run_id))]
 
-    # -- steps: group commit
+    # -- group commit: the steps, and the finishes, of concurrent runs
     async def record_step(self, run_id: str, owner: str, now: float, step: dict,
                           event: tuple) -> bool:
-        """Steps recorded during one turn of the event loop are written by one
-        statement: one commit for many concurrent runs, as SQLite's group commit."""
+        return await self._grouped("steps", (run_id, owner, now, step, event))
+
+    async def finish_run(self, run_id: str, owner: str, now: float, status: str,
+                         output: Optional[str], error: Optional[str], event: tuple) -> bool:
+        return await self._grouped("finishes", (run_id, owner, now, status, output, error,
+                                                event))
+
+    async def _grouped(self, kind: str, item: tuple) -> bool:
+        """Writes of one kind queued during one turn of the event loop are done by one
+        statement (one commit for many runs), as SQLite's group commit does; each is
+        still fenced by its own run's owner token."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._steps.append(((run_id, owner, now, step, event), future))
-        if len(self._steps) == 1:
-            loop.call_soon(self._write_steps_soon)
+        queue = self._queued.setdefault(kind, [])
+        queue.append((item, future))
+        if len(queue) == 1:
+            loop.call_soon(self._write_group_soon, kind)
         return await future
 
-    def _write_steps_soon(self) -> None:
-        group, self._steps = self._steps, []
-        writing = asyncio.ensure_future(self._write_steps(group))
+    def _write_group_soon(self, kind: str) -> None:
+        writing = asyncio.ensure_future(self._write_group(kind, self._queued.pop(kind, [])))
         self._writing.add(writing)
         writing.add_done_callback(self._writing.discard)
 
-    async def _write_steps(self, group: list) -> None:
-        keys = [(item[0], item[3]["step"]) for item, _ in group]
-        if len(group) == 1 or len(set(keys)) < len(keys):  # one, or a key twice: one by one
-            results = await asyncio.gather(*(super(_PostgresStore, self).record_step(*item)
-                                             for item, _ in group), return_exceptions=True)
-        else:
-            columns = [[] for _ in range(len(_STEP_COLUMNS) + 3)]
-            for run_id, owner, now, step, (event_type, data) in (item for item, _ in group):
-                for column, value in zip(columns, (*(step[c] for c in _STEP_COLUMNS), owner,
-                                                   event_type, _dumps_lenient(data))):
-                    column.append(value)
+    async def _write_group(self, kind: str, group: list) -> None:
+        if kind == "steps":  # (run_id, owner, now, step, (event_type, data))
+            single = super().record_step
+            keys = [(item[0], item[3]["step"]) for item, _ in group]
+            rows = [(*(step[c] for c in _STEP_COLUMNS), owner, event_type, _dumps_lenient(data))
+                    for (run_id, owner, now, step, (event_type, data)), _ in group]
+        else:  # (run_id, owner, now, status, output, error, (event_type, data))
+            single = super().finish_run
+            keys = [(item[0],) for item, _ in group]
+            rows = [(run_id, owner, status, output, error, now, event_type, _dumps_lenient(data))
+                    for (run_id, owner, now, status, output, error, (event_type, data)), _
+                    in group]
+        one_by_one = len(group) == 1 or len(set(keys)) < len(keys)  # a key twice: apart
+        if not one_by_one:
             try:
-                written = set(map(tuple, await self._write_one(self._steps_sql(), columns,
-                                                               fetch=True)))
+                written = {tuple(row) for row in await self._write_one(
+                    self._group_sql(kind), [list(column) for column in zip(*rows)], fetch=True)}
                 results = [key in written for key in keys]
-            except Exception as exc:
-                if isinstance(exc, TinyWorkflowError):  # outcome unknown: say so to all
-                    results = [exc] * len(group)
-                else:  # find the culprit: one by one
-                    results = await asyncio.gather(
-                        *(super(_PostgresStore, self).record_step(*item) for item, _ in group),
-                        return_exceptions=True)
+            except TinyWorkflowError as exc:  # the outcome is unknown: say so to every one
+                results = [exc] * len(group)
+            except Exception:  # a value the server refused: find it, one by one
+                one_by_one = True
+        if one_by_one:
+            results = await asyncio.gather(*(single(*item) for item, _ in group),
+                                           return_exceptions=True)
         for (_, future), result in zip(group, results):
             if future.done():
                 continue
@@ -1839,24 +1859,42 @@ class _PostgresStore(_ServerStore):
             else:
                 future.set_result(result)
 
-    def _steps_sql(self) -> str:
-        """Many steps (one array per column) in one statement, each fenced by its run."""
-        kinds = [*_STEP_TYPES.values(), "key", "key", "text"]
-        names = [*_STEP_COLUMNS, "owner", "event_type", "event_data"]
-        arrays = ", ".join(f"CAST(${i} AS {{{kind}}}[])" for i, kind in enumerate(kinds, 1))
-        rest = [c for c in _STEP_COLUMNS if c not in ("run_id", "step")]
-        return self.sql(
+    def _group_sql(self, kind: str) -> str:
+        """One statement for many writes, taking one array per column; it returns the
+        keys of those whose run was still the writer's."""
+        statement = self._compiled.get(kind)
+        if statement is not None:
+            return statement
+        if kind == "steps":
+            columns = {**_STEP_TYPES, "owner": "key", "event_type": "key", "event_data": "text"}
+            rest = [c for c in _STEP_COLUMNS if c not in ("run_id", "step")]
+            write = (
+                f"s AS (INSERT INTO {{p}}steps ({', '.join(_STEP_COLUMNS)}) "
+                f"SELECT {', '.join('v.' + c for c in _STEP_COLUMNS)} FROM v JOIN {{p}}runs r "
+                "ON r.run_id = v.run_id AND r.owner = v.owner AND r.status = 'running' "
+                "FOR SHARE OF r ON CONFLICT (run_id, step) DO UPDATE SET "
+                f"{', '.join(f'{c} = excluded.{c}' for c in rest)} RETURNING run_id, step)")
+            joined, now, result = "s.run_id = v.run_id AND s.step = v.step", "completed_at", \
+                "run_id, step"
+        else:
+            columns = {"run_id": "key", "owner": "key", "status": "key", "output_data": "text",
+                       "error": "text", "now": "float", "event_type": "key",
+                       "event_data": "text"}
+            write = ("s AS (UPDATE {p}runs r SET status = v.status, output_data = "
+                     "v.output_data, error = v.error, completed_at = v.now, updated_at = v.now, "
+                     "owner = NULL, lease_expires_at = NULL FROM v WHERE r.run_id = v.run_id "
+                     "AND r.owner = v.owner AND r.status = 'running' RETURNING r.run_id)")
+            joined, now, result = "s.run_id = v.run_id", "now", "run_id"
+        arrays = ", ".join(f"CAST(${i} AS {{{type_}}}[])"
+                           for i, type_ in enumerate(columns.values(), 1))
+        statement = self.sql(
             f"WITH v AS (SELECT * FROM unnest({arrays}) WITH ORDINALITY "
-            f"AS v({', '.join(names)}, ord)), "
-            f"s AS (INSERT INTO {{p}}steps ({', '.join(_STEP_COLUMNS)}) "
-            f"SELECT {', '.join('v.' + c for c in _STEP_COLUMNS)} FROM v JOIN {{p}}runs r "
-            "ON r.run_id = v.run_id AND r.owner = v.owner AND r.status = 'running' "
-            "FOR SHARE OF r ON CONFLICT (run_id, step) DO UPDATE SET "
-            f"{', '.join(f'{c} = excluded.{c}' for c in rest)} RETURNING run_id, step), "
+            f"AS v({', '.join(columns)}, ord)), {write}, "
             f"e AS (INSERT INTO {{p}}events ({_EVENT_COLUMNS}) SELECT v.run_id, v.event_type, "
-            "v.event_data, v.completed_at FROM v JOIN s ON s.run_id = v.run_id "
-            "AND s.step = v.step ORDER BY v.ord) "
-            "SELECT run_id, step FROM s")
+            f"v.event_data, v.{now} FROM v JOIN s ON {joined} ORDER BY v.ord) "
+            f"SELECT {result} FROM s")
+        self._compiled[kind] = statement
+        return statement
 
     # -- a write batch in one round trip
     async def batch(self, ops: list, fence: bool = False) -> bool:
