@@ -2125,7 +2125,7 @@ class _MySQLStore(_ServerStore):
         return isinstance(exc, pymysql.MySQLError) and self._code(exc) in self._LOST
 
     def _full(self, exc: Optional[BaseException]) -> bool:
-        return self._code(exc) == 1040  # too many connections
+        return self._code(exc) in (1040, 1226)  # too many connections (all, this user's)
 
     def _unsent(self, exc: BaseException) -> bool:
         import pymysql
