@@ -1375,6 +1375,7 @@ class _Pool:
         self._opening = 0  # connections being opened
         self._waiters: list = []  # futures of callers waiting for a connection of ours
         self._full_until = 0.0  # the server refused a connection: open none until then
+        self._trimmer: Optional[asyncio.TimerHandle] = None  # the next look for surplus
         self._closed = False
 
     @contextlib.asynccontextmanager
@@ -1501,17 +1502,28 @@ class _Pool:
         return False
 
     def _give_back(self, conn, opened: float) -> None:
+        if self._trimmer is not None:
+            self._trimmer.cancel()
+            self._trimmer = None
         if self._store._is_closed(conn):
             self._discard(conn)
         elif self._closed:
             self._close_soon(conn)
         elif not self._hand_over((conn, opened)):
-            now = time.monotonic()
-            self._idle.append((conn, opened, now))
-            # Surplus connections (overflow) that nobody needed for a while: close them,
-            # the longest unused first (the front of the list).
-            while len(self._idle) > self.size and now - self._idle[0][2] > self._OVERFLOW_IDLE:
-                self._close_soon(self._idle.pop(0)[0])
+            self._idle.append((conn, opened, time.monotonic()))
+            self._trim()
+
+    def _trim(self) -> None:
+        """Close the surplus connections (overflow) nobody needed for a while, the
+        longest unused first (the front of the list); look again when the next would
+        be due, so that a client gone quiet does not keep them."""
+        self._trimmer = None
+        now = time.monotonic()
+        while len(self._idle) > self.size and now - self._idle[0][2] > self._OVERFLOW_IDLE:
+            self._close_soon(self._idle.pop(0)[0])
+        if len(self._idle) > self.size and not self._closed:
+            self._trimmer = asyncio.get_running_loop().call_later(
+                self._idle[0][2] + self._OVERFLOW_IDLE - now + 0.01, self._trim)
 
     def _close_soon(self, conn) -> None:
         closing = asyncio.ensure_future(self._close_one(conn))
@@ -1539,6 +1551,8 @@ class _Pool:
 
     async def close(self) -> None:
         self._closed = True
+        if self._trimmer is not None:
+            self._trimmer.cancel()
         idle, self._idle = self._idle, []
         await asyncio.gather(*(self._close_one(conn) for conn, _, _ in idle), *self._closing)
 
