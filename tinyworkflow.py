@@ -1669,14 +1669,19 @@ class _ServerStore(_Store):
                                 await self._execute(conn, "ROLLBACK", ())
                         raise
             except Exception as exc:
-                if committing and self._lost(exc) and not self._unsent(exc):
-                    raise TinyWorkflowError(
-                        f"the database connection was lost while committing; the write "
-                        f"may or may not have been applied: {exc}") from exc
-                if attempt == self._WRITE_ATTEMPTS or not (self._lost(exc) or self._conflict(exc)):
-                    raise
-                _log.info("write rolled back (%s); writing again", exc)
-                await asyncio.sleep(random.uniform(0, 0.01 * attempt))
+                await self._again(exc, attempt, maybe_applied=committing)
+
+    async def _again(self, exc: Exception, attempt: int, maybe_applied: bool) -> None:
+        """After a failed write: raise, or pause before writing again. A write is done
+        again only if it certainly applied nothing (a connection lost before the commit
+        was sent, a deadlock), and at most ``_WRITE_ATTEMPTS`` times."""
+        if maybe_applied and self._lost(exc) and not self._unsent(exc):
+            raise TinyWorkflowError(f"the database connection was lost during a write; it may "
+                                    f"or may not have been applied: {exc}") from exc
+        if attempt == self._WRITE_ATTEMPTS or not (self._lost(exc) or self._conflict(exc)):
+            raise exc
+        _log.info("write not applied (%s); writing again", exc)
+        await asyncio.sleep(random.uniform(0, 0.01 * attempt))
 
     @contextlib.asynccontextmanager
     async def transaction(self):
@@ -1937,13 +1942,7 @@ class _PostgresStore(_ServerStore):
                         return await conn.fetch(statement, *params)
                     return await conn.fetchval(statement, *params)
             except Exception as exc:
-                if sent and self._lost(exc) and not self._unsent(exc):
-                    raise TinyWorkflowError(
-                        f"the database connection was lost during a write; it may or may "
-                        f"not have been applied: {exc}") from exc
-                if attempt == self._WRITE_ATTEMPTS or not (self._lost(exc) or self._conflict(exc)):
-                    raise
-                await asyncio.sleep(random.uniform(0, 0.01 * attempt))
+                await self._again(exc, attempt, maybe_applied=sent)
 
     def _compile(self, sqls: list, fence: bool) -> str:
         """One statement doing what the batch's statements do, or "" if some statement

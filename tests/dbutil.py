@@ -416,3 +416,17 @@ def _kill_mysql(url: str) -> int:
         return ended
     finally:
         conn.close()
+
+
+async def until(predicate, timeout: float, what: str, pause: float = 0.05):
+    """Poll ``predicate`` (sync or async) until it returns something true; return that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(pause)

@@ -30,7 +30,7 @@ if TESTS not in sys.path:  # import the helpers under one name, whatever pytest'
 
 import dbutil  # noqa: E402
 import tinyworkflow  # noqa: E402
-from dbutil import servers_only  # noqa: E402
+from dbutil import servers_only, until  # noqa: E402
 from tinyworkflow import (RetryPolicy, TinyWorkflowClient, TinyWorkflowError,  # noqa: E402
                           WorkflowContext, activity, workflow)
 
@@ -65,17 +65,6 @@ def tagged(backend: str, url: str, options: str) -> tuple:
     return with_options(url, "&".join(o for o in (options, f"application_name={tag}") if o)), tag
 
 
-async def until(predicate, timeout: float, what: str, pause: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(pause)
 
 
 # ---- the server's view ------------------------------------------------------------------

@@ -27,7 +27,7 @@ if TESTS not in sys.path:  # import the helpers under one name, whatever pytest'
 import dbutil  # noqa: E402
 import servers_workflows as sw  # noqa: E402
 import tinyworkflow  # noqa: E402
-from dbutil import servers_only  # noqa: E402
+from dbutil import servers_only, until  # noqa: E402
 from tinyworkflow import (RetryPolicy, TinyWorkflowClient, WorkflowContext,  # noqa: E402
                           activity, workflow)
 
@@ -48,17 +48,6 @@ def child_env() -> dict:
     return env
 
 
-async def until(predicate, timeout: float, what: str, pause: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(pause)
 
 
 # ---- a) four worker processes, 500 runs -------------------------------------------------
