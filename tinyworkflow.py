@@ -2402,9 +2402,7 @@ class WorkflowContext:
         of what the activity returned, on the first run and on every replay alike.
         """
         definition = _activity_def(fn)
-        step = self._next_step
-        self._next_step += 1
-        return self._activity_step(step, definition, args, kwargs)
+        return self._activity_step(self._step(), definition, args, kwargs)
 
     async def execute_parallel(self, *calls: Any) -> list:
         """Run activities concurrently, one step each, and return their results in order.
@@ -2420,6 +2418,48 @@ class WorkflowContext:
         for error in sorted(errors, key=lambda e: isinstance(e, Exception)):
             raise error
         return results
+
+    # -- deterministic values: recorded the first time, the same on every replay
+    def now(self) -> Awaitable[datetime]:
+        """The current time (UTC) as a step: a replay gets the same instant.
+        ``started = await ctx.now()``; use it instead of ``datetime.now()``."""
+        return self._value(self._step(), "now", self._engine.clock, _dt)
+
+    def uuid4(self) -> Awaitable[uuid.UUID]:
+        """A random UUID as a step: a replay gets the same one."""
+        return self._value(self._step(), "uuid4", lambda: str(uuid.uuid4()), uuid.UUID)
+
+    def random(self) -> Awaitable[float]:
+        """A random float in [0, 1) as a step: a replay gets the same one."""
+        return self._value(self._step(), "random", random.random)
+
+    def randint(self, a: int, b: int) -> Awaitable[int]:
+        """A random integer N with a <= N <= b as a step: a replay gets the same one."""
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (a, b)) or a > b:
+            raise ValueError(f"randint needs whole numbers a <= b, got {a!r}, {b!r}")
+        return self._value(self._step(), "randint", lambda: random.randint(a, b))
+
+    def _step(self) -> int:
+        """The next step number: taken when a step is *called* (see the class doc)."""
+        step, self._next_step = self._next_step, self._next_step + 1
+        return step
+
+    async def _value(self, step: int, name: str, produce: Callable[[], Any],
+                     convert: Callable[[Any], Any] = lambda v: v) -> Any:
+        record = self._history.get(step)
+        if record is not None:
+            self._check_replay(step, record, "value", name)
+            if record["status"] == "completed":
+                return convert(_loads(record["output"]))
+        if self._owner in self._engine.draining:
+            raise _Released(self.run_id)
+        value, started = produce(), self._engine.clock()
+        await self._record(
+            {"run_id": self.run_id, "step": step, "name": name, "kind": "value", "input": None,
+             "attempts": 1, "run_attempt": self.retry_count, "started_at": started},
+            "completed", _dumps(value, f"the {name} value"), None, "step_completed",
+            {"step": step, "name": name, "value": value})
+        return convert(value)
 
     def _check_replay(self, step: int, record: dict, kind: str, name: str) -> None:
         if (record["kind"], record["name"]) != (kind, name):
