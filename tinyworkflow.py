@@ -88,6 +88,7 @@ _log = logging.getLogger("tinyworkflow")
 _DEFAULT_URL = "sqlite+aiosqlite:///tinyworkflow.db"
 _DEFAULT_PREFIX = "tinyworkflow_"
 _DEFAULT_LEASE_SECONDS = 30.0
+_SLEEP_IN_MEMORY = 1.0  # seconds: a longer timer parks its run in the database
 _KEY_LENGTH = 255  # the longest name or id (workflow, activity, workflow_id) in characters
 
 
@@ -269,6 +270,15 @@ class _StoreFailed(BaseException):
     not the workflow's failure: the execution stops, the run is given back (or, if
     even that fails, its lease expires) and the step runs again. A BaseException, so that the
     workflow's own ``except Exception`` cannot swallow it."""
+
+
+class _Suspended(BaseException):
+    """The workflow waits for a timer longer than is worth holding in memory: the
+    execution stops and the run is parked until ``wake_at``."""
+
+    def __init__(self, wake_at: float):
+        super().__init__(wake_at)
+        self.wake_at = wake_at
 
 
 class _LostOwnership(BaseException):
@@ -721,8 +731,12 @@ _STEP_TYPES = {"run_id": "key", "step": "int", "name": "key", "kind": "key", "st
                "input": "text", "output": "text", "error": "text", "attempts": "int",
                "run_attempt": "int", "started_at": "float", "completed_at": "float"}
 _STEP_COLUMNS = tuple(_STEP_TYPES)
+# Due: new or retrying runs, sleeping runs (running, no owner) whose timer is due, and
+# runs whose executor's lease expired.
 _RUNNABLE = ("((status IN ('pending', 'retrying') AND (wake_at IS NULL OR wake_at <= ?))"
+             " OR (status = 'running' AND owner IS NULL AND wake_at <= ?)"
              " OR (status = 'running' AND lease_expires_at < ?))")
+_WAITING = "(status IN ('pending', 'retrying') OR (status = 'running' AND owner IS NULL))"
 _NOT_TERMINAL = "status NOT IN ('completed', 'failed', 'cancelled')"
 _EVENT_COLUMNS = "run_id, event_type, event_data, timestamp"
 _EVENT_INSERT = f"INSERT INTO {{p}}events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?)"
@@ -841,7 +855,7 @@ class _Store:
         if not names or limit < 1:
             return []
         where = f"{_RUNNABLE} AND workflow_name IN ({', '.join('?' * len(names))})"
-        params: list = [now, now, *names]
+        params: list = [now, now, now, *names]
         if run_ids is not None:
             where += f" AND run_id IN ({', '.join('?' * len(run_ids))})"
             params += run_ids
@@ -948,13 +962,24 @@ class _Store:
         if not names:
             return None
         rows = await self.fetch(self.sql(
-            "SELECT MIN(wake_at) FROM {p}runs WHERE status IN ('pending', 'retrying') "
+            f"SELECT MIN(wake_at) FROM {{p}}runs WHERE {_WAITING} "
             f"AND workflow_name IN ({', '.join('?' * len(names))})"), tuple(names))
         return rows[0][0] if rows else None
 
     # Every write of an executing run is fenced: it takes effect only while the writer's
     # owner token is the run's and the run is running, so an executor that was cancelled
     # or lost its lease cannot write.
+    async def suspend_run(self, run_id: str, owner: str, now: float, wake_at: float) -> bool:
+        """The run waits for a timer: it stays running but nobody holds it (nothing in
+        memory) until ``wake_at``, when any worker claims it and replays it."""
+        return await self.batch([
+            (self.sql("UPDATE {p}runs SET owner = NULL, lease_expires_at = NULL, wake_at = ?, "
+                      "updated_at = ? WHERE run_id = ? AND owner = ? AND status = 'running'"),
+             (wake_at, now, run_id, owner)),
+            self._event(run_id, "workflow_waiting", {"wake_at": wake_at}, now),
+            *self._wake_ops(run_id),  # other workers learn when it is due
+        ], fence=True)
+
     async def renew_lease(self, run_id: str, owner: str, now: float, lease_until: float) -> bool:
         return await self.batch([(self.sql(
             "UPDATE {p}runs SET lease_expires_at = ?, updated_at = ? "
@@ -2415,9 +2440,58 @@ class WorkflowContext:
                       for fn, args, kwargs in map(_parallel_call, calls)]
         results = await asyncio.gather(*awaitables, return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
-        for error in sorted(errors, key=lambda e: isinstance(e, Exception)):
+        # A stop beats a failure; of several timers, the earliest wakes the run.
+        for error in sorted(errors, key=lambda e: (isinstance(e, Exception),
+                                                   getattr(e, "wake_at", 0))):
             raise error
         return results
+
+    # -- durable timers
+    def sleep(self, seconds: float) -> Awaitable[None]:
+        """Wait ``seconds`` as a step: the deadline is recorded when first reached, so
+        a run resumed after a crash or a restart wakes at the original deadline, and a
+        timer that fired does not wait again. A wait longer than ``_SLEEP_IN_MEMORY``
+        holds nothing in memory: the run is parked in the database until then (a
+        workflow may sleep for days)."""
+        if (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+                or not math.isfinite(seconds) or seconds < 0):
+            raise ValueError(f"sleep needs a finite number of seconds >= 0, got {seconds!r}")
+        return self._timer(self._step(), lambda now: now + seconds, {"seconds": seconds})
+
+    def sleep_until(self, when: datetime) -> Awaitable[None]:
+        """Wait until ``when`` (a timezone-aware datetime) as a step; see ``sleep``."""
+        if not isinstance(when, datetime) or when.tzinfo is None:
+            raise ValueError(f"sleep_until needs a timezone-aware datetime, got {when!r}")
+        return self._timer(self._step(), lambda now: when.timestamp(),
+                           {"until": when.isoformat()})
+
+    async def _timer(self, step: int, deadline_of: Callable[[float], float],
+                     arguments: dict) -> None:
+        engine, record = self._engine, self._history.get(step)
+        row = {"run_id": self.run_id, "step": step, "name": "sleep", "kind": "timer",
+               "input": _dumps(arguments, "the timer"), "attempts": 1,
+               "run_attempt": self.retry_count}
+        if record is not None:
+            self._check_replay(step, record, "timer", "sleep")
+            if record["status"] == "completed":
+                return
+            deadline, row["started_at"] = _loads(record["output"]), record["started_at"]
+        else:
+            if self._owner in engine.draining:
+                raise _Released(self.run_id)
+            now = engine.clock()
+            deadline, row["started_at"] = deadline_of(now), now
+            await self._record(row, "waiting", _dumps(deadline, "the deadline"), None,
+                               "timer_set", {"step": step, "wake_at": deadline,
+                                             "at": _dt(deadline).isoformat()})
+        remaining = deadline - engine.clock()
+        if remaining > _SLEEP_IN_MEMORY:
+            raise _Suspended(deadline)
+        if remaining > 0:
+            await asyncio.sleep(remaining)
+        await self._record(row, "completed", _dumps(deadline, "the deadline"), None,
+                           "timer_fired", {"step": step, "late_ms": round(
+                               (engine.clock() - deadline) * 1000, 3)})
 
     # -- deterministic values: recorded the first time, the same on every replay
     def now(self) -> Awaitable[datetime]:
@@ -2682,6 +2756,10 @@ class _Engine:
         except _Released:
             _log.info("run %s stopped before its next step: the worker is stopping", run_id)
             return
+        except _Suspended as pause:
+            if not await self.store.suspend_run(run_id, owner, self.clock(), pause.wake_at):
+                _log.info("run %s is no longer ours; not parked", run_id)
+            return
         except _StoreFailed as failure:
             _log.warning("run %s stopped: a step could not be recorded (%s); it resumes "
                          "from that step", run_id, failure.__cause__)
@@ -2895,7 +2973,8 @@ class TinyWorkflowClient:
                 row = await self._store.get_run(run_id)
                 if row is None or row["status"] in _TERMINAL:
                     return
-                if row["status"] in ("pending", "retrying"):
+                if row["status"] in ("pending", "retrying") or row["owner"] is None:
+                    # Due later (a retry's backoff, a timer), or now.
                     if await self._until(changed, (row["wake_at"] or 0) - engine.clock()):
                         continue  # cancelled, or executed by this process's worker
                 # Due now, or left by an executor whose lease expired: take it;
