@@ -273,10 +273,11 @@ class _StoreFailed(BaseException):
 
 
 class _Suspended(BaseException):
-    """The workflow waits for a timer longer than is worth holding in memory: the
-    execution stops and the run is parked until ``wake_at``."""
+    """The workflow waits for a timer longer than is worth holding in memory, or for a
+    signal: the execution stops and the run is parked until ``wake_at`` (None: until a
+    signal comes)."""
 
-    def __init__(self, wake_at: float):
+    def __init__(self, wake_at: Optional[float]):
         super().__init__(wake_at)
         self.wake_at = wake_at
 
@@ -719,6 +720,17 @@ _MIGRATIONS: list[list[str]] = [
             heartbeat_at {float} NOT NULL,
             expires_at {float} NOT NULL){table}""",
     ],
+    [
+        # Signals sent to runs, kept until a wait_for_signal step consumes them.
+        """CREATE TABLE {p}signals (
+            id {autoid},
+            run_id {key} NOT NULL,
+            name {key} NOT NULL,
+            payload {text},
+            created_at {float} NOT NULL,
+            consumed_step {int}){table}""",
+        "CREATE INDEX {p}signals_run ON {p}signals (run_id, name, id)",
+    ],
 ]
 
 _RUN_COLUMNS = (
@@ -969,16 +981,67 @@ class _Store:
     # Every write of an executing run is fenced: it takes effect only while the writer's
     # owner token is the run's and the run is running, so an executor that was cancelled
     # or lost its lease cannot write.
-    async def suspend_run(self, run_id: str, owner: str, now: float, wake_at: float) -> bool:
-        """The run waits for a timer: it stays running but nobody holds it (nothing in
-        memory) until ``wake_at``, when any worker claims it and replays it."""
+    async def suspend_run(self, run_id: str, owner: str, now: float,
+                          wake_at: Optional[float]) -> bool:
+        """The run waits (a timer, a signal): it stays running but nobody holds it
+        (nothing in memory) until ``wake_at`` or, without one, a signal; then any
+        worker claims it and replays it."""
         return await self.batch([
-            (self.sql("UPDATE {p}runs SET owner = NULL, lease_expires_at = NULL, wake_at = ?, "
+            # A signal sent since the claim marked the run due (wake_at): it stays due.
+            (self.sql("UPDATE {p}runs SET owner = NULL, lease_expires_at = NULL, wake_at = "
+                      "CASE WHEN wake_at IS NOT NULL AND wake_at <= ? THEN wake_at ELSE ? END, "
                       "updated_at = ? WHERE run_id = ? AND owner = ? AND status = 'running'"),
-             (wake_at, now, run_id, owner)),
+             (now, wake_at, now, run_id, owner)),
             self._event(run_id, "workflow_waiting", {"wake_at": wake_at}, now),
             *self._wake_ops(run_id),  # other workers learn when it is due
         ], fence=True)
+
+    async def send_signal(self, run_id: str, name: str, payload: str, now: float) -> bool:
+        """Store a signal for a run that is not finished (False if there is no such
+        run) and make a waiting run due at once."""
+        bind = (lambda kind: f"CAST(? AS {{{kind}}})") if self.dialect.typed_select else \
+            (lambda kind: "?")
+        return await self.batch([
+            (self.sql(f"INSERT INTO {{p}}signals (run_id, name, payload, created_at) SELECT "
+                      f"{bind('key')}, {bind('key')}, {bind('text')}, {bind('float')} "
+                      f"FROM {{p}}runs WHERE run_id = ? AND {_NOT_TERMINAL}"),
+             (run_id, name, payload, now, run_id)),
+            # Marks a running run due: parked, it wakes; still executing, it will not park.
+            (self.sql("UPDATE {p}runs SET wake_at = ?, updated_at = ? "
+                      "WHERE run_id = ? AND status = 'running'"), (now, now, run_id)),
+            self._event(run_id, "signal_received", {"name": name}, now),
+            *self._wake_ops(run_id),
+        ], fence=True)
+
+    async def consume_signal(self, run_id: str, owner: str, now: float, name: str,
+                             step: dict) -> Optional[tuple]:
+        """Take the oldest unconsumed signal ``name`` of the run and record ``step`` as
+        completed with its payload, in one transaction: a signal is consumed once.
+        ``(True, payload)``, ``(False, None)`` if none is there, None if the run is no
+        longer ``owner``'s."""
+        async with self.transaction() as tx:
+            if not await tx.fetch(self.sql("SELECT 1 FROM {p}runs WHERE run_id = ? AND owner = ? "
+                                           "AND status = 'running' " + self.dialect.lock_shared),
+                                  (run_id, owner)):
+                return None
+            rows = await tx.fetch(self.sql(
+                "SELECT id, payload FROM {p}signals WHERE run_id = ? AND name = ? "
+                "AND consumed_step IS NULL ORDER BY id LIMIT 1"), (run_id, name))
+            if not rows:
+                return False, None
+            signal_id, payload = rows[0]
+            row = {**step, "status": "completed", "output": payload, "error": None,
+                   "completed_at": now}
+            await tx.execute(self.sql("UPDATE {p}signals SET consumed_step = ? WHERE id = ?"),
+                             (step["step"], signal_id))
+            await tx.execute(self._step_upsert_sql(),
+                             (*(row[c] for c in _STEP_COLUMNS), run_id, owner))
+            await tx.execute(*self._event(run_id, "step_completed", {
+                "step": step["step"], "name": name, "kind": "signal"}, now))
+            # Consumed: the mark of its arrival goes (a later signal marks again).
+            await tx.execute(self.sql("UPDATE {p}runs SET wake_at = NULL WHERE run_id = ?"),
+                             (run_id,))
+            return True, payload
 
     async def renew_lease(self, run_id: str, owner: str, now: float, lease_until: float) -> bool:
         return await self.batch([(self.sql(
@@ -990,15 +1053,18 @@ class _Store:
                           event: tuple) -> bool:
         # The step row is selected *from* the run row that proves ownership, so the
         # hot path writes no run row (the heartbeat renews the lease).
+        return await self.batch([
+            (self._step_upsert_sql(), (*(step[c] for c in _STEP_COLUMNS), run_id, owner)),
+            self._event(run_id, *event, now),
+        ], fence=True)
+
+    def _step_upsert_sql(self) -> str:
         if self._step_upsert is None:
             self._step_upsert = self.sql(self.dialect.upsert(
                 "{p}steps", _STEP_TYPES, ("run_id", "step"),
                 "FROM {p}runs WHERE run_id = ? AND owner = ? AND status = 'running' "
                 + self.dialect.lock_shared))
-        return await self.batch([
-            (self._step_upsert, (*(step[c] for c in _STEP_COLUMNS), run_id, owner)),
-            self._event(run_id, *event, now),
-        ], fence=True)
+        return self._step_upsert
 
     async def finish_run(self, run_id: str, owner: str, now: float, status: str,
                          output: Optional[str], error: Optional[str], event: tuple) -> bool:
@@ -1067,7 +1133,7 @@ class _Store:
         finished = ("SELECT run_id FROM {p}runs WHERE status IN ('completed', 'failed', "
                     "'cancelled') AND completed_at < ?")
         async with self.transaction() as tx:
-            for table in ("events", "steps"):
+            for table in ("events", "steps", "signals"):
                 await tx.execute(self.sql(f"DELETE FROM {{p}}{table} "
                                           f"WHERE run_id IN ({finished})"), (cutoff,))
             return await tx.execute(self.sql("DELETE FROM {p}runs WHERE status IN ('completed', "
@@ -1077,6 +1143,29 @@ class _Store:
 
 # Workers of this process, by database: a run stored by any client wakes them at once.
 _LOCAL_WORKERS: dict[str, set] = {}
+# Executions of this process waiting in memory for a signal, by (database, run id).
+_SIGNAL_WAITERS: dict[tuple, set] = {}
+
+
+def _signal_came(key: str, run_id: str) -> None:
+    for event in _SIGNAL_WAITERS.get((key, run_id), ()):
+        event.set()
+
+
+async def _signal_comes(key: str, run_id: str, seconds: float) -> bool:
+    """Wait up to ``seconds`` for a signal to this run sent from this process (or, on
+    PostgreSQL, notified from another); True if one came."""
+    event = asyncio.Event()
+    waiters = _SIGNAL_WAITERS.setdefault((key, run_id), set())
+    waiters.add(event)
+    try:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(event.wait(), seconds)
+        return event.is_set()
+    finally:
+        waiters.discard(event)
+        if not waiters:
+            _SIGNAL_WAITERS.pop((key, run_id), None)
 
 
 class _SQLiteStore(_Store):
@@ -2042,7 +2131,9 @@ class _PostgresStore(_ServerStore):
 
     _LISTEN_PING = 30.0
 
-    def _notified(self, *_args) -> None:
+    def _notified(self, _conn=None, _pid=None, _channel=None, run_id: str = "") -> None:
+        if run_id:
+            _signal_came(self.key, run_id)
         for wake in list(self._wakers):
             wake()
 
@@ -2442,7 +2533,7 @@ class WorkflowContext:
         errors = [r for r in results if isinstance(r, BaseException)]
         # A stop beats a failure; of several timers, the earliest wakes the run.
         for error in sorted(errors, key=lambda e: (isinstance(e, Exception),
-                                                   getattr(e, "wake_at", 0))):
+                                                   getattr(e, "wake_at", 0) or math.inf)):
             raise error
         return results
 
@@ -2492,6 +2583,73 @@ class WorkflowContext:
         await self._record(row, "completed", _dumps(deadline, "the deadline"), None,
                            "timer_fired", {"step": step, "late_ms": round(
                                (engine.clock() - deadline) * 1000, 3)})
+
+    # -- signals
+    def wait_for_signal(self, name: str, timeout: Optional[float] = None) -> Awaitable[Any]:
+        """The payload of the next signal ``name`` sent to this run
+        (``client.send_signal``), as a step. Signals are stored: one sent before the
+        workflow waits is not lost, several are received in the order sent, each by one
+        wait. While none is there the run is parked (nothing in memory) until one comes
+        or ``timeout`` seconds have passed since the wait began; then ``TimeoutError``
+        (recorded: a replay raises it again)."""
+        if not isinstance(name, str) or not name or len(name) > _KEY_LENGTH:
+            raise ValueError(f"a signal name is a non-empty string of at most {_KEY_LENGTH} "
+                             f"characters, got {name!r}")
+        if timeout is not None and (isinstance(timeout, bool)
+                                    or not isinstance(timeout, (int, float))
+                                    or not math.isfinite(timeout) or timeout < 0):
+            raise ValueError(f"wait_for_signal timeout must be None or seconds >= 0, "
+                             f"got {timeout!r}")
+        return self._signal(self._step(), name, timeout)
+
+    async def _signal(self, step: int, name: str, timeout: Optional[float]) -> Any:
+        engine, record = self._engine, self._history.get(step)
+        row = {"run_id": self.run_id, "step": step, "name": name, "kind": "signal",
+               "input": _dumps({"timeout": timeout}, "the signal wait"), "attempts": 1,
+               "run_attempt": self.retry_count}
+        if record is not None:
+            self._check_replay(step, record, "signal", name)
+            if record["status"] == "completed":
+                return _loads(record["output"])
+            if record["status"] == "failed":
+                raise TimeoutError(_loads(record["error"])["message"])
+            deadline, row["started_at"] = _loads(record["output"]), record["started_at"]
+        else:
+            if self._owner in engine.draining:
+                raise _Released(self.run_id)
+            now = engine.clock()
+            deadline = None if timeout is None else now + timeout
+            row["started_at"] = now
+            await self._record(row, "waiting", _dumps(deadline, "the deadline"), None,
+                               "signal_waiting", {"step": step, "name": name,
+                                                  "timeout": timeout})
+        waited = False
+        while True:
+            try:
+                taken = await engine.store.consume_signal(self.run_id, self._owner,
+                                                          engine.clock(), name, row)
+            except Exception as exc:
+                raise _StoreFailed(self.run_id, exc) from exc
+            if taken is None:
+                raise _LostOwnership(self.run_id)
+            if taken[0]:
+                return _loads(taken[1])
+            left = math.inf if deadline is None else deadline - engine.clock()
+            if left <= 0:
+                error = TimeoutError(f"no signal {name!r} came within {timeout} s "
+                                     f"(step {step} of run {self.run_id})")
+                await self._record(row, "failed", _dumps(deadline, "the deadline"),
+                                   _dumps_lenient(_error_record(error)), "signal_timed_out",
+                                   {"step": step, "name": name, "timeout": timeout})
+                raise error
+            # Wait here a moment first: a signal soon after is taken without parking
+            # and replaying the run. Then park (a signal wakes it, or the deadline).
+            if waited or self._owner in engine.draining or not await _signal_comes(
+                    engine.store.key, self.run_id, min(left, _SLEEP_IN_MEMORY)):
+                if deadline is not None and deadline - engine.clock() <= 0:
+                    continue  # timed out while waiting here: record it
+                raise _Suspended(deadline)
+            waited = True
 
     # -- deterministic values: recorded the first time, the same on every replay
     def now(self) -> Awaitable[datetime]:
@@ -3027,6 +3185,26 @@ class TinyWorkflowClient:
                            attempts=s["attempts"], started_at=_dt(s["started_at"]),
                            completed_at=_dt(s["completed_at"]))
                 for s in history.values()]
+
+    async def send_signal(self, run_id: str, name: str, payload: Any = None) -> None:
+        """Send the signal ``name`` with a JSON ``payload`` to a run that has not
+        finished; its ``ctx.wait_for_signal(name)`` receives it (now if it waits, else
+        when it does). ``RunNotFoundError`` for an unknown run, ``RunStateError`` for a
+        finished one; nothing is stored then."""
+        if not isinstance(name, str) or not name or len(name) > _KEY_LENGTH:
+            raise ValueError(f"a signal name is a non-empty string of at most {_KEY_LENGTH} "
+                             f"characters, got {name!r}")
+        data = _dumps(payload, f"the payload of signal {name!r}")
+        engine = await self._ready()
+        if not await self._store.send_signal(run_id, name, data, engine.clock()):
+            row = await self._store.get_run(run_id)
+            if row is None:
+                raise RunNotFoundError(f"no run with id {run_id!r}")
+            raise RunStateError(f"run {run_id} is {row['status']}: it takes no more signals",
+                                run_id=run_id, status=row["status"])
+        _signal_came(self._store.key, run_id)  # a wait in memory here takes it at once
+        engine.changed(run_id)  # a start_workflow(wait=True) here claims it again
+        self._wake_workers()
 
     async def cancel_workflow(self, run_id: str) -> bool:
         """Cancel a run that has not finished and return True. A run executing in this
