@@ -227,6 +227,12 @@ async def test_a_run_sleeping_when_its_worker_is_killed_wakes_at_the_original_de
     worker = start_worker(db_url)
     try:
         async with TinyWorkflowClient(db_url) as client:  # no worker here
+            # The workflow is defined in the worker process only: start it by the name
+            # the worker advertises.
+            deadline = time.monotonic() + 10
+            while not any("timers_crash_wf" in w.workflows for w in await client.list_workers()):
+                assert time.monotonic() < deadline, "the worker never advertised"
+                await asyncio.sleep(0.05)
             run_id = await client.start_workflow("timers_crash_wf", {"log": str(log)})
 
             async def timer_set() -> list:
