@@ -1152,6 +1152,12 @@ def _signal_came(key: str, run_id: str) -> None:
         event.set()
 
 
+def _check_signal_name(name: Any) -> None:
+    if not isinstance(name, str) or not name or len(name) > _KEY_LENGTH:
+        raise ValueError(f"a signal name is a non-empty string of at most {_KEY_LENGTH} "
+                         f"characters, got {name!r}")
+
+
 async def _signal_comes(key: str, run_id: str, seconds: float) -> bool:
     """Wait up to ``seconds`` for a signal to this run sent from this process (or, on
     PostgreSQL, notified from another); True if one came."""
@@ -2592,9 +2598,7 @@ class WorkflowContext:
         wait. While none is there the run is parked (nothing in memory) until one comes
         or ``timeout`` seconds have passed since the wait began; then ``TimeoutError``
         (recorded: a replay raises it again)."""
-        if not isinstance(name, str) or not name or len(name) > _KEY_LENGTH:
-            raise ValueError(f"a signal name is a non-empty string of at most {_KEY_LENGTH} "
-                             f"characters, got {name!r}")
+        _check_signal_name(name)
         if timeout is not None and (isinstance(timeout, bool)
                                     or not isinstance(timeout, (int, float))
                                     or not math.isfinite(timeout) or timeout < 0):
@@ -3191,9 +3195,7 @@ class TinyWorkflowClient:
         finished; its ``ctx.wait_for_signal(name)`` receives it (now if it waits, else
         when it does). ``RunNotFoundError`` for an unknown run, ``RunStateError`` for a
         finished one; nothing is stored then."""
-        if not isinstance(name, str) or not name or len(name) > _KEY_LENGTH:
-            raise ValueError(f"a signal name is a non-empty string of at most {_KEY_LENGTH} "
-                             f"characters, got {name!r}")
+        _check_signal_name(name)
         data = _dumps(payload, f"the payload of signal {name!r}")
         engine = await self._ready()
         if not await self._store.send_signal(run_id, name, data, engine.clock()):
