@@ -273,13 +273,14 @@ class _StoreFailed(BaseException):
 
 
 class _Suspended(BaseException):
-    """The workflow waits for a timer longer than is worth holding in memory, or for a
-    signal: the execution stops and the run is parked until ``wake_at`` (None: until a
-    signal comes)."""
+    """The workflow waits for a timer longer than is worth holding in memory, for a
+    signal or for an approval: the execution stops and the run is parked until
+    ``wake_at`` (None: until a signal or the decision comes). Waiting for the approval
+    ``approval``, it is parked as ``paused``."""
 
-    def __init__(self, wake_at: Optional[float]):
+    def __init__(self, wake_at: Optional[float], approval: Optional[str] = None):
         super().__init__(wake_at)
-        self.wake_at = wake_at
+        self.wake_at, self.approval = wake_at, approval
 
 
 class _LostOwnership(BaseException):
@@ -743,12 +744,13 @@ _STEP_TYPES = {"run_id": "key", "step": "int", "name": "key", "kind": "key", "st
                "input": "text", "output": "text", "error": "text", "attempts": "int",
                "run_attempt": "int", "started_at": "float", "completed_at": "float"}
 _STEP_COLUMNS = tuple(_STEP_TYPES)
-# Due: new or retrying runs, sleeping runs (running, no owner) whose timer is due, and
-# runs whose executor's lease expired.
+# Due: new or retrying runs, parked runs (running or paused, no owner) whose timer,
+# signal or approval is due, and runs whose executor's lease expired.
 _RUNNABLE = ("((status IN ('pending', 'retrying') AND (wake_at IS NULL OR wake_at <= ?))"
-             " OR (status = 'running' AND owner IS NULL AND wake_at <= ?)"
+             " OR (status IN ('running', 'paused') AND owner IS NULL AND wake_at <= ?)"
              " OR (status = 'running' AND lease_expires_at < ?))")
-_WAITING = "(status IN ('pending', 'retrying') OR (status = 'running' AND owner IS NULL))"
+_WAITING = ("(status IN ('pending', 'retrying') "
+            "OR (status IN ('running', 'paused') AND owner IS NULL))")
 _NOT_TERMINAL = "status NOT IN ('completed', 'failed', 'cancelled')"
 _EVENT_COLUMNS = "run_id, event_type, event_data, timestamp"
 _EVENT_INSERT = f"INSERT INTO {{p}}events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?)"
@@ -884,13 +886,14 @@ class _Store:
             ids = [row[0] for row in candidates]
             marks = ", ".join("?" * len(ids))
             await tx.execute(self.sql(
-                "UPDATE {p}runs SET deadline_at = CASE WHEN status = 'running' THEN deadline_at "
-                "ELSE ? + timeout END, status = 'running', owner = ?, lease_expires_at = ?, "
-                "started_at = COALESCE(started_at, ?), updated_at = ?, wake_at = NULL "
-                f"WHERE run_id IN ({marks})"), (now, owner, now + lease, now, now, *ids))
+                "UPDATE {p}runs SET deadline_at = CASE WHEN status IN ('running', 'paused') "
+                "THEN deadline_at ELSE ? + timeout END, status = 'running', owner = ?, "
+                "lease_expires_at = ?, started_at = COALESCE(started_at, ?), updated_at = ?, "
+                f"wake_at = NULL, approval_required = NULL WHERE run_id IN ({marks})"),
+                (now, owner, now + lease, now, now, *ids))
             events = [self._event(run_id, *(
                 ("workflow_resumed", {"previous_owner": old_owner, "owner": owner})
-                if status == "running" else
+                if status in ("running", "paused") else
                 ("workflow_started", {"attempt": retry_count + 1, "owner": owner})), now)[1]
                 for run_id, status, old_owner, retry_count in candidates]
             await tx.executemany(self._event("", "", None, now)[0], events)
@@ -982,18 +985,41 @@ class _Store:
     # owner token is the run's and the run is running, so an executor that was cancelled
     # or lost its lease cannot write.
     async def suspend_run(self, run_id: str, owner: str, now: float,
-                          wake_at: Optional[float]) -> bool:
+                          wake_at: Optional[float], approval: Optional[str] = None) -> bool:
         """The run waits (a timer, a signal): it stays running but nobody holds it
         (nothing in memory) until ``wake_at`` or, without one, a signal; then any
-        worker claims it and replays it."""
+        worker claims it and replays it. Waiting for the approval ``approval``, it is
+        ``paused`` with ``approval_required`` set until the decision or ``wake_at``."""
         return await self.batch([
             # A signal sent since the claim marked the run due (wake_at): it stays due.
             (self.sql("UPDATE {p}runs SET owner = NULL, lease_expires_at = NULL, wake_at = "
                       "CASE WHEN wake_at IS NOT NULL AND wake_at <= ? THEN wake_at ELSE ? END, "
-                      "updated_at = ? WHERE run_id = ? AND owner = ? AND status = 'running'"),
-             (now, wake_at, now, run_id, owner)),
-            self._event(run_id, "workflow_waiting", {"wake_at": wake_at}, now),
+                      "status = ?, approval_required = ?, updated_at = ? "
+                      "WHERE run_id = ? AND owner = ? AND status = 'running'"),
+             (now, wake_at, "running" if approval is None else "paused", approval, now,
+              run_id, owner)),
+            self._event(run_id, "workflow_waiting" if approval is None else "workflow_paused",
+                        {"wake_at": wake_at} if approval is None else
+                        {"approval_required": approval, "wake_at": wake_at}, now),
             *self._wake_ops(run_id),  # other workers learn when it is due
+        ], fence=True)
+
+    async def decide_approval(self, run_id: str, key: str, approved: bool, now: float) -> bool:
+        """Record the decision on the approval ``key`` a paused run waits for, as the
+        result of its approval step, and make the run due; False (nothing written) if
+        the run is not paused waiting for ``key``."""
+        return await self.batch([
+            (self.sql("UPDATE {p}runs SET status = 'running', approval_required = NULL, "
+                      "wake_at = ?, updated_at = ? "
+                      "WHERE run_id = ? AND status = 'paused' AND approval_required = ?"),
+             (now, now, run_id, key)),
+            (self.sql("UPDATE {p}steps SET status = 'completed', output = ?, completed_at = ? "
+                      "WHERE run_id = ? AND kind = 'approval' AND name = ? "
+                      "AND status = 'waiting'"),
+             (_json(approved), now, run_id, key)),
+            self._event(run_id, "approval_granted" if approved else "approval_rejected",
+                        {"key": key}, now),
+            *self._wake_ops(run_id),
         ], fence=True)
 
     async def send_signal(self, run_id: str, name: str, payload: str, now: float) -> bool:
@@ -1093,7 +1119,8 @@ class _Store:
             # owner and lease stay until the executor has really stopped (settle_run):
             # a resume must not overlap the step that may still be running.
             (self.sql("UPDATE {p}runs SET status = 'cancelled', completed_at = ?, updated_at = ?, "
-                      f"wake_at = NULL WHERE run_id = ? AND {_NOT_TERMINAL}"),
+                      f"wake_at = NULL, approval_required = NULL "
+                      f"WHERE run_id = ? AND {_NOT_TERMINAL}"),
              (now, now, run_id)),
             self._event(run_id, "workflow_cancelled", {}, now),
         ], fence=True)
@@ -1117,6 +1144,12 @@ class _Store:
         rows = await self.fetch(self.sql(f"SELECT {', '.join(_RUN_COLUMNS)} FROM {{p}}runs "
                                          f"{clause}ORDER BY created_at DESC, run_id "
                                          "LIMIT ? OFFSET ?"), (*params, limit, offset))
+        return [dict(zip(_RUN_COLUMNS, row)) for row in rows]
+
+    async def pending_approvals(self) -> list:
+        rows = await self.fetch(self.sql(f"SELECT {', '.join(_RUN_COLUMNS)} FROM {{p}}runs "
+                                         "WHERE status = 'paused' AND approval_required IS NOT "
+                                         "NULL ORDER BY updated_at, run_id"))
         return [dict(zip(_RUN_COLUMNS, row)) for row in rows]
 
     async def load_steps(self, run_id: str) -> dict:
@@ -1152,10 +1185,16 @@ def _signal_came(key: str, run_id: str) -> None:
         event.set()
 
 
-def _check_signal_name(name: Any) -> None:
+def _check_name(what: str, name: Any) -> None:
     if not isinstance(name, str) or not name or len(name) > _KEY_LENGTH:
-        raise ValueError(f"a signal name is a non-empty string of at most {_KEY_LENGTH} "
+        raise ValueError(f"{what} is a non-empty string of at most {_KEY_LENGTH} "
                          f"characters, got {name!r}")
+
+
+def _check_timeout(what: str, timeout: Any) -> None:
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not math.isfinite(timeout) or timeout < 0):
+        raise ValueError(f"{what} timeout must be None or seconds >= 0, got {timeout!r}")
 
 
 async def _signal_comes(key: str, run_id: str, seconds: float) -> bool:
@@ -2598,12 +2637,8 @@ class WorkflowContext:
         wait. While none is there the run is parked (nothing in memory) until one comes
         or ``timeout`` seconds have passed since the wait began; then ``TimeoutError``
         (recorded: a replay raises it again)."""
-        _check_signal_name(name)
-        if timeout is not None and (isinstance(timeout, bool)
-                                    or not isinstance(timeout, (int, float))
-                                    or not math.isfinite(timeout) or timeout < 0):
-            raise ValueError(f"wait_for_signal timeout must be None or seconds >= 0, "
-                             f"got {timeout!r}")
+        _check_name("a signal name", name)
+        _check_timeout("wait_for_signal", timeout)
         return self._signal(self._step(), name, timeout)
 
     async def _signal(self, step: int, name: str, timeout: Optional[float]) -> Any:
@@ -2654,6 +2689,47 @@ class WorkflowContext:
                     continue  # timed out while waiting here: record it
                 raise _Suspended(deadline)
             waited = True
+
+    # -- approvals
+    def wait_for_approval(self, key: str, timeout: Optional[float] = None) -> Awaitable[bool]:
+        """Wait for a person to approve or reject the run, as a step: True once
+        ``client.approve_workflow(run_id)`` is called, False for ``reject_workflow``.
+        Meanwhile the run is ``paused`` with ``approval_required = key`` (listed by
+        ``client.get_pending_approvals()``) and holds nothing in memory; the decision
+        is stored, so it survives any restart. With no decision ``timeout`` seconds
+        after the wait began: ``TimeoutError`` (recorded: a replay raises it again)."""
+        _check_name("an approval key", key)
+        _check_timeout("wait_for_approval", timeout)
+        return self._approval(self._step(), key, timeout)
+
+    async def _approval(self, step: int, key: str, timeout: Optional[float]) -> bool:
+        engine, record = self._engine, self._history.get(step)
+        if record is not None:
+            self._check_replay(step, record, "approval", key)
+            if record["status"] == "completed":  # the decision, written by the approver
+                return _loads(record["output"])
+            if record["status"] == "failed":
+                raise TimeoutError(_loads(record["error"])["message"])
+            row, deadline = record, _loads(record["input"])["deadline"]
+        else:
+            if self._owner in engine.draining:
+                raise _Released(self.run_id)
+            now = engine.clock()
+            deadline = None if timeout is None else now + timeout
+            row = {"run_id": self.run_id, "step": step, "name": key, "kind": "approval",
+                   "input": _dumps({"timeout": timeout, "deadline": deadline}, "the approval"),
+                   "attempts": 1, "run_attempt": self.retry_count, "started_at": now}
+            await self._record(row, "waiting", None, None, "approval_requested",
+                               {"step": step, "key": key, "timeout": timeout})
+        if deadline is not None and deadline <= engine.clock():
+            error = TimeoutError(f"no decision on approval {key!r} came within {timeout} s "
+                                 f"(step {step} of run {self.run_id})")
+            await self._record(row, "failed", None, _dumps_lenient(_error_record(error)),
+                               "approval_timed_out", {"step": step, "key": key,
+                                                      "timeout": timeout})
+            raise error
+        # People take longer than is worth holding in memory: park the run at once.
+        raise _Suspended(deadline, approval=key)
 
     # -- deterministic values: recorded the first time, the same on every replay
     def now(self) -> Awaitable[datetime]:
@@ -2903,12 +2979,14 @@ class _Engine:
         history = run["history"] if "history" in run else await self.store.load_steps(run_id)
         ctx = WorkflowContext(self, run, owner, history)
         remaining = None if run["deadline_at"] is None else run["deadline_at"] - self.clock()
+
+        def timed_out() -> WorkflowTimeoutError:
+            return WorkflowTimeoutError(f"workflow {definition.name!r} (run {run_id}) timed "
+                                        f"out after {run['timeout']} s")
         try:
-            result = await _with_timeout(
-                definition.fn(ctx), remaining,
-                lambda: WorkflowTimeoutError(
-                    f"workflow {definition.name!r} (run {run_id}) timed out after "
-                    f"{run['timeout']} s"))
+            if remaining is not None and remaining <= 0:  # woken at its deadline, say
+                raise timed_out()
+            result = await _with_timeout(definition.fn(ctx), remaining, timed_out)
             if ctx._fatal is not None:
                 raise ctx._fatal
             output = _dumps({"result": result}, f"the result of workflow {definition.name!r}")
@@ -2919,7 +2997,11 @@ class _Engine:
             _log.info("run %s stopped before its next step: the worker is stopping", run_id)
             return
         except _Suspended as pause:
-            if not await self.store.suspend_run(run_id, owner, self.clock(), pause.wake_at):
+            wake_at = pause.wake_at  # or, sooner, when the workflow's time is up
+            if run["deadline_at"] is not None:
+                wake_at = min(run["deadline_at"], math.inf if wake_at is None else wake_at)
+            if not await self.store.suspend_run(run_id, owner, self.clock(), wake_at,
+                                                pause.approval):
                 _log.info("run %s is no longer ours; not parked", run_id)
             return
         except _StoreFailed as failure:
@@ -3195,7 +3277,7 @@ class TinyWorkflowClient:
         finished; its ``ctx.wait_for_signal(name)`` receives it (now if it waits, else
         when it does). ``RunNotFoundError`` for an unknown run, ``RunStateError`` for a
         finished one; nothing is stored then."""
-        _check_signal_name(name)
+        _check_name("a signal name", name)
         data = _dumps(payload, f"the payload of signal {name!r}")
         engine = await self._ready()
         if not await self._store.send_signal(run_id, name, data, engine.clock()):
@@ -3207,6 +3289,38 @@ class TinyWorkflowClient:
         _signal_came(self._store.key, run_id)  # a wait in memory here takes it at once
         engine.changed(run_id)  # a start_workflow(wait=True) here claims it again
         self._wake_workers()
+
+    async def get_pending_approvals(self) -> list[WorkflowExecution]:
+        """The runs waiting for an approval (``paused``; the key they wait for is
+        ``approval_required``), longest waiting first."""
+        return [_execution(row) for row in await (await self._ready()).store.pending_approvals()]
+
+    async def approve_workflow(self, run_id: str) -> bool:
+        """Approve the run's pending approval: its ``ctx.wait_for_approval`` returns
+        True and the run goes on (a worker executes it). Returns True.
+        ``RunStateError`` if the run is not waiting for an approval (nothing changes),
+        ``RunNotFoundError`` if there is no such run."""
+        return await self._decide(run_id, True)
+
+    async def reject_workflow(self, run_id: str) -> bool:
+        """Reject the run's pending approval: its ``ctx.wait_for_approval`` returns
+        False and the run goes on. Errors as for ``approve_workflow``."""
+        return await self._decide(run_id, False)
+
+    async def _decide(self, run_id: str, approved: bool) -> bool:
+        engine = await self._ready()
+        row = await self._store.get_run(run_id)
+        if row is None:
+            raise RunNotFoundError(f"no run with id {run_id!r}")
+        if row["status"] != "paused" or not await self._store.decide_approval(
+                run_id, row["approval_required"], approved, engine.clock()):
+            row = await self._store.get_run(run_id) or row  # decided or changed meanwhile
+            raise RunStateError(f"run {run_id} is {row['status']}, not waiting for an "
+                                "approval: only a paused run can be approved or rejected",
+                                run_id=run_id, status=row["status"])
+        engine.changed(run_id)  # a start_workflow(wait=True) here claims it again
+        self._wake_workers()
+        return True
 
     async def cancel_workflow(self, run_id: str) -> bool:
         """Cancel a run that has not finished and return True. A run executing in this
