@@ -36,10 +36,10 @@ _EPILOG = """\
 exit codes:
   0  success
   1  the operation failed: a run failed (start --wait), an unknown run id, a run that
-     had already finished (cancel)
-  2  bad usage: an unknown command or option, malformed --input JSON, an unknown
-     workflow name, a value the library rejects (ValueError, TypeError), no workflow
-     registered (recover, worker)
+     had already finished (cancel, signal), a run not waiting for an approval (approve)
+  2  bad usage: an unknown command or option, malformed --input or --payload JSON, an
+     unknown workflow name, a value the library rejects (ValueError, TypeError), no
+     workflow registered (recover, worker)
   130, 143  worker: a second Ctrl-C (SIGINT) or SIGTERM ended it without waiting
 
 The workflows a command needs must be registered first: pass the module that defines
@@ -268,6 +268,47 @@ async def _cmd_cancel(client, args) -> int:
     if not cancelled:
         _error(f"run {args.run_id} had already finished ({run.status.value}); nothing to cancel")
         return 1
+    return 0
+
+
+async def _cmd_approvals(client, args) -> int:
+    runs = await client.get_pending_approvals()
+    if args.json:
+        _print_json(runs)
+    elif not runs:
+        print("no runs are waiting for an approval")
+    else:
+        _table(["RUN ID", "WORKFLOW", "APPROVAL", "WAITING SINCE (UTC)", "TIMES OUT (UTC)"],
+               [[r.run_id, r.workflow_name, r.approval_required, _time(r.updated_at),
+                 _time(r.wake_at)] for r in runs])
+    return 0
+
+
+async def _cmd_approve(client, args) -> int:
+    decide = client.approve_workflow if args.approve else client.reject_workflow
+    try:
+        await decide(args.run_id)
+    except tinyworkflow.RunStateError as exc:  # not waiting: nothing changed, exit 1
+        _error(exc, "list the runs waiting for an approval with: tinyworkflow approvals")
+        return 1
+    decision = "approved" if args.approve else "rejected"
+    if args.json:
+        _print_json({"run_id": args.run_id, "decision": decision})
+    else:
+        print(f"{decision} {args.run_id}")
+    return 0
+
+
+async def _cmd_signal(client, args) -> int:
+    try:
+        await client.send_signal(args.run_id, args.name, args.payload)
+    except tinyworkflow.RunStateError as exc:  # finished: nothing stored, exit 1
+        _error(exc)
+        return 1
+    if args.json:
+        _print_json({"run_id": args.run_id, "signal": args.name})
+    else:
+        print(f"sent signal {args.name!r} to {args.run_id}")
     return 0
 
 
@@ -537,6 +578,18 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("run_id", metavar="RUN_ID")
     sub = command("cancel", _cmd_cancel, "cancel a run that has not finished")
     sub.add_argument("run_id", metavar="RUN_ID")
+    command("approvals", _cmd_approvals, "list the runs waiting for an approval")
+    sub = command("approve", _cmd_approve,
+                  "approve or reject the approval a paused run waits for")
+    sub.add_argument("run_id", metavar="RUN_ID")
+    decision = sub.add_mutually_exclusive_group(required=True)
+    decision.add_argument("--approve", action="store_true", help="wait_for_approval returns True")
+    decision.add_argument("--reject", action="store_true", help="wait_for_approval returns False")
+    sub = command("signal", _cmd_signal, "send a signal to a run that has not finished")
+    sub.add_argument("run_id", metavar="RUN_ID")
+    sub.add_argument("name", metavar="NAME", help="the name its wait_for_signal waits for")
+    sub.add_argument("--payload", type=_json_input, default=None, metavar="JSON",
+                     help="the signal's payload as JSON (default null)")
     command("recover", _cmd_recover,
             "execute here every due run of the imported workflows (pending, due for a "
             "retry, or left by a crashed process) and print their run ids")

@@ -603,3 +603,58 @@ def test_a_file_that_is_not_a_database_is_a_clear_error(env, run):
                         "--import-workflows", env.module], cwd=env.tmp)
     assert done.returncode == 1
     assert done.stderr.startswith("error:") and "Traceback" not in done.stderr
+
+
+# ---- approvals and signals ---------------------------------------------------------------
+
+APPROVALS = '''
+from tinyworkflow import workflow, RetryPolicy
+
+
+@workflow(name="cli_expense_SFX", retry_policy=RetryPolicy(max_retries=0))
+async def expense(ctx):
+    approved = await ctx.wait_for_approval("manager", timeout=3600)
+    note = await ctx.wait_for_signal("note")
+    return {"approved": approved, "note": note}
+'''
+
+
+def test_approvals_approve_and_signal(env, run):
+    sfx = env.hello.split("_")[1]
+    (env.tmp / f"cliapp_{sfx}.py").write_text(APPROVALS.replace("SFX", sfx))
+    name = f"cli_expense_{sfx}"
+
+    def call(*argv):
+        return run("--import-workflows", f"cliapp_{sfx}", *argv)
+
+    run_id = call("start", name)[1].strip()
+    code, out, err = call("approve", run_id, "--approve")
+    assert code == 1 and "is pending, not waiting for an approval" in err
+    assert "tinyworkflow approvals" in err
+    code, out, _ = call("approvals")
+    assert code == 0 and "no runs are waiting" in out
+    call("recover")  # runs until it pauses
+    code, out, _ = call("approvals")
+    assert code == 0 and run_id in out and "manager" in out and "APPROVAL" in out
+    [pending] = json.loads(call("approvals", "--json")[1])
+    assert (pending["run_id"], pending["approval_required"]) == (run_id, "manager")
+
+    code, _, err = call("approve", run_id)
+    assert code == 2 and "one of the arguments --approve --reject is required" in err
+    code, out, err = call("approve", run_id, "--reject", "--json")
+    assert code == 0, err
+    assert json.loads(out) == {"run_id": run_id, "decision": "rejected"}
+    assert call("approve", run_id, "--approve")[0] == 1  # decided already
+
+    code, _, err = call("signal", run_id, "note", "--payload", "{bad")
+    assert code == 2 and "not valid JSON" in err
+    code, out, err = call("signal", run_id, "note", "--payload", '{"text": "late"}')
+    assert code == 0 and "sent signal 'note'" in out, err
+    call("recover")
+    status = json.loads(call("status", run_id, "--json")[1])
+    assert status["status"] == "completed", status
+    assert status["output_data"] == {"result": {"approved": False, "note": {"text": "late"}}}
+    code, _, err = call("signal", run_id, "note")
+    assert code == 1 and "takes no more signals" in err
+    code, _, err = call("signal", "no-such-run", "note")
+    assert code == 1 and "no run with id" in err
