@@ -25,7 +25,7 @@ stored result without running, and the run carries on where it stopped.
     asyncio.run(main())
 
 Sections, in dependency order (grep for "# ---- "): statuses and models,
-errors, helpers, retry policy, storage (URLs, dialect, store, SQLite),
+errors, helpers, retry policy, time, storage (URLs, dialect, store, SQLite),
 registry and decorators, workflow context (replay), engine, client,
 command-line hand-off.
 """
@@ -56,6 +56,8 @@ __all__ = [
     "RunStateError",
     "WorkflowFailedError",
     "WorkerInfo",
+    "Clock",
+    "TestClock",
 ]
 
 import asyncio
@@ -79,7 +81,8 @@ import time
 import traceback
 import types
 import uuid
-from datetime import datetime, timezone
+import heapq
+from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable, NamedTuple, Optional
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -353,21 +356,30 @@ def _rebuild_error(record: dict, run_id: str, step: int) -> BaseException:
 
 
 async def _with_timeout(awaitable: Awaitable, seconds: Optional[float],
-                        error: Callable[[], Exception], settle: bool = True):
+                        error: Callable[[], Exception], settle: bool = True,
+                        sleep: Optional[Callable] = None):
     """Await with a time limit, telling our timeout apart from a TimeoutError raised by
     the awaited code itself (asyncio.wait_for cannot). On timeout the work is cancelled
     and, with ``settle``, waited for until it has really stopped (a sync activity's
-    thread cannot be interrupted); without, it is abandoned to finish on its own."""
+    thread cannot be interrupted); without, it is abandoned to finish on its own.
+    ``sleep`` (a clock's) measures the time; by default, the machine's."""
     if seconds is None:
         return await awaitable
     task = asyncio.ensure_future(awaitable)
+    timer = None if sleep is None else asyncio.ensure_future(sleep(seconds))
     try:
-        done, _ = await asyncio.wait({task}, timeout=max(seconds, 0.0))
+        done, _ = await asyncio.wait({task} if timer is None else {task, timer},
+                                     timeout=max(seconds, 0.0) if timer is None else None,
+                                     return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
         task.cancel()  # cancelled from outside: the work is over only once it has stopped
         await asyncio.wait({task})
         _retrieve(task)
         raise
+    finally:
+        if timer is not None:
+            timer.cancel()
+    done.discard(timer)
     if not done:
         task.cancel()
         task.add_done_callback(_retrieve)  # whatever it ends with, the verdict is timeout
@@ -425,6 +437,144 @@ class RetryPolicy:
         if self.jitter and self.jitter_factor:
             delay += delay * self.jitter_factor * random.uniform(-1.0, 1.0)
         return max(0.0, delay)
+
+
+# ---- time -------------------------------------------------------------------------------
+
+
+class Clock:
+    """The time of workflows: what timers, timeouts, retry delays and the recorded
+    times read, and how the engine waits for them. ``TinyWorkflowClient`` uses this
+    one, the machine's time, unless given another (``TestClock`` in tests). Leases and
+    worker heartbeats always use the machine's time: they tell whether a process is
+    alive, which skipping time in a test must not change."""
+
+    def time(self) -> float:
+        """Now, in seconds since the epoch."""
+        return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(seconds, 0.0))
+
+    async def wait(self, event: asyncio.Event, seconds: Optional[float],
+                   real: Optional[float] = None) -> bool:
+        """Until ``event`` is set (True), or ``seconds`` of this clock or ``real``
+        seconds of the machine's time have passed (False). None: no such limit."""
+        limits = [limit for limit in (seconds, real) if limit is not None]
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(event.wait(), max(min(limits), 0.0) if limits else None)
+        return event.is_set()
+
+
+class TestClock(Clock):
+    """A clock for tests that moves only when told, so a workflow that sleeps a week
+    finishes in milliseconds, in-process, with nothing to install::
+
+        clock = TestClock()
+        async with TinyWorkflowClient(url, auto_start_worker=True, clock=clock) as client:
+            run_id = await client.start_workflow("trial_reminder", {"user": 42})
+            await clock.advance(timedelta(days=7))
+            assert await client.wait_for_result(run_id) == "reminded"
+
+    ``advance`` lets the work in flight settle first (the run reaches its timer), then
+    moves time forward deadline by deadline: each timer, timeout, retry delay and
+    parked run that falls due fires in order, and what it sets off settles before the
+    next. *Settled* means no task is ready to run, no database call and no activity is
+    in flight, and no real timer is about to fire: time does not skip under a running
+    activity. Only ``advance`` moves this clock; waits that poll the database
+    (the worker's, ``wait_for_result``'s) and leases go by the machine's time.
+    ``start`` (a timezone-aware datetime or epoch seconds) defaults to the real now.
+    """
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    def __init__(self, start: Any = None):
+        if isinstance(start, datetime):
+            if start.tzinfo is None:
+                raise ValueError(f"TestClock needs a timezone-aware datetime, got {start!r}")
+            start = start.timestamp()
+        if start is not None and (isinstance(start, bool) or not isinstance(start, (int, float))
+                                  or not math.isfinite(start)):
+            raise ValueError(f"TestClock start must be a datetime or epoch seconds, "
+                             f"got {start!r}")
+        self._now = time.time() if start is None else float(start)
+        self._due: list = []  # heap of (deadline, sequence, future) of the waits here
+        self._sequence = itertools.count()
+
+    def time(self) -> float:
+        return self._now
+
+    async def sleep(self, seconds: float) -> None:
+        await self.wait(asyncio.Event(), seconds)
+
+    async def wait(self, event: asyncio.Event, seconds: Optional[float],
+                   real: Optional[float] = None) -> bool:
+        if event.is_set():
+            return True
+        if seconds is not None and seconds <= 0:
+            return False
+        waits = [asyncio.ensure_future(event.wait())]
+        if seconds is not None:
+            due = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._due, (self._now + seconds, next(self._sequence), due))
+            waits.append(due)
+        try:
+            await asyncio.wait(waits, timeout=real, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for future in waits:
+                future.cancel()  # a deadline of a finished wait is skipped by advance
+        return event.is_set()
+
+    async def advance(self, seconds: Any) -> None:
+        """Let ``seconds`` (a number or a ``timedelta``) pass, as described above."""
+        if isinstance(seconds, timedelta):
+            seconds = seconds.total_seconds()
+        if (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+                or not math.isfinite(seconds) or seconds < 0):
+            raise ValueError(f"advance needs seconds >= 0 or a timedelta, got {seconds!r}")
+        target = self._now + seconds
+        await self.settle()
+        while True:
+            while self._due and self._due[0][2].done():
+                heapq.heappop(self._due)
+            if not self._due or self._due[0][0] > target:
+                break
+            self._now = max(self._now, self._due[0][0])
+            while self._due and self._due[0][0] <= self._now:
+                future = heapq.heappop(self._due)[2]
+                if not future.done():
+                    future.set_result(None)
+            await self.settle()
+        self._now = target
+        await self.settle()
+
+    async def settle(self) -> None:
+        """Return once the work in flight has settled (see the class doc)."""
+        loop, quiet = asyncio.get_running_loop(), 0
+        while quiet < 3:  # quiet on three turns of the loop in a row
+            await asyncio.sleep(0)
+            ready = getattr(loop, "_ready", ())  # asyncio's run queue (others: assume empty)
+            timers = getattr(loop, "_scheduled", ())
+            soon = bool(timers) and timers[0].when() <= loop.time() + 0.05
+            if _WORK.count or ready or soon:
+                quiet = 0
+                if _WORK.count or soon:  # threads and sockets at work: do not spin
+                    await asyncio.sleep(0.001)
+            else:
+                quiet += 1
+
+
+class _Work:
+    """Database calls and activities in flight, which the event loop cannot show as
+    ready work: ``TestClock.settle`` waits for them."""
+
+    count = 0
+
+
+_WORK = _Work()
+
+
+_REAL_CLOCK = Clock()
 
 
 # ---- storage: URLs ----------------------------------------------------------------------
@@ -863,13 +1013,17 @@ class _Store:
         await self.batch(ops + self._wake_ops(run["run_id"]))
 
     async def claim(self, owner: str, now: float, lease: float, *, names: list,
-                    run_ids: Optional[list] = None, limit: int = 1) -> list:
+                    run_ids: Optional[list] = None, limit: int = 1,
+                    real: Optional[float] = None) -> list:
         """Take up to ``limit`` runnable runs of the given workflows under the owner
-        token ``owner`` (a fencing token every later write of those runs must match)."""
+        token ``owner`` (a fencing token every later write of those runs must match),
+        for ``lease`` seconds. ``now`` is the workflows' clock; leases go by ``real``,
+        the machine's time (the same unless a test skips time)."""
         if not names or limit < 1:
             return []
+        real = now if real is None else real
         where = f"{_RUNNABLE} AND workflow_name IN ({', '.join('?' * len(names))})"
-        params: list = [now, now, now, *names]
+        params: list = [now, now, real, *names]
         if run_ids is not None:
             where += f" AND run_id IN ({', '.join('?' * len(run_ids))})"
             params += run_ids
@@ -890,7 +1044,7 @@ class _Store:
                 "THEN deadline_at ELSE ? + timeout END, status = 'running', owner = ?, "
                 "lease_expires_at = ?, started_at = COALESCE(started_at, ?), updated_at = ?, "
                 f"wake_at = NULL, approval_required = NULL WHERE run_id IN ({marks})"),
-                (now, owner, now + lease, now, now, *ids))
+                (now, owner, real + lease, now, now, *ids))
             events = [self._event(run_id, *(
                 ("workflow_resumed", {"previous_owner": old_owner, "owner": owner})
                 if status in ("running", "paused") else
@@ -1197,16 +1351,16 @@ def _check_timeout(what: str, timeout: Any) -> None:
         raise ValueError(f"{what} timeout must be None or seconds >= 0, got {timeout!r}")
 
 
-async def _signal_comes(key: str, run_id: str, seconds: float) -> bool:
-    """Wait up to ``seconds`` for a signal to this run sent from this process (or, on
-    PostgreSQL, notified from another); True if one came."""
+async def _signal_comes(key: str, run_id: str, wait: Callable, seconds: Optional[float],
+                        real: float) -> bool:
+    """Wait (``Clock.wait``) up to ``seconds`` and ``real`` seconds for a signal to this run
+    sent from this process (or, on PostgreSQL, notified from another); True if one
+    came."""
     event = asyncio.Event()
     waiters = _SIGNAL_WAITERS.setdefault((key, run_id), set())
     waiters.add(event)
     try:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(event.wait(), seconds)
-        return event.is_set()
+        return await wait(event, seconds, real)
     finally:
         waiters.discard(event)
         if not waiters:
@@ -1296,11 +1450,14 @@ class _SQLiteStore(_Store):
         not yet started is skipped, one waiting for a lock gives up, and a running
         statement is interrupted (which rolls its transaction back)."""
         future = asyncio.ensure_future(self._conn._execute(self._unless_abandoned, fn, *args))
+        _WORK.count += 1
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
             if future.done():
                 raise
+        finally:
+            _WORK.count -= 1
         self._abandoned = True
         try:
             while not future.done():
@@ -1549,6 +1706,7 @@ class _Pool:
                 await asyncio.wait_for(self._free.acquire(), self.timeout)
             except asyncio.TimeoutError:
                 raise self._timed_out() from None
+        _WORK.count += 1
         try:
             conn, opened = await self._checkout(deadline)
             self._out += 1
@@ -1569,6 +1727,7 @@ class _Pool:
             self._out -= 1
             self._give_back(conn, opened)
         finally:
+            _WORK.count -= 1
             self._free.release()
 
     def _timed_out(self) -> TinyWorkflowError:
@@ -2366,6 +2525,13 @@ class _ActivityDef:
         object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.fn))
 
     async def call(self, args: tuple, kwargs: dict) -> Any:
+        _WORK.count += 1
+        try:
+            return await self._call(args, kwargs)
+        finally:
+            _WORK.count -= 1
+
+    async def _call(self, args: tuple, kwargs: dict) -> Any:
         if self.is_async:
             return await self.fn(*args, **kwargs)
         thread = asyncio.ensure_future(asyncio.to_thread(self.fn, *args, **kwargs))
@@ -2624,7 +2790,7 @@ class WorkflowContext:
         if remaining > _SLEEP_IN_MEMORY:
             raise _Suspended(deadline)
         if remaining > 0:
-            await asyncio.sleep(remaining)
+            await engine.sleep(remaining)
         await self._record(row, "completed", _dumps(deadline, "the deadline"), None,
                            "timer_fired", {"step": step, "late_ms": round(
                                (engine.clock() - deadline) * 1000, 3)})
@@ -2684,7 +2850,8 @@ class WorkflowContext:
             # Wait here a moment first: a signal soon after is taken without parking
             # and replaying the run. Then park (a signal wakes it, or the deadline).
             if waited or self._owner in engine.draining or not await _signal_comes(
-                    engine.store.key, self.run_id, min(left, _SLEEP_IN_MEMORY)):
+                    engine.store.key, self.run_id, engine.wait,
+                    None if deadline is None else left, _SLEEP_IN_MEMORY):
                 if deadline is not None and deadline - engine.clock() <= 0:
                     continue  # timed out while waiting here: record it
                 raise _Suspended(deadline)
@@ -2847,7 +3014,7 @@ class WorkflowContext:
                 raise error
             _log.info("run %s step %d (%s) attempt %d failed, retrying in %.2fs: %s",
                       self.run_id, step, definition.name, attempts, delay, _error_text(error))
-            await asyncio.sleep(delay)
+            await engine.sleep(delay)
 
     async def _record(self, step_row: dict, status: str, output: Optional[str],
                       error: Optional[str], event_type: str, event_data: dict) -> None:
@@ -2878,8 +3045,12 @@ class _Engine:
     """Claims runs and executes them by replay. One per client; the worker loop of
     ``start_worker`` and ``start_workflow(wait=True)`` both execute through it."""
 
-    def __init__(self, store: _Store, lease: float, clock: Callable[[], float] = time.time):
-        self.store, self.lease, self.clock = store, lease, clock
+    def __init__(self, store: _Store, lease: float, clock: Clock = _REAL_CLOCK):
+        self.store, self.lease = store, lease
+        # The workflows' time (timers, timeouts, recorded times) and its waits; leases
+        # go by the machine's time.
+        self.clock, self.sleep, self.wait = clock.time, clock.sleep, clock.wait
+        self._timeout_sleep = None if type(clock) is Clock else clock.sleep
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._claims = itertools.count(1)
         self._tasks: dict[str, tuple] = {}  # run id -> (owner, task, done event)
@@ -2894,7 +3065,8 @@ class _Engine:
 
     async def claim(self, *, run_ids: Optional[list] = None, limit: int = 1) -> list:
         return await self.store.claim(self.new_owner(), self.clock(), self.lease,
-                                      names=sorted(_WORKFLOWS), run_ids=run_ids, limit=limit)
+                                      names=sorted(_WORKFLOWS), run_ids=run_ids, limit=limit,
+                                      real=time.time())
 
     async def execute(self, run: dict) -> None:
         """Execute a claimed run until it completes, fails, is scheduled for a retry,
@@ -2930,9 +3102,9 @@ class _Engine:
         the lease; stop the execution as soon as the run is no longer ours."""
         while True:
             await asyncio.sleep(self.lease / 3)
-            now = self.clock()
             try:
-                ours = await self.store.renew_lease(run_id, owner, now, now + self.lease)
+                ours = await self.store.renew_lease(run_id, owner, self.clock(),
+                                                    time.time() + self.lease)
             except Exception:  # a busy or unreachable database: try again next beat
                 _log.warning("run %s: could not renew its lease", run_id, exc_info=True)
                 continue
@@ -2982,11 +3154,12 @@ class _Engine:
 
         def timed_out() -> WorkflowTimeoutError:
             return WorkflowTimeoutError(f"workflow {definition.name!r} (run {run_id}) timed "
-                                        f"out after {run['timeout']} s")
+                                        f"out after {run['timeout']:g} s")
         try:
             if remaining is not None and remaining <= 0:  # woken at its deadline, say
                 raise timed_out()
-            result = await _with_timeout(definition.fn(ctx), remaining, timed_out)
+            result = await _with_timeout(definition.fn(ctx), remaining, timed_out,
+                                         sleep=self._timeout_sleep)
             if ctx._fatal is not None:
                 raise ctx._fatal
             output = _dumps({"result": result}, f"the result of workflow {definition.name!r}")
@@ -3083,7 +3256,8 @@ class TinyWorkflowClient:
 
     def __init__(self, database_url: Optional[str] = None, auto_start_worker: bool = False, *,
                  table_prefix: str = _DEFAULT_PREFIX, lease_seconds: Optional[float] = None,
-                 poll_interval: float = 1.0, worker_concurrency: int = 100):
+                 poll_interval: float = 1.0, worker_concurrency: int = 100,
+                 clock: Optional[Clock] = None):
         self.database_url = (database_url or os.environ.get("TINYWORKFLOW_DATABASE_URL")
                              or _DEFAULT_URL)
         self._store = _open_store(self.database_url, table_prefix)  # ValueError on a bad URL
@@ -3093,6 +3267,10 @@ class TinyWorkflowClient:
         if not isinstance(worker_concurrency, int) or worker_concurrency < 1:
             raise ValueError(f"worker_concurrency must be a whole number >= 1, "
                              f"got {worker_concurrency!r}")
+        if clock is not None and not isinstance(clock, Clock):
+            raise TypeError(f"clock must be a tinyworkflow Clock (TestClock in tests), "
+                            f"got {clock!r}")
+        self._clock = clock or _REAL_CLOCK
         self._auto_start_worker = auto_start_worker
         self._poll_interval, self._worker_concurrency = poll_interval, worker_concurrency
         self._engine: Optional[_Engine] = None
@@ -3118,7 +3296,7 @@ class TinyWorkflowClient:
                     raise TinyWorkflowError(f"cannot open the database "
                                             f"{_redact(self.database_url)}: {exc}") from exc
                 raise
-            self._engine = _Engine(self._store, self._lease)
+            self._engine = _Engine(self._store, self._lease, self._clock)
             self._wakeup = asyncio.Event()
         if self._auto_start_worker:
             await self.start_worker()
@@ -3164,7 +3342,7 @@ class TinyWorkflowClient:
         definition = _WORKFLOWS.get(workflow_name) if isinstance(workflow_name, str) else None
         input_text = _dumps(input_data, f"the input of workflow {workflow_name!r}")
         engine = await self._ready()
-        retries, timeout = await self._options(engine, workflow_name)
+        retries, timeout = await self._options(workflow_name)
         if definition is None and wait:
             raise WorkflowNotFoundError(
                 f"workflow {workflow_name!r} is served by a worker but not registered in "
@@ -3182,7 +3360,7 @@ class TinyWorkflowClient:
             return run_id
         # Inserted already claimed, so no worker can take it between insert and execute.
         owner = engine.new_owner()
-        run.update(status="running", owner=owner, lease_expires_at=now + engine.lease,
+        run.update(status="running", owner=owner, lease_expires_at=time.time() + engine.lease,
                    started_at=now,
                    deadline_at=None if definition.timeout is None else now + definition.timeout)
         events.append(("workflow_started", {"attempt": 1, "owner": owner}))
@@ -3190,10 +3368,10 @@ class TinyWorkflowClient:
         await self._drive(engine, await self._store.get_run(run_id))
         return run_id
 
-    async def _served(self, engine: _Engine, name: Any) -> tuple:
+    async def _served(self, name: Any) -> tuple:
         """(max_retries, timeout) of a workflow a live worker serves, else the error."""
         served: dict = {}
-        for worker in await self._store.live_workers(engine.clock()):
+        for worker in await self._store.live_workers(time.time()):
             for workflow_name, options in _loads(worker[3]).items():
                 served.setdefault(workflow_name, options)
         if isinstance(name, str) and name in served:
@@ -3219,7 +3397,7 @@ class TinyWorkflowClient:
                     return
                 if row["status"] in ("pending", "retrying") or row["owner"] is None:
                     # Due later (a retry's backoff, a timer), or now.
-                    if await self._until(changed, (row["wake_at"] or 0) - engine.clock()):
+                    if await engine.wait(changed, (row["wake_at"] or 0) - engine.clock()):
                         continue  # cancelled, or executed by this process's worker
                 # Due now, or left by an executor whose lease expired: take it;
                 # otherwise another executor is on it and we wait for the outcome.
@@ -3230,10 +3408,9 @@ class TinyWorkflowClient:
 
     @staticmethod
     async def _until(event: asyncio.Event, seconds: float) -> bool:
-        """Sleep up to ``seconds``; True if ``event`` was set meanwhile."""
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(event.wait(), max(seconds, 0.0))
-        return event.is_set()
+        """Sleep up to ``seconds`` of the machine's time (a poll); True if ``event`` was
+        set meanwhile."""
+        return await _REAL_CLOCK.wait(event, None, seconds)
 
     async def get_workflow_status(self, run_id: str) -> Optional[WorkflowExecution]:
         """The run with this id, or None if there is none."""
@@ -3345,7 +3522,7 @@ class TinyWorkflowClient:
         execute anywhere: in this process (woken at once) or in another (polled)."""
         engine = await self._ready()
         poll = 0.02
-        deadline = None if timeout is None else engine.clock() + timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         with engine.watching(run_id) as changed:
             while True:
                 changed.clear()
@@ -3362,7 +3539,7 @@ class TinyWorkflowClient:
                         run_id=run_id, status=row["status"], error=row["error"] or "")
                 pause = poll
                 if deadline is not None:
-                    left = deadline - engine.clock()
+                    left = deadline - time.monotonic()
                     if left <= 0:
                         raise TimeoutError(f"run {run_id} has not finished within {timeout} s "
                                            f"(it is {row['status']})")
@@ -3380,7 +3557,7 @@ class TinyWorkflowClient:
         row = await self._store.get_run(run_id)
         if row is None:
             raise RunNotFoundError(f"no run with id {run_id!r}")
-        retries, _ = await self._options(engine, row["workflow_name"])
+        retries, _ = await self._options(row["workflow_name"])
         if not await self._store.resume_run(run_id, engine.clock(), retries):
             row = await self._store.get_run(run_id)
             raise RunStateError(f"run {run_id} is {row['status']}; only a failed or cancelled "
@@ -3398,7 +3575,7 @@ class TinyWorkflowClient:
         source = await self._store.get_run(run_id)
         if source is None:
             raise RunNotFoundError(f"no run with id {run_id!r}")
-        retries, timeout = await self._options(engine, source["workflow_name"])
+        retries, timeout = await self._options(source["workflow_name"])
         now, new_id = engine.clock(), str(uuid.uuid4())
         await self._store.fork_run(source, {
             "run_id": new_id, "workflow_id": source["workflow_id"],
@@ -3413,19 +3590,19 @@ class TinyWorkflowClient:
         for wakeup in _LOCAL_WORKERS.get(self._store.key, ()):
             wakeup.set()
 
-    async def _options(self, engine: _Engine, name: Any) -> tuple:
+    async def _options(self, name: Any) -> tuple:
         definition = _WORKFLOWS.get(name) if isinstance(name, str) else None
         if definition is not None:
             return definition.retry_policy.max_retries, definition.timeout
-        return await self._served(engine, name)
+        return await self._served(name)
 
     async def list_workers(self) -> list[WorkerInfo]:
         """The live workers sharing this database, with the workflows each serves."""
-        engine = await self._ready()
+        await self._ready()
         return [WorkerInfo(worker_id=w, host=h, pid=p, workflows=sorted(_loads(names)),
                            started_at=_dt(started), heartbeat_at=_dt(beat))
                 for w, h, p, names, started, beat in await self._store.live_workers(
-                    engine.clock())]
+                    time.time())]
 
     async def recover_workflows(self) -> list[str]:
         """Execute here every run that is due: pending, due for a retry, or left by an
@@ -3506,12 +3683,13 @@ class TinyWorkflowClient:
                     running[task] = run
                     task.add_done_callback(self._finished(running))
                 if len(claimed) < free:  # else claim again right away: more are waiting
-                    pause = self._poll_interval
-                    with contextlib.suppress(Exception):  # unknown: poll as usual
+                    due = None  # unknown: poll as usual
+                    with contextlib.suppress(Exception):
                         due = await self._store.next_wake(sorted(_WORKFLOWS))
-                        if due is not None:
-                            pause = min(pause, max(due - engine.clock(), 0.0))
-                    await self._until(self._wakeup, pause)
+                    # Until the earliest waiting run is due (the workflows' clock), or
+                    # the next look for runs stored by other processes.
+                    await engine.wait(self._wakeup, None if due is None else
+                                      due - engine.clock(), self._poll_interval)
         finally:
             advertiser.cancel()
             await self._drain(engine, running)
@@ -3521,9 +3699,9 @@ class TinyWorkflowClient:
     async def _advertise(self, engine: _Engine) -> None:
         """Keep this worker's row up to date: the workflows it serves, and until when
         it counts as alive (one lease past its last heartbeat)."""
-        started = engine.clock()
+        started = time.time()  # liveness: the machine's time
         while True:
-            now = engine.clock()
+            now = time.time()
             serves = {name: {"max_retries": d.retry_policy.max_retries, "timeout": d.timeout}
                       for name, d in _WORKFLOWS.items()}
             try:
