@@ -278,7 +278,7 @@ async def _cmd_approvals(client, args) -> int:
     elif not runs:
         print("no runs are waiting for an approval")
     else:
-        _table(["RUN ID", "WORKFLOW", "APPROVAL", "WAITING SINCE (UTC)", "TIMES OUT (UTC)"],
+        _table(["RUN ID", "WORKFLOW", "APPROVAL", "PAUSED AT (UTC)", "TIMES OUT (UTC)"],
                [[r.run_id, r.workflow_name, r.approval_required, _time(r.updated_at),
                  _time(r.wake_at)] for r in runs])
     return 0
@@ -287,7 +287,7 @@ async def _cmd_approvals(client, args) -> int:
 async def _cmd_approve(client, args) -> int:
     decide = client.approve_workflow if args.approve else client.reject_workflow
     try:
-        await decide(args.run_id)
+        await decide(args.run_id, key=args.key)
     except tinyworkflow.RunStateError as exc:  # not waiting: nothing changed, exit 1
         _error(exc, "list the runs waiting for an approval with: tinyworkflow approvals")
         return 1
@@ -585,6 +585,8 @@ def _parser() -> argparse.ArgumentParser:
     decision = sub.add_mutually_exclusive_group(required=True)
     decision.add_argument("--approve", action="store_true", help="wait_for_approval returns True")
     decision.add_argument("--reject", action="store_true", help="wait_for_approval returns False")
+    sub.add_argument("--key", default=None, metavar="KEY",
+                     help="decide only if the run waits for this approval key")
     sub = command("signal", _cmd_signal, "send a signal to a run that has not finished")
     sub.add_argument("run_id", metavar="RUN_ID")
     sub.add_argument("name", metavar="NAME", help="the name its wait_for_signal waits for")

@@ -479,10 +479,10 @@ class TestClock(Clock):
     ``advance`` lets the work in flight settle first (the run reaches its timer), then
     moves time forward deadline by deadline: each timer, timeout, retry delay and
     parked run that falls due fires in order, and what it sets off settles before the
-    next. *Settled* means no task is ready to run, no database call and no activity is
-    in flight, and no real timer is about to fire: time does not skip under a running
-    activity. Only ``advance`` moves this clock; waits that poll the database
-    (the worker's, ``wait_for_result``'s) and leases go by the machine's time.
+    next. *Settled* means no task is ready to run and no database call and no activity
+    is in flight: time does not skip under a running activity (up to its ``timeout``).
+    Only ``advance`` moves this clock; waits that poll the database (the worker's,
+    ``wait_for_result``'s) and leases go by the machine's time.
     ``start`` (a timezone-aware datetime or epoch seconds) defaults to the real now.
     """
 
@@ -553,13 +553,11 @@ class TestClock(Clock):
         loop, quiet = asyncio.get_running_loop(), 0
         while quiet < 3:  # quiet on three turns of the loop in a row
             await asyncio.sleep(0)
-            ready = getattr(loop, "_ready", ())  # asyncio's run queue (others: assume empty)
-            timers = getattr(loop, "_scheduled", ())
-            soon = bool(timers) and timers[0].when() <= loop.time() + 0.05
-            if _WORK.count or ready or soon:
+            if _WORK.count:  # threads and sockets at work: do not spin
                 quiet = 0
-                if _WORK.count or soon:  # threads and sockets at work: do not spin
-                    await asyncio.sleep(0.001)
+                await asyncio.sleep(0.001)
+            elif getattr(loop, "_ready", ()):  # asyncio's run queue (others: assume empty)
+                quiet = 0
             else:
                 quiet += 1
 
@@ -1062,19 +1060,21 @@ class _Store:
             by_id[row[0]][row[1]] = dict(zip(_STEP_COLUMNS, row))
         return runs
 
-    async def resume_run(self, run_id: str, now: float, retries: int) -> bool:
+    async def resume_run(self, run_id: str, now: float, retries: int,
+                         real: Optional[float] = None) -> bool:
         """A failed or cancelled run becomes due again as a new attempt, with ``retries``
         more automatic retries; its recorded steps stay and replay."""
+        real = now if real is None else real  # leases go by the machine's time
         return await self.batch([
             # A cancelled run whose executor may still be winding down (owner set, lease
             # not expired) becomes due when that lease would have expired.
             (self.sql("UPDATE {p}runs SET max_retries = retry_count + 1 + ?, "
                       "retry_count = retry_count + 1, wake_at = CASE WHEN owner IS NOT NULL "
-                      "AND lease_expires_at > ? THEN lease_expires_at ELSE NULL END, "
+                      "AND lease_expires_at > ? THEN ? + (lease_expires_at - ?) ELSE NULL END, "
                       "status = 'pending', owner = NULL, lease_expires_at = NULL, "
                       "completed_at = NULL, deadline_at = NULL, updated_at = ? "
                       "WHERE run_id = ? AND status IN ('failed', 'cancelled')"),
-             (retries, now, now, run_id)),
+             (retries, real, now, real, now, run_id)),
             self._event(run_id, "workflow_resume_requested", {}, now),
             *self._wake_ops(run_id),
         ], fence=True)
@@ -1145,13 +1145,15 @@ class _Store:
         worker claims it and replays it. Waiting for the approval ``approval``, it is
         ``paused`` with ``approval_required`` set until the decision or ``wake_at``."""
         return await self.batch([
-            # A signal sent since the claim marked the run due (wake_at): it stays due.
+            # A signal sent since the claim marked the run due (wake_at): it stays due,
+            # unless the run waits for an approval (wake_at is then exactly its deadline).
             (self.sql("UPDATE {p}runs SET owner = NULL, lease_expires_at = NULL, wake_at = "
-                      "CASE WHEN wake_at IS NOT NULL AND wake_at <= ? THEN wake_at ELSE ? END, "
-                      "status = ?, approval_required = ?, updated_at = ? "
+                      + ("CASE WHEN wake_at IS NOT NULL AND wake_at <= ? THEN wake_at ELSE ? END"
+                         if approval is None else "?") +
+                      ", status = ?, approval_required = ?, updated_at = ? "
                       "WHERE run_id = ? AND owner = ? AND status = 'running'"),
-             (now, wake_at, "running" if approval is None else "paused", approval, now,
-              run_id, owner)),
+             ((now, wake_at, "running") if approval is None else (wake_at, "paused"))
+             + (approval, now, run_id, owner)),
             self._event(run_id, "workflow_waiting" if approval is None else "workflow_paused",
                         {"wake_at": wake_at} if approval is None else
                         {"approval_required": approval, "wake_at": wake_at}, now),
@@ -1161,12 +1163,12 @@ class _Store:
     async def decide_approval(self, run_id: str, key: str, approved: bool, now: float) -> bool:
         """Record the decision on the approval ``key`` a paused run waits for, as the
         result of its approval step, and make the run due; False (nothing written) if
-        the run is not paused waiting for ``key``."""
+        the run is not paused waiting for ``key``, or its time is up (``wake_at``)."""
         return await self.batch([
             (self.sql("UPDATE {p}runs SET status = 'running', approval_required = NULL, "
-                      "wake_at = ?, updated_at = ? "
-                      "WHERE run_id = ? AND status = 'paused' AND approval_required = ?"),
-             (now, now, run_id, key)),
+                      "wake_at = ?, updated_at = ? WHERE run_id = ? AND status = 'paused' "
+                      "AND approval_required = ? AND (wake_at IS NULL OR wake_at > ?)"),
+             (now, now, run_id, key, now)),
             (self.sql("UPDATE {p}steps SET status = 'completed', output = ?, completed_at = ? "
                       "WHERE run_id = ? AND kind = 'approval' AND name = ? "
                       "AND status = 'waiting'"),
@@ -2525,13 +2527,6 @@ class _ActivityDef:
         object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.fn))
 
     async def call(self, args: tuple, kwargs: dict) -> Any:
-        _WORK.count += 1
-        try:
-            return await self._call(args, kwargs)
-        finally:
-            _WORK.count -= 1
-
-    async def _call(self, args: tuple, kwargs: dict) -> Any:
         if self.is_async:
             return await self.fn(*args, **kwargs)
         thread = asyncio.ensure_future(asyncio.to_thread(self.fn, *args, **kwargs))
@@ -2982,6 +2977,7 @@ class WorkflowContext:
             token = _CURRENT_ACTIVITY.set(ActivityInfo(
                 self.run_id, self.workflow_id, self.workflow_name, step, definition.name,
                 attempts))
+            _WORK.count += 1  # in flight until it returns or its timeout abandons it
             try:
                 result = await _with_timeout(
                     definition.call(args, kwargs), definition.timeout,
@@ -2994,6 +2990,7 @@ class WorkflowContext:
             except Exception as exc:
                 error = exc
             finally:
+                _WORK.count -= 1
                 _CURRENT_ACTIVITY.reset(token)
             step_row = {"run_id": self.run_id, "step": step, "name": definition.name,
                         "kind": "activity", "input": arguments, "attempts": attempts,
@@ -3472,32 +3469,43 @@ class TinyWorkflowClient:
         ``approval_required``), longest waiting first."""
         return [_execution(row) for row in await (await self._ready()).store.pending_approvals()]
 
-    async def approve_workflow(self, run_id: str) -> bool:
+    async def approve_workflow(self, run_id: str, key: Optional[str] = None) -> bool:
         """Approve the run's pending approval: its ``ctx.wait_for_approval`` returns
         True and the run goes on (a worker executes it). Returns True.
-        ``RunStateError`` if the run is not waiting for an approval (nothing changes),
-        ``RunNotFoundError`` if there is no such run."""
-        return await self._decide(run_id, True)
+        ``RunStateError`` if the run is not waiting for an approval, or its wait timed
+        out (nothing changes); ``RunNotFoundError`` if there is no such run. With
+        ``key``, only the approval of that key is decided: a decision that comes after
+        the run has moved on to another approval (a double click, a retried request)
+        is refused instead of deciding that one too."""
+        return await self._decide(run_id, True, key)
 
-    async def reject_workflow(self, run_id: str) -> bool:
+    async def reject_workflow(self, run_id: str, key: Optional[str] = None) -> bool:
         """Reject the run's pending approval: its ``ctx.wait_for_approval`` returns
-        False and the run goes on. Errors as for ``approve_workflow``."""
-        return await self._decide(run_id, False)
+        False and the run goes on. ``key`` and errors as for ``approve_workflow``."""
+        return await self._decide(run_id, False, key)
 
-    async def _decide(self, run_id: str, approved: bool) -> bool:
+    async def _decide(self, run_id: str, approved: bool, key: Optional[str]) -> bool:
+        if key is not None:
+            _check_name("an approval key", key)
         engine = await self._ready()
         row = await self._store.get_run(run_id)
         if row is None:
             raise RunNotFoundError(f"no run with id {run_id!r}")
-        if row["status"] != "paused" or not await self._store.decide_approval(
-                run_id, row["approval_required"], approved, engine.clock()):
-            row = await self._store.get_run(run_id) or row  # decided or changed meanwhile
-            raise RunStateError(f"run {run_id} is {row['status']}, not waiting for an "
-                                "approval: only a paused run can be approved or rejected",
-                                run_id=run_id, status=row["status"])
-        engine.changed(run_id)  # a start_workflow(wait=True) here claims it again
-        self._wake_workers()
-        return True
+        waiting = row["approval_required"] if row["status"] == "paused" else None
+        if waiting is not None and key in (None, waiting) and await self._store.decide_approval(
+                run_id, waiting, approved, engine.clock()):
+            engine.changed(run_id)  # a start_workflow(wait=True) here claims it again
+            self._wake_workers()
+            return True
+        row = await self._store.get_run(run_id) or row  # it may have changed meanwhile
+        status, waiting = row["status"], row["approval_required"]
+        if status == "paused" and key not in (None, waiting):
+            why = f"run {run_id} waits for the approval {waiting!r}, not {key!r}"
+        elif status == "paused":
+            why = f"the wait of run {run_id} for the approval {waiting!r} timed out"
+        else:
+            why = f"run {run_id} is {status}, not waiting for an approval"
+        raise RunStateError(f"{why}; nothing changed", run_id=run_id, status=status)
 
     async def cancel_workflow(self, run_id: str) -> bool:
         """Cancel a run that has not finished and return True. A run executing in this
@@ -3558,7 +3566,7 @@ class TinyWorkflowClient:
         if row is None:
             raise RunNotFoundError(f"no run with id {run_id!r}")
         retries, _ = await self._options(row["workflow_name"])
-        if not await self._store.resume_run(run_id, engine.clock(), retries):
+        if not await self._store.resume_run(run_id, engine.clock(), retries, time.time()):
             row = await self._store.get_run(run_id)
             raise RunStateError(f"run {run_id} is {row['status']}; only a failed or cancelled "
                                 "run can be resumed", run_id=run_id, status=row["status"])

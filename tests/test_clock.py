@@ -188,3 +188,38 @@ async def test_advance_rejects_negative_or_non_numbers():
             await clock.advance(bad)
     await clock.advance(timedelta(minutes=1))
     assert clock.time() == 60
+
+
+async def test_advance_settles_beside_fast_polls_and_heartbeats(sqlite_url):
+    clock = TestClock(START)
+    async with TinyWorkflowClient(sqlite_url, auto_start_worker=True, clock=clock,
+                                  poll_interval=0.01, lease_seconds=0.06) as client:
+        run_id = await client.start_workflow("clock_deadline")  # sleeps 2 h, timeout 1 h
+        started = time.monotonic()
+        await asyncio.wait_for(clock.advance(2 * 3600), 5)
+        assert time.monotonic() - started < 2
+        with pytest.raises(WorkflowFailedError):
+            await client.wait_for_result(run_id, timeout=5)
+
+
+@activity(name="clock_stuck", timeout=0.2, retry_policy=NO_RETRY)
+def stuck() -> None:
+    time.sleep(3)  # a sync activity's thread cannot be stopped: abandoned at its timeout
+
+
+@workflow(name="clock_abandons", retry_policy=NO_RETRY)
+async def clock_abandons(ctx):
+    try:
+        await ctx.execute_activity(stuck)
+    except Exception as exc:
+        await ctx.sleep(DAY)
+        return type(exc).__name__
+
+
+async def test_advance_does_not_wait_for_an_abandoned_activity(clocked):
+    client, clock = clocked
+    run_id = await client.start_workflow("clock_abandons")
+    started = time.monotonic()
+    await clock.advance(DAY)
+    assert time.monotonic() - started < 2
+    assert await client.wait_for_result(run_id, timeout=5) == "ActivityTimeoutError"

@@ -143,8 +143,9 @@ class Server:
                     "SELECT pid, query FROM pg_stat_activity WHERE usename = $1", self.user)
             return {pid: query or "" for pid, query in found}
         if self.user is not None:
+            # Not the ones still logging in ('Connect'): the server may yet refuse them.
             found = await self._mysql("SELECT id, info FROM information_schema.processlist "
-                                      "WHERE user = ?", (self.user,))
+                                      "WHERE user = ? AND command <> 'Connect'", (self.user,))
         else:
             found = await self._mysql("SELECT id, info FROM information_schema.processlist "
                                       "WHERE db = DATABASE() AND id <> CONNECTION_ID()")
