@@ -1308,6 +1308,13 @@ class _Store:
                                          "NULL ORDER BY updated_at, run_id"))
         return [dict(zip(_RUN_COLUMNS, row)) for row in rows]
 
+    async def latest_event(self, run_id: str, key: str) -> Optional[tuple]:
+        """(value,) of the last ``set_event(key)`` step of the run, None if none."""
+        rows = await self.fetch(self.sql(
+            "SELECT output FROM {p}steps WHERE run_id = ? AND kind = 'event' AND name = ? "
+            "AND status = 'completed' ORDER BY step DESC LIMIT 1"), (run_id, key))
+        return (rows[0][0],) if rows else None
+
     async def load_steps(self, run_id: str) -> dict:
         rows = await self.fetch(self.sql(f"SELECT {', '.join(_STEP_COLUMNS)} FROM {{p}}steps "
                                          "WHERE run_id = ? ORDER BY step"), (run_id,))
@@ -2706,6 +2713,7 @@ class WorkflowContext:
         self._engine, self._owner, self._history = engine, owner, history
         self._next_step = 1
         self._fatal: Optional[BaseException] = None  # survives `except Exception` in user code
+        self._markers: list = []  # patch markers not yet written (see patched)
 
     def get_input(self, key: str, default: Any = None) -> Any:
         """``input_data[key]``, or ``default`` when the key (or the whole input) is missing."""
@@ -2913,6 +2921,82 @@ class WorkflowContext:
             raise ValueError(f"randint needs whole numbers a <= b, got {a!r}, {b!r}")
         return self._value(self._step(), "randint", lambda: random.randint(a, b))
 
+    # -- versioning
+    def patched(self, change_id: str) -> bool:
+        """Whether this run takes the new path of a code change: True for a run that
+        reaches this point for the first time with this code (the decision is recorded
+        as a step), False for a run whose history was recorded before the change::
+
+            if ctx.patched("send-sms"):
+                await ctx.execute_activity(send_sms, order)  # new runs
+            else:
+                await ctx.execute_activity(send_email, order)  # runs already past here
+
+        Deploy it, and runs in flight keep their old path. Once none of them is left,
+        drop the old branch and replace the call with ``ctx.deprecate_patch(change_id)``;
+        once no run recorded with the patch is left either, delete that call too."""
+        _check_name("a change id", change_id)
+        record = self._history.get(self._next_step)
+        if record is None:  # new ground for this run: the new code decides
+            self._markers.append(self._marker(self._step(), change_id))
+            return True
+        if (record["kind"], record["name"]) == ("patch", change_id):
+            self._next_step += 1
+            return True
+        return False  # this run recorded other steps here: the old code's path
+
+    def deprecate_patch(self, change_id: str) -> None:
+        """Stand in for ``patched(change_id)`` once its old branch is deleted: runs that
+        recorded the patch replay past its marker; new runs record nothing."""
+        _check_name("a change id", change_id)
+        record = self._history.get(self._next_step)
+        if record is not None and (record["kind"], record["name"]) == ("patch", change_id):
+            self._next_step += 1
+
+    def _marker(self, step: int, change_id: str) -> dict:
+        now = self._engine.clock()
+        return {"run_id": self.run_id, "step": step, "name": change_id, "kind": "patch",
+                "status": "completed", "input": None, "output": "true", "error": None,
+                "attempts": 1, "run_attempt": self.retry_count, "started_at": now,
+                "completed_at": now}
+
+    async def _write_markers(self) -> None:
+        """Record the patch markers taken since the last write, before any later step:
+        a marker matters only to a replay that finds steps recorded after it."""
+        while self._markers:
+            row = self._markers[0]
+            try:
+                ours = await self._engine.store.record_step(
+                    self.run_id, self._owner, row["completed_at"], row,
+                    ("step_completed", {"step": row["step"], "name": row["name"],
+                                        "kind": "patch"}))
+            except Exception as exc:
+                raise _StoreFailed(self.run_id, exc) from exc
+            if not ours:
+                raise _LostOwnership(self.run_id)
+            self._markers.pop(0)
+
+    # -- published state
+    async def set_event(self, key: str, value: Any) -> None:
+        """Publish ``value`` (JSON) under ``key`` as a step, for
+        ``client.get_event(run_id, key)`` to read: progress, a stage, a partial result.
+        Setting a key again publishes the new value; a replay writes nothing."""
+        _check_name("an event key", key)
+        step = self._step()
+        record = self._history.get(step)
+        if record is not None:
+            self._check_replay(step, record, "event", key)
+            return
+        output = _dumps(value, f"the value of event {key!r}")
+        if self._owner in self._engine.draining:
+            raise _Released(self.run_id)
+        now = self._engine.clock()
+        await self._record({"run_id": self.run_id, "step": step, "name": key, "kind": "event",
+                            "input": None, "attempts": 1, "run_attempt": self.retry_count,
+                            "started_at": now}, "completed", output, None, "event_set",
+                           {"step": step, "key": key})
+        self._engine.changed(self.run_id)  # a get_event here reads it at once
+
     def _step(self) -> int:
         """The next step number: taken when a step is *called* (see the class doc)."""
         step, self._next_step = self._next_step, self._next_step + 1
@@ -2941,8 +3025,9 @@ class WorkflowContext:
                 f"step {step} of run {self.run_id} (workflow {self.workflow_name!r}) was "
                 f"recorded as {record['kind']} {record['name']!r} but the code now calls "
                 f"{kind} {name!r}; a workflow must call its steps in the same order every "
-                "time it runs: let runs started with the old code finish (or cancel them) "
-                "before reordering, adding or removing steps",
+                "time it runs: branch new code with `if ctx.patched(\"change-id\"):` so "
+                "that runs started with the old code keep its path, or let them finish "
+                "(or cancel them) before reordering, adding or removing steps",
                 run_id=self.run_id, step=step, recorded=record["name"], requested=name)
             self._fatal = self._fatal or error
             raise error
@@ -3016,6 +3101,8 @@ class WorkflowContext:
     async def _record(self, step_row: dict, status: str, output: Optional[str],
                       error: Optional[str], event_type: str, event_data: dict) -> None:
         engine = self._engine
+        if self._markers:
+            await self._write_markers()
         now = engine.clock()
         row = {**step_row, "status": status, "output": output, "error": error,
                "completed_at": now}
@@ -3217,6 +3304,9 @@ def _execution(row: dict) -> WorkflowExecution:
         completed_at=_dt(row["completed_at"]), updated_at=_dt(row["updated_at"]),
         wake_at=_dt(row["wake_at"]), owner=row["owner"], parent_run_id=row["parent_run_id"],
         approval_required=row["approval_required"])
+
+
+_NOT_YET = object()  # a watched value that is not there yet
 
 
 def _lease_seconds(value: Optional[float]) -> float:
@@ -3528,6 +3618,43 @@ class TinyWorkflowClient:
         value). Raises WorkflowFailedError if it failed or was cancelled, TimeoutError
         after ``timeout`` seconds, RunNotFoundError for an unknown id. The run may
         execute anywhere: in this process (woken at once) or in another (polled)."""
+        async def look(row: dict) -> Any:
+            if row["status"] == "completed":
+                return _loads(row["output_data"])["result"]
+            if row["status"] in _TERMINAL:
+                raise WorkflowFailedError(
+                    f"run {run_id} of workflow {row['workflow_name']!r} "
+                    f"{'was cancelled' if row['status'] == 'cancelled' else 'failed'}"
+                    + (f": {row['error']}" if row["error"] else ""),
+                    run_id=run_id, status=row["status"], error=row["error"] or "")
+            return _NOT_YET
+
+        return await self._watch(run_id, timeout, look, "finished")
+
+    async def get_event(self, run_id: str, key: str, timeout: Optional[float] = None) -> Any:
+        """The latest value the run published under ``key`` (``ctx.set_event``),
+        waiting until it has published one. ``TimeoutError`` after ``timeout`` seconds
+        (None: no limit), ``RunNotFoundError`` for an unknown run, ``RunStateError``
+        if the run finished without publishing ``key``."""
+        _check_name("an event key", key)
+        _check_timeout("get_event", timeout)
+
+        async def look(row: dict) -> Any:
+            found = await self._store.latest_event(run_id, key)
+            if found is not None:
+                return _loads(found[0])
+            if row["status"] in _TERMINAL:
+                raise RunStateError(f"run {run_id} {row['status']} without publishing the "
+                                    f"event {key!r}", run_id=run_id, status=row["status"])
+            return _NOT_YET
+
+        return await self._watch(run_id, timeout, look, f"published the event {key!r}")
+
+    async def _watch(self, run_id: str, timeout: Optional[float],
+                     look: Callable[[dict], Awaitable[Any]], what: str) -> Any:
+        """Until ``look(run row)`` returns something other than ``_NOT_YET`` (or raises):
+        woken at once by changes this process makes to the run, else polled, more
+        slowly as time goes on. ``timeout``: the machine's seconds."""
         engine = await self._ready()
         poll = 0.02
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -3537,19 +3664,14 @@ class TinyWorkflowClient:
                 row = await self._store.get_run(run_id)
                 if row is None:
                     raise RunNotFoundError(f"no run with id {run_id!r}")
-                if row["status"] == "completed":
-                    return _loads(row["output_data"])["result"]
-                if row["status"] in _TERMINAL:
-                    raise WorkflowFailedError(
-                        f"run {run_id} of workflow {row['workflow_name']!r} "
-                        f"{'was cancelled' if row['status'] == 'cancelled' else 'failed'}"
-                        + (f": {row['error']}" if row["error"] else ""),
-                        run_id=run_id, status=row["status"], error=row["error"] or "")
+                value = await look(row)
+                if value is not _NOT_YET:
+                    return value
                 pause = poll
                 if deadline is not None:
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        raise TimeoutError(f"run {run_id} has not finished within {timeout} s "
+                        raise TimeoutError(f"run {run_id} has not {what} within {timeout} s "
                                            f"(it is {row['status']})")
                     pause = min(pause, left)
                 await self._until(changed, pause)
