@@ -219,3 +219,97 @@ async def test_get_event_in_process_is_woken_at_once(client):
     # (waiting 1 s in memory for its signal) parks.
     assert await asyncio.wait_for(reader, 0.3) == "received"
     await recovering
+
+
+# ---- a deploy: a worker process on version 1 killed, one on version 2 started ----------
+
+WORKER = """
+import asyncio, json, sys
+from tinyworkflow import RetryPolicy, TinyWorkflowClient, activity, workflow
+
+VERSION = int(sys.argv[2])
+
+@activity(name="ver_crash_log")
+async def log(path, run_id, label):
+    with open(path, "a") as f:
+        f.write(json.dumps([run_id, label]) + "\\n")
+    return label
+
+@workflow(name="ver_crash_wf", retry_policy=RetryPolicy(max_retries=0))
+async def crash_wf(ctx):
+    path = ctx.get_input("log")
+    await ctx.set_event("stage", "started")
+    if VERSION == 2 and ctx.patched("text-first"):
+        await ctx.execute_activity(log, path, ctx.run_id, "new")
+    else:
+        await ctx.execute_activity(log, path, ctx.run_id, "old")
+    await ctx.set_event("stage", "notified")
+    await ctx.wait_for_signal("go")
+    return await ctx.execute_activity(log, path, ctx.run_id, "end")
+
+async def main():
+    async with TinyWorkflowClient(sys.argv[1], poll_interval=0.1, lease_seconds=2) as c:
+        await c.start_worker()
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def start_worker(db_url: str, version: int):
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root}
+    env.pop("TINYWORKFLOW_DATABASE_URL", None)
+    proc = subprocess.Popen([sys.executable, "-c", WORKER, db_url, str(version)], env=env,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+@pytest.mark.crash
+async def test_a_deploy_over_a_killed_worker_keeps_each_run_on_its_path(db_url, tmp_path):
+    import json
+    import signal
+
+    import dbutil
+
+    log = tmp_path / "log.jsonl"
+    worker = start_worker(db_url, 1)
+    try:
+        async with tinyworkflow.TinyWorkflowClient(db_url) as client:
+            async def served() -> bool:
+                return any("ver_crash_wf" in w.workflows for w in await client.list_workers())
+
+            await dbutil.until(served, 10, "the version 1 worker to advertise")
+            old = await client.start_workflow("ver_crash_wf", {"log": str(log)})
+            assert await client.get_event(old, "stage", timeout=10) in ("started", "notified")
+            await dbutil.until(lambda: _stage_is(client, old, "notified"), 10, "old to notify")
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(timeout=10)
+            worker = start_worker(db_url, 2)  # the deploy
+            new = await client.start_workflow("ver_crash_wf", {"log": str(log)})
+            await dbutil.until(lambda: _stage_is(client, new, "notified"), 10, "new to notify")
+            for run_id in (old, new):
+                await client.send_signal(run_id, "go")
+            # Killed while waiting in memory (or parked): the new worker takes the old
+            # run over once its lease (2 s) has expired.
+            assert await client.wait_for_result(old, timeout=20) == "end"
+            assert await client.wait_for_result(new, timeout=20) == "end"
+        lines = [tuple(json.loads(line)) for line in log.read_text().splitlines()]
+        assert sorted(lines) == sorted([(old, "old"), (old, "end"), (new, "new"),
+                                        (new, "end")])  # each once
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=10)
+
+
+async def _stage_is(client, run_id, stage) -> bool:
+    try:
+        return await client.get_event(run_id, "stage", timeout=0) == stage
+    except TimeoutError:
+        return False
