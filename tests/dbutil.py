@@ -20,6 +20,8 @@ import decimal
 import os
 import re
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -430,3 +432,15 @@ async def until(predicate, timeout: float, what: str, pause: float = 0.05):
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(pause)
+
+
+def start_script(source: str, *argv: str) -> subprocess.Popen:
+    """Run ``python -c source argv...`` with this checkout importable and no database URL
+    in its environment; return once it has printed "ready" (a worker has started)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root}
+    env.pop("TINYWORKFLOW_DATABASE_URL", None)
+    proc = subprocess.Popen([sys.executable, "-c", source, *argv], env=env,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc

@@ -5,10 +5,8 @@ A timeout raises ``TimeoutError`` (recorded); deciding on a run that does not wa
 an approval is a clear error that changes nothing."""
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -17,8 +15,6 @@ import dbutil
 from tinyworkflow import (RetryPolicy, RunNotFoundError, RunStateError, TinyWorkflowClient,
                           WorkflowFailedError, activity, activity_info, workflow)
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(TESTS)
 NO_RETRY = RetryPolicy(max_retries=0)
 
 paid: list = []
@@ -255,12 +251,7 @@ asyncio.run(main())
 
 
 def start_worker(db_url: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    env.pop("TINYWORKFLOW_DATABASE_URL", None)
-    proc = subprocess.Popen([sys.executable, "-c", WORKER, db_url], env=env,
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready"
-    return proc
+    return dbutil.start_script(WORKER, db_url)
 
 
 @pytest.mark.crash

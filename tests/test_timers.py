@@ -6,19 +6,16 @@ waits again."""
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
+import dbutil
 from tinyworkflow import RetryPolicy, TinyWorkflowClient, activity, workflow
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(TESTS)
 
 done: list = []
 
@@ -212,12 +209,7 @@ asyncio.run(main())
 
 
 def start_worker(db_url: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    env.pop("TINYWORKFLOW_DATABASE_URL", None)
-    proc = subprocess.Popen([sys.executable, "-c", WORKER, db_url], env=env,
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready"
-    return proc
+    return dbutil.start_script(WORKER, db_url)
 
 
 @pytest.mark.crash

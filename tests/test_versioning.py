@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 
+import dbutil
 import tinyworkflow
 from tinyworkflow import (RetryPolicy, RunNotFoundError, RunStateError,
                           activity, workflow)
@@ -258,25 +259,13 @@ asyncio.run(main())
 
 
 def start_worker(db_url: str, version: int):
-    import os
-    import subprocess
-    import sys
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": root}
-    env.pop("TINYWORKFLOW_DATABASE_URL", None)
-    proc = subprocess.Popen([sys.executable, "-c", WORKER, db_url, str(version)], env=env,
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready"
-    return proc
+    return dbutil.start_script(WORKER, db_url, str(version))
 
 
 @pytest.mark.crash
 async def test_a_deploy_over_a_killed_worker_keeps_each_run_on_its_path(db_url, tmp_path):
     import json
     import signal
-
-    import dbutil
 
     log = tmp_path / "log.jsonl"
     worker = start_worker(db_url, 1)
