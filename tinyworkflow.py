@@ -56,6 +56,7 @@ __all__ = [
     "RunStateError",
     "WorkflowFailedError",
     "WorkerInfo",
+    "ChildWorkflowHandle",
     "Clock",
     "TestClock",
 ]
@@ -83,7 +84,7 @@ import types
 import uuid
 import heapq
 from datetime import datetime, timedelta, timezone
-from typing import Any, Awaitable, Callable, NamedTuple, Optional
+from typing import Any, Awaitable, Callable, NamedTuple, NoReturn, Optional
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 _log = logging.getLogger("tinyworkflow")
@@ -105,15 +106,18 @@ class WorkflowStatus(str, enum.Enum):
     RUNNING = "running"
     PAUSED = "paused"
     RETRYING = "retrying"
+    COMPENSATING = "compensating"  # failed or cancelled: undoing its steps (a saga)
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    COMPENSATED = "compensated"  # failed or cancelled, and its compensations all ran
+    CONTINUED = "continued"  # ended by continue_as_new: its successor carries on
 
     def __str__(self) -> str:
         return self.value
 
 
-_TERMINAL = ("completed", "failed", "cancelled")
+_TERMINAL = ("completed", "failed", "cancelled", "compensated", "continued")
 
 
 def _dt(ts: Optional[float]) -> Optional[datetime]:
@@ -124,8 +128,10 @@ def _dt(ts: Optional[float]) -> Optional[datetime]:
 class WorkflowExecution:
     """One run of a workflow, as stored. Times are timezone-aware UTC datetimes.
 
-    ``output_data`` of a completed run is ``{"result": <return value>}``; a failed
-    run has ``error`` set to ``"ExceptionType: message"``.
+    ``output_data`` of a completed run is ``{"result": <return value>}``, of a run
+    that continued as new ``{"continued_as": <the successor's run id>}``; a failed
+    (or compensated) run has ``error`` set to ``"ExceptionType: message"``. A child
+    run has ``parent_run_id`` set.
     """
 
     run_id: str
@@ -284,6 +290,14 @@ class _Suspended(BaseException):
     def __init__(self, wake_at: Optional[float], approval: Optional[str] = None):
         super().__init__(wake_at)
         self.wake_at, self.approval = wake_at, approval
+
+
+class _ContinuedAsNew(BaseException):
+    """``ctx.continue_as_new``: the run ends and a successor with this input starts."""
+
+    def __init__(self, input_text: str):
+        super().__init__(input_text)
+        self.input_text = input_text
 
 
 class _LostOwnership(BaseException):
@@ -880,6 +894,10 @@ _MIGRATIONS: list[list[str]] = [
             consumed_step {int}){table}""",
         "CREATE INDEX {p}signals_run ON {p}signals (run_id, name, id)",
     ],
+    [
+        # Child runs by parent: a cancel reaches every descendant.
+        "CREATE INDEX {p}runs_parent ON {p}runs (parent_run_id)",
+    ],
 ]
 
 _RUN_COLUMNS = (
@@ -892,14 +910,23 @@ _STEP_TYPES = {"run_id": "key", "step": "int", "name": "key", "kind": "key", "st
                "input": "text", "output": "text", "error": "text", "attempts": "int",
                "run_attempt": "int", "started_at": "float", "completed_at": "float"}
 _STEP_COLUMNS = tuple(_STEP_TYPES)
-# Due: new or retrying runs, parked runs (running or paused, no owner) whose timer,
-# signal or approval is due, and runs whose executor's lease expired.
-_RUNNABLE = ("((status IN ('pending', 'retrying') AND (wake_at IS NULL OR wake_at <= ?))"
-             " OR (status IN ('running', 'paused') AND owner IS NULL AND wake_at <= ?)"
-             " OR (status = 'running' AND lease_expires_at < ?))")
 _WAITING = ("(status IN ('pending', 'retrying') "
             "OR (status IN ('running', 'paused') AND owner IS NULL))")
-_NOT_TERMINAL = "status NOT IN ('completed', 'failed', 'cancelled')"
+_FINISHED = f"status IN ({', '.join(repr(s) for s in _TERMINAL)})"
+_NOT_TERMINAL = _FINISHED.replace(" IN ", " NOT IN ")
+# An execution holds the run (its owner token) while it is in one of these statuses.
+_EXECUTING = "status IN ('running', 'compensating')"
+# Due: new or retrying runs, parked runs (running or paused, no owner) whose timer,
+# signal or approval is due, runs to compensate that nobody holds, and runs whose
+# executor's lease expired.
+_RUNNABLE = ("((status IN ('pending', 'retrying') AND (wake_at IS NULL OR wake_at <= ?))"
+             " OR (status IN ('running', 'paused') AND owner IS NULL AND wake_at <= ?)"
+             " OR (status = 'compensating' AND owner IS NULL AND lease_expires_at IS NULL)"
+             f" OR ({_EXECUTING} AND lease_expires_at < ?))")
+# A run and every run below it (children, their children, ...), nearest first.
+_TREE = ("WITH RECURSIVE tree (run_id, depth) AS (SELECT run_id, 0 FROM {p}runs WHERE "
+         "run_id = ? UNION ALL SELECT r.run_id, t.depth + 1 FROM {p}runs r JOIN tree t "
+         "ON r.parent_run_id = t.run_id)")
 _EVENT_COLUMNS = "run_id, event_type, event_data, timestamp"
 _EVENT_INSERT = f"INSERT INTO {{p}}events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?)"
 
@@ -1003,12 +1030,68 @@ class _Store:
         await tx.execute(statement)
 
     # -- runs
+    def _insert(self, run: dict) -> tuple:
+        return (self.sql(f"INSERT INTO {{p}}runs ({', '.join(run)}) "
+                         f"VALUES ({', '.join('?' * len(run))})"), tuple(run.values()))
+
     async def insert_run(self, run: dict, events: list) -> None:
-        columns = tuple(run)
-        ops = [(self.sql(f"INSERT INTO {{p}}runs ({', '.join(columns)}) "
-                         f"VALUES ({', '.join('?' * len(columns))})"), tuple(run.values()))]
+        ops = [self._insert(run)]
         ops += [self._event(run["run_id"], kind, data, run["created_at"]) for kind, data in events]
         await self.batch(ops + self._wake_ops(run["run_id"]))
+
+    async def start_child(self, parent: str, owner: str, now: float, step: dict,
+                          event: tuple, child: dict) -> bool:
+        """Record the parent's child step and insert the child run, in one transaction
+        fenced by the parent's owner token: a child exists exactly when its step does."""
+        return await self.batch([
+            (self._step_upsert_sql(), (*(step[c] for c in _STEP_COLUMNS), parent, owner)),
+            self._event(parent, *event, now),
+            self._insert(child),
+            self._event(child["run_id"], "workflow_created", {
+                "workflow_name": child["workflow_name"], "parent_run_id": parent,
+                "parent_step": step["step"]}, now),
+            *self._wake_ops(child["run_id"]),
+        ], fence=True)
+
+    async def continue_run(self, run_id: str, owner: str, now: float, successor: dict) -> bool:
+        """End the run as ``continued`` and insert its successor, in one transaction;
+        signals it had not consumed yet pass to the successor."""
+        new_id = successor["run_id"]
+        return await self.batch([
+            (self.sql("UPDATE {p}runs SET status = 'continued', output_data = ?, "
+                      "completed_at = ?, updated_at = ?, owner = NULL, lease_expires_at = NULL, "
+                      "wake_at = NULL WHERE run_id = ? AND owner = ? AND status = 'running'"),
+             (_json({"continued_as": new_id}), now, now, run_id, owner)),
+            self._event(run_id, "workflow_continued_as_new", {"run_id": new_id}, now),
+            self._insert(successor),
+            self._event(new_id, "workflow_created", {
+                "workflow_name": successor["workflow_name"], "continued_from": run_id}, now),
+            (self.sql("UPDATE {p}signals SET run_id = ? WHERE run_id = ? "
+                      "AND consumed_step IS NULL"), (new_id, run_id)),
+            *self._wake_ops(new_id),
+        ], fence=True)
+
+    async def begin_compensation(self, run_id: str, owner: str, now: float, error: str,
+                                 event: tuple) -> bool:
+        """The run failed for good and has compensations to run: it is ``compensating``
+        (still held by ``owner``) until they have."""
+        return await self.batch([
+            (self.sql("UPDATE {p}runs SET status = 'compensating', error = ?, updated_at = ? "
+                      "WHERE run_id = ? AND owner = ? AND status = 'running'"),
+             (error, now, run_id, owner)),
+            self._event(run_id, *event, now),
+        ], fence=True)
+
+    async def tree(self, run_id: str, now: float, real: float) -> list:
+        """The run, then its unfinished descendants: (run_id, status, output_data, due
+        now, when due if waiting) each."""
+        rows = await self.fetch(self.sql(
+            f"{_TREE} SELECT r.run_id, r.status, r.output_data, CASE WHEN {_RUNNABLE} THEN 1 "
+            f"ELSE 0 END, CASE WHEN {_WAITING} THEN r.wake_at END FROM tree t "
+            f"JOIN {{p}}runs r ON r.run_id = t.run_id "
+            f"WHERE t.depth = 0 OR r.{_NOT_TERMINAL} ORDER BY t.depth"),
+            (run_id, now, now, real))
+        return rows
 
     async def claim(self, owner: str, now: float, lease: float, *, names: list,
                     run_ids: Optional[list] = None, limit: int = 1,
@@ -1038,14 +1121,15 @@ class _Store:
             ids = [row[0] for row in candidates]
             marks = ", ".join("?" * len(ids))
             await tx.execute(self.sql(
-                "UPDATE {p}runs SET deadline_at = CASE WHEN status IN ('running', 'paused') "
-                "THEN deadline_at ELSE ? + timeout END, status = 'running', owner = ?, "
+                "UPDATE {p}runs SET deadline_at = CASE WHEN status IN ('running', 'paused', "
+                "'compensating') THEN deadline_at ELSE ? + timeout END, status = CASE WHEN "
+                "status = 'compensating' THEN status ELSE 'running' END, owner = ?, "
                 "lease_expires_at = ?, started_at = COALESCE(started_at, ?), updated_at = ?, "
                 f"wake_at = NULL, approval_required = NULL WHERE run_id IN ({marks})"),
                 (now, owner, real + lease, now, now, *ids))
             events = [self._event(run_id, *(
                 ("workflow_resumed", {"previous_owner": old_owner, "owner": owner})
-                if status in ("running", "paused") else
+                if status in ("running", "paused", "compensating") else
                 ("workflow_started", {"attempt": retry_count + 1, "owner": owner})), now)[1]
                 for run_id, status, old_owner, retry_count in candidates]
             await tx.executemany(self._event("", "", None, now)[0], events)
@@ -1082,11 +1166,9 @@ class _Store:
     async def fork_run(self, source: dict, run: dict, before_step: int) -> None:
         """Insert ``run`` with the completed steps of ``source`` numbered below
         ``before_step``: they replay, and the new run executes from there."""
-        columns = tuple(run)
         copied = ", ".join(c for c in _STEP_COLUMNS if c not in ("run_id", "run_attempt"))
         await self.batch([
-            (self.sql(f"INSERT INTO {{p}}runs ({', '.join(columns)}) "
-                      f"VALUES ({', '.join('?' * len(columns))})"), tuple(run.values())),
+            self._insert(run),
             (self.sql(f"INSERT INTO {{p}}steps (run_id, run_attempt, {copied}) "
                       f"SELECT ?, 0, {copied} FROM {{p}}steps "
                       "WHERE run_id = ? AND step < ? AND status = 'completed'"),
@@ -1111,16 +1193,22 @@ class _Store:
             "WHERE expires_at > ? ORDER BY started_at"), (now,))
 
     async def settle_run(self, run_id: str, owner: str, now: float) -> None:
-        """The cancelled execution under ``owner`` has really stopped: drop its lease."""
-        await self.batch([(self.sql(
-            "UPDATE {p}runs SET owner = NULL, lease_expires_at = NULL, updated_at = ? "
-            "WHERE run_id = ? AND owner = ? AND status = 'cancelled'"), (now, run_id, owner))])
+        """The cancelled execution under ``owner`` has really stopped: drop its lease
+        (a run to compensate may then be taken at once)."""
+        await self.batch([
+            (self.sql("UPDATE {p}runs SET owner = NULL, lease_expires_at = NULL, updated_at = ? "
+                      "WHERE run_id = ? AND owner = ? AND status = 'cancelled'"),
+             (now, run_id, owner)),
+            (self.sql("UPDATE {p}runs SET lease_expires_at = NULL, updated_at = ? WHERE "
+                      "run_id = ? AND owner IS NULL AND status = 'compensating'"), (now, run_id)),
+            *self._wake_ops(run_id),
+        ])
 
     async def release_run(self, run_id: str, owner: str, now: float) -> bool:
         """Give a run back (a worker stopping): any worker may claim it at once."""
         return await self.batch([
             (self.sql("UPDATE {p}runs SET owner = NULL, lease_expires_at = 0, updated_at = ? "
-                      "WHERE run_id = ? AND owner = ? AND status = 'running'"),
+                      f"WHERE run_id = ? AND owner = ? AND {_EXECUTING}"),
              (now, run_id, owner)),
             self._event(run_id, "workflow_released", {"owner": owner}, now),
             *self._wake_ops(run_id),
@@ -1228,7 +1316,7 @@ class _Store:
     async def renew_lease(self, run_id: str, owner: str, now: float, lease_until: float) -> bool:
         return await self.batch([(self.sql(
             "UPDATE {p}runs SET lease_expires_at = ?, updated_at = ? "
-            "WHERE run_id = ? AND owner = ? AND status = 'running'"),
+            f"WHERE run_id = ? AND owner = ? AND {_EXECUTING}"),
             (lease_until, now, run_id, owner))], fence=True)
 
     async def record_step(self, run_id: str, owner: str, now: float, step: dict,
@@ -1244,19 +1332,28 @@ class _Store:
         if self._step_upsert is None:
             self._step_upsert = self.sql(self.dialect.upsert(
                 "{p}steps", _STEP_TYPES, ("run_id", "step"),
-                "FROM {p}runs WHERE run_id = ? AND owner = ? AND status = 'running' "
+                f"FROM {{p}}runs WHERE run_id = ? AND owner = ? AND {_EXECUTING} "
                 + self.dialect.lock_shared))
         return self._step_upsert
 
     async def finish_run(self, run_id: str, owner: str, now: float, status: str,
-                         output: Optional[str], error: Optional[str], event: tuple) -> bool:
+                         output: Optional[str], error: Optional[str], event: tuple,
+                         parent: Optional[str] = None) -> bool:
+        """Record the run's outcome; a child run's ``parent`` becomes due with it."""
         return await self.batch([
             (self.sql("UPDATE {p}runs SET status = ?, output_data = ?, error = ?, "
-                      "completed_at = ?, updated_at = ?, owner = NULL, lease_expires_at = NULL "
-                      "WHERE run_id = ? AND owner = ? AND status = 'running'"),
+                      "completed_at = ?, updated_at = ?, owner = NULL, lease_expires_at = NULL, "
+                      f"wake_at = NULL WHERE run_id = ? AND owner = ? AND {_EXECUTING}"),
              (status, output, error, now, now, run_id, owner)),
             self._event(run_id, *event, now),
+            *(self._wake_parent(parent, now) if parent else ()),
         ], fence=True)
+
+    def _wake_parent(self, parent: str, now: float) -> list:
+        """Statements that make a parent waiting for its child due (as a signal does)."""
+        return [(self.sql("UPDATE {p}runs SET wake_at = ?, updated_at = ? "
+                          "WHERE run_id = ? AND status = 'running'"), (now, now, parent)),
+                *self._wake_ops(parent)]
 
     async def retry_run(self, run_id: str, owner: str, now: float, wake_at: float,
                         error: str, event: tuple) -> bool:
@@ -1270,16 +1367,49 @@ class _Store:
             *self._wake_ops(run_id),  # other workers learn when it is due
         ], fence=True)
 
-    async def cancel_run(self, run_id: str, now: float) -> bool:
-        return await self.batch([
-            # owner and lease stay until the executor has really stopped (settle_run):
-            # a resume must not overlap the step that may still be running.
-            (self.sql("UPDATE {p}runs SET status = 'cancelled', completed_at = ?, updated_at = ?, "
-                      f"wake_at = NULL, approval_required = NULL "
-                      f"WHERE run_id = ? AND {_NOT_TERMINAL}"),
-             (now, now, run_id)),
-            self._event(run_id, "workflow_cancelled", {}, now),
-        ], fence=True)
+    async def cancel_run(self, run_id: str, now: float) -> tuple:
+        """Cancel the run and every unfinished run below it (children, their children),
+        in one transaction. A run with registered compensations goes to
+        ``compensating`` instead (a second cancel stops that too). Returns the ids
+        cancelled or compensating, the run's first, and the parent to wake (or None);
+        ``([], None)`` if the run had already finished or does not exist."""
+        # owner and lease of a cancelled run stay until its executor has really stopped
+        # (settle_run): a resume must not overlap the step that may still be running. A
+        # run to compensate loses its owner (that executor can write no more) and is
+        # taken once the lease has run out or the executor has stopped.
+        to_compensate = self.sql(
+            "UPDATE {p}runs SET owner = NULL, error = ?, updated_at = ?, wake_at = NULL, "
+            "approval_required = NULL, status = 'compensating' WHERE run_id = ? AND "
+            f"{_NOT_TERMINAL} AND status <> 'compensating' AND EXISTS (SELECT 1 FROM "
+            "{p}steps s WHERE s.run_id = ? AND s.kind = 'compensation' "
+            "AND s.status = 'registered')")
+        to_cancel = self.sql(
+            "UPDATE {p}runs SET status = 'cancelled', completed_at = ?, updated_at = ?, "
+            f"wake_at = NULL, approval_required = NULL WHERE run_id = ? AND {_NOT_TERMINAL}")
+        async with self.transaction() as tx:
+            rows = await tx.fetch(self.sql(
+                f"{_TREE} SELECT r.run_id, r.parent_run_id FROM tree t JOIN {{p}}runs r "
+                f"ON r.run_id = t.run_id WHERE r.{_NOT_TERMINAL} ORDER BY t.depth"), (run_id,))
+            if not rows or rows[0][0] != run_id:
+                return [], None
+            stopped = []
+            for rid, _ in rows:
+                cause = {} if rid == run_id else {"with_ancestor": run_id}
+                if await tx.execute(to_compensate, ("cancelled", now, rid, rid)):
+                    event = ("workflow_compensating", {"reason": "cancelled", **cause})
+                elif await tx.execute(to_cancel, (now, now, rid)):
+                    event = ("workflow_cancelled", cause)
+                else:  # finished meanwhile
+                    continue
+                stopped.append(rid)
+                await tx.execute(*self._event(rid, *event, now))
+                for op in self._wake_ops(rid):
+                    await tx.execute(*op)
+            parent = rows[0][1]
+            if parent is not None and stopped and stopped[0] == run_id:
+                for op in self._wake_parent(parent, now):
+                    await tx.execute(*op)
+            return stopped, parent
 
     # -- reads
     async def get_run(self, run_id: str) -> Optional[dict]:
@@ -1326,21 +1456,25 @@ class _Store:
                                 (run_id, limit))
 
     async def delete_finished_before(self, cutoff: float) -> int:
-        finished = ("SELECT run_id FROM {p}runs WHERE status IN ('completed', 'failed', "
-                    "'cancelled') AND completed_at < ?")
+        finished = f"SELECT run_id FROM {{p}}runs WHERE {_FINISHED} AND completed_at < ?"
         async with self.transaction() as tx:
             for table in ("events", "steps", "signals"):
                 await tx.execute(self.sql(f"DELETE FROM {{p}}{table} "
                                           f"WHERE run_id IN ({finished})"), (cutoff,))
-            return await tx.execute(self.sql("DELETE FROM {p}runs WHERE status IN ('completed', "
-                                             "'failed', 'cancelled') AND completed_at < ?"),
-                                    (cutoff,))
+            return await tx.execute(self.sql(f"DELETE FROM {{p}}runs WHERE {_FINISHED} "
+                                             "AND completed_at < ?"), (cutoff,))
 
 
 # Workers of this process, by database: a run stored by any client wakes them at once.
 _LOCAL_WORKERS: dict[str, set] = {}
 # Executions of this process waiting in memory for a signal, by (database, run id).
 _SIGNAL_WAITERS: dict[tuple, set] = {}
+
+
+def _wake_local(key: str) -> None:
+    """A run became due: wake this process's workers on the database ``key``."""
+    for wakeup in _LOCAL_WORKERS.get(key, ()):
+        wakeup.set()
 
 
 def _signal_came(key: str, run_id: str) -> None:
@@ -2150,7 +2284,11 @@ class _PostgresStore(_ServerStore):
         return await self._grouped("steps", (run_id, owner, now, step, event))
 
     async def finish_run(self, run_id: str, owner: str, now: float, status: str,
-                         output: Optional[str], error: Optional[str], event: tuple) -> bool:
+                         output: Optional[str], error: Optional[str], event: tuple,
+                         parent: Optional[str] = None) -> bool:
+        if parent is not None:  # a child's finish wakes its parent too: a batch of its own
+            return await super().finish_run(run_id, owner, now, status, output, error, event,
+                                            parent)
         return await self._grouped("finishes", (run_id, owner, now, status, output, error,
                                                 event))
 
@@ -2217,7 +2355,8 @@ class _PostgresStore(_ServerStore):
             write = (
                 f"s AS (INSERT INTO {{p}}steps ({', '.join(_STEP_COLUMNS)}) "
                 f"SELECT {', '.join('v.' + c for c in _STEP_COLUMNS)} FROM v JOIN {{p}}runs r "
-                "ON r.run_id = v.run_id AND r.owner = v.owner AND r.status = 'running' "
+                "ON r.run_id = v.run_id AND r.owner = v.owner "
+                "AND r.status IN ('running', 'compensating') "
                 "FOR SHARE OF r ON CONFLICT (run_id, step) DO UPDATE SET "
                 f"{', '.join(f'{c} = excluded.{c}' for c in rest)} RETURNING run_id, step)")
             joined, now, result = "s.run_id = v.run_id AND s.step = v.step", "completed_at", \
@@ -2228,8 +2367,9 @@ class _PostgresStore(_ServerStore):
                        "event_data": "text"}
             write = ("s AS (UPDATE {p}runs r SET status = v.status, output_data = "
                      "v.output_data, error = v.error, completed_at = v.now, updated_at = v.now, "
-                     "owner = NULL, lease_expires_at = NULL FROM v WHERE r.run_id = v.run_id "
-                     "AND r.owner = v.owner AND r.status = 'running' RETURNING r.run_id)")
+                     "owner = NULL, lease_expires_at = NULL, wake_at = NULL FROM v WHERE r.run_id = v.run_id "
+                     "AND r.owner = v.owner AND r.status IN ('running', 'compensating') "
+                     "RETURNING r.run_id)")
             joined, now, result = "s.run_id = v.run_id", "now", "run_id"
         arrays = ", ".join(f"CAST(${i} AS {{{type_}}}[])"
                            for i, type_ in enumerate(columns.values(), 1))
@@ -2637,6 +2777,33 @@ def activity(name: Optional[str] = None, retry_policy: Optional[RetryPolicy] = N
     return decorate
 
 
+async def _workflow_options(store: _Store, name: Any) -> tuple:
+    """(max_retries, timeout) of the workflow ``name``: registered here, or served by a
+    live worker (a process without the code may start its runs); else the error."""
+    definition = _WORKFLOWS.get(name) if isinstance(name, str) else None
+    if definition is not None:
+        return definition.retry_policy.max_retries, definition.timeout
+    served: dict = {}
+    for worker in await store.live_workers(time.time()):
+        for workflow_name, options in _loads(worker[3]).items():
+            served.setdefault(workflow_name, options)
+    if isinstance(name, str) and name in served:
+        return served[name]["max_retries"], served[name]["timeout"]
+    raise WorkflowNotFoundError(
+        f"no workflow named {name!r} is registered; registered workflows: "
+        f"{', '.join(sorted(_WORKFLOWS)) or '(none)'}; served by live workers: "
+        f"{', '.join(sorted(served)) or '(none)'} -- import the module that defines it, "
+        "or start a worker that serves it")
+
+
+def _check_workflow_id(workflow_id: Any) -> None:
+    if workflow_id is not None and (not isinstance(workflow_id, str) or not workflow_id):
+        raise TypeError(f"workflow_id must be a non-empty string, got {workflow_id!r}")
+    if workflow_id is not None and len(workflow_id) > _KEY_LENGTH:
+        raise ValueError(f"workflow_id is {len(workflow_id)} characters long; at most "
+                         f"{_KEY_LENGTH} fit every database")
+
+
 def _activity_def(fn: Any) -> _ActivityDef:
     definition = getattr(fn, "__tinyworkflow_activity__", None)
     if definition is not None:
@@ -2697,6 +2864,27 @@ def activity_info() -> ActivityInfo:
             from None
 
 
+class ChildWorkflowHandle:
+    """A child run started by ``ctx.start_child_workflow``: ``run_id`` and
+    ``workflow_name`` name it, ``await handle`` gives its result (or raises
+    ``WorkflowFailedError``); awaiting it again gives the same outcome."""
+
+    def __init__(self, ctx: "WorkflowContext", row: dict):
+        self.run_id: str = _loads(row["output"])["run_id"]
+        self.workflow_name: str = row["name"]
+        self._ctx, self._row = ctx, row
+        self._outcome: Optional[asyncio.Future] = None
+
+    def __await__(self):
+        if self._outcome is None:
+            self._outcome = asyncio.ensure_future(self._ctx._join(self._row))
+            self._ctx._joins.add(self._outcome)
+        return self._outcome.__await__()
+
+    def __repr__(self) -> str:
+        return f"<ChildWorkflowHandle {self.workflow_name!r} run_id={self.run_id!r}>"
+
+
 class WorkflowContext:
     """What a workflow function receives: its input and its durable operations.
 
@@ -2714,6 +2902,7 @@ class WorkflowContext:
         self._next_step = 1
         self._fatal: Optional[BaseException] = None  # survives `except Exception` in user code
         self._markers: list = []  # patch markers not yet written (see patched)
+        self._joins: set = set()  # waits for children (tasks), stopped with the execution
 
     def get_input(self, key: str, default: Any = None) -> Any:
         """``input_data[key]``, or ``default`` when the key (or the whole input) is missing."""
@@ -2901,6 +3090,145 @@ class WorkflowContext:
         # People take longer than is worth holding in memory: park the run at once.
         raise _Suspended(deadline, approval=key)
 
+    # -- child workflows
+    async def start_child_workflow(self, workflow_name: str, input_data: Any = None,
+                                   workflow_id: Optional[str] = None) -> "ChildWorkflowHandle":
+        """Start a run of ``workflow_name`` as this run's child (its ``parent_run_id``
+        is this run) and return its handle at once; ``await handle`` is its result.
+        Starting is a step: the child's run id is recorded with it, in the same
+        transaction as the child run, so a replay gets the same child and a crash
+        never starts it twice. Fan out by starting several, then awaiting them::
+
+            handles = [await ctx.start_child_workflow("resize", {"image": i}) for i in images]
+            sizes = await asyncio.gather(*handles)
+
+        A worker executes the child (any worker serving it, or this process);
+        cancelling this run cancels its unfinished children. ``workflow_id`` defaults
+        to the child's workflow name."""
+        if not isinstance(workflow_name, str) or not workflow_name:
+            raise TypeError(f"start_child_workflow takes a workflow name, got {workflow_name!r}")
+        _check_workflow_id(workflow_id)
+        step, engine = self._step(), self._engine
+        record = self._history.get(step)
+        if record is not None:
+            self._check_replay(step, record, "child", workflow_name)
+            # A child that failed in an earlier attempt of this run is started anew (that
+            # is what a workflow retry means); any other is this run's child still.
+            if record["status"] != "failed" or record["run_attempt"] == self.retry_count:
+                return ChildWorkflowHandle(self, record)
+        input_text = _dumps(input_data, f"the input of child workflow {workflow_name!r}")
+        retries, timeout = await _workflow_options(engine.store, workflow_name)
+        if self._owner in engine.draining:
+            raise _Released(self.run_id)
+        now, child_id = engine.clock(), str(uuid.uuid4())
+        row = {"run_id": self.run_id, "step": step, "name": workflow_name, "kind": "child",
+               "input": input_text, "attempts": 1, "run_attempt": self.retry_count,
+               "started_at": now}
+        await self._record(row, "waiting", _json({"run_id": child_id}), None, "child_started",
+                           {"step": step, "workflow_name": workflow_name,
+                            "child_run_id": child_id}, child={
+            "run_id": child_id, "workflow_id": workflow_id or workflow_name,
+            "workflow_name": workflow_name, "status": "pending", "input_data": input_text,
+            "retry_count": 0, "max_retries": retries, "timeout": timeout, "created_at": now,
+            "updated_at": now, "parent_run_id": self.run_id})
+        _wake_local(engine.store.key)  # this process's workers take it at once
+        engine.changed(self.run_id)  # a start_workflow(wait=True) here executes it too
+        return ChildWorkflowHandle(self, {**row, "status": "waiting",
+                                          "output": _json({"run_id": child_id})})
+
+    async def execute_child_workflow(self, workflow_name: str, input_data: Any = None,
+                                     workflow_id: Optional[str] = None) -> Any:
+        """Run ``workflow_name`` as a child run and return its result; if it fails (or
+        is cancelled) raise ``WorkflowFailedError``. See ``start_child_workflow``."""
+        return await (await self.start_child_workflow(workflow_name, input_data, workflow_id))
+
+    async def _join(self, row: dict) -> Any:
+        """The outcome of the child of the step ``row``, recorded as that step's result.
+        While the child runs the parent waits a moment in memory, then is parked: the
+        child's end makes it due."""
+        engine, step, name = self._engine, row["step"], row["name"]
+        child_id = _loads(row["output"])["run_id"]
+        if row["status"] == "completed":
+            return _loads(row["output"])["result"]
+        if row["status"] == "failed":
+            failure = _loads(row["error"])
+            raise WorkflowFailedError(failure["message"], run_id=failure["run_id"],
+                                      status=failure["status"], error=failure["error"])
+        waited = False
+        while True:
+            try:
+                child = await engine.store.get_run(child_id)
+                while child is not None and child["status"] == "continued":
+                    child = await engine.store.get_run(_loads(child["output_data"])["continued_as"])
+            except Exception as exc:
+                raise _StoreFailed(self.run_id, exc) from exc
+            if child is None or child["status"] in _TERMINAL:
+                break
+            if waited or self._owner in engine.draining or not await _signal_comes(
+                    engine.store.key, self.run_id, engine.wait, None, _SLEEP_IN_MEMORY):
+                raise _Suspended(None)  # the child's end makes this run due
+            waited = True
+        if child is not None and child["status"] == "completed":
+            result = _loads(child["output_data"])["result"]
+            await self._record(row, "completed", _json({"run_id": child_id, "result": result}),
+                               None, "child_completed", {"step": step, "child_run_id": child_id})
+            return result
+        status, error = ("deleted", "") if child is None else (child["status"],
+                                                               child["error"] or "")
+        failure = WorkflowFailedError(
+            f"child run {child_id} of workflow {name!r} "
+            + {"cancelled": "was cancelled", "deleted": "no longer exists"}.get(status, status)
+            + (f": {error}" if error else ""), run_id=child_id, status=status, error=error)
+        await self._record(row, "failed", row["output"], _dumps_lenient({
+            **_error_record(failure), "run_id": child_id, "status": status, "error": error}),
+            "child_failed", {"step": step, "child_run_id": child_id, "status": status})
+        raise failure
+
+    # -- continue as new
+    def continue_as_new(self, input_data: Any = None) -> NoReturn:
+        """End this run and start a fresh one of the same workflow with ``input_data``
+        (None if not given: pass ``ctx.input_data`` to keep it), the same
+        ``workflow_id`` and an empty history: a workflow that loops forever (a poller,
+        an entity) calls it now and then so that no history grows without bound.
+        This run ends as ``continued``, its ``output_data`` naming the successor
+        (``{"continued_as": run_id}``); ``wait_for_result`` follows the chain. Raises
+        (it does not return): call it as the workflow's last statement."""
+        raise _ContinuedAsNew(_dumps(input_data, f"the input of the run that continues "
+                                                 f"{self.workflow_name!r}"))
+
+    # -- sagas
+    async def add_compensation(self, fn: Any, *args: Any, **kwargs: Any) -> None:
+        """Register the activity ``fn(*args, **kwargs)`` that undoes what the run has
+        done so far (cancel a booking, refund a payment), as a step. If the run finally
+        fails (its retries exhausted) or is cancelled, the compensations registered so
+        far run in reverse order, each as a step with its activity's retry policy, and
+        the run ends ``compensated`` (or ``failed`` if one of them failed: the others
+        still run). Register right after the step it undoes succeeded::
+
+            booking = await ctx.execute_activity(book_hotel, trip)
+            await ctx.add_compensation(cancel_hotel, booking)
+
+        ``fn`` must be a registered ``@activity``: compensations may run after a crash,
+        in another process, which finds it by name."""
+        definition = _activity_def(fn)
+        if _ACTIVITIES.get(definition.name) is not definition:
+            raise TypeError(f"add_compensation takes a registered @activity (it is found by "
+                            f"name when compensating, perhaps in another process), got {fn!r}")
+        step = self._step()
+        record = self._history.get(step)
+        if record is not None:
+            self._check_replay(step, record, "compensation", definition.name)
+            return
+        arguments = _dumps({"args": args, "kwargs": kwargs},
+                           f"the arguments of compensation {definition.name!r}")
+        if self._owner in self._engine.draining:
+            raise _Released(self.run_id)
+        await self._record({"run_id": self.run_id, "step": step, "name": definition.name,
+                            "kind": "compensation", "input": arguments, "attempts": 0,
+                            "run_attempt": self.retry_count,
+                            "started_at": self._engine.clock()}, "registered", None, None,
+                           "compensation_registered", {"step": step, "name": definition.name})
+
     # -- deterministic values: recorded the first time, the same on every replay
     def now(self) -> Awaitable[datetime]:
         """The current time (UTC) as a step: a replay gets the same instant.
@@ -3051,7 +3379,7 @@ class WorkflowContext:
         return await self._run_activity(step, definition, args, kwargs, attempts)
 
     async def _run_activity(self, step: int, definition: _ActivityDef, args: tuple,
-                            kwargs: dict, attempts: int) -> Any:
+                            kwargs: dict, attempts: int, kind: str = "activity") -> Any:
         engine, policy = self._engine, definition.retry_policy
         started = engine.clock()
         arguments = _dumps_lenient({"args": args, "kwargs": kwargs})
@@ -3078,7 +3406,7 @@ class WorkflowContext:
                 _WORK.count -= 1
                 _CURRENT_ACTIVITY.reset(token)
             step_row = {"run_id": self.run_id, "step": step, "name": definition.name,
-                        "kind": "activity", "input": arguments, "attempts": attempts,
+                        "kind": kind, "input": arguments, "attempts": attempts,
                         "run_attempt": self.retry_count, "started_at": started}
             if error is None:
                 await self._record(step_row, "completed", output, None, "step_completed", {
@@ -3099,7 +3427,10 @@ class WorkflowContext:
             await engine.sleep(delay)
 
     async def _record(self, step_row: dict, status: str, output: Optional[str],
-                      error: Optional[str], event_type: str, event_data: dict) -> None:
+                      error: Optional[str], event_type: str, event_data: dict,
+                      child: Optional[dict] = None) -> None:
+        """Record the step (fenced by this execution's owner token); with ``child``,
+        insert that child run in the same transaction."""
         engine = self._engine
         if self._markers:
             await self._write_markers()
@@ -3107,8 +3438,12 @@ class WorkflowContext:
         row = {**step_row, "status": status, "output": output, "error": error,
                "completed_at": now}
         try:
-            ours = await engine.store.record_step(self.run_id, self._owner, now, row,
-                                                  (event_type, event_data))
+            if child is None:
+                ours = await engine.store.record_step(self.run_id, self._owner, now, row,
+                                                      (event_type, event_data))
+            else:
+                ours = await engine.store.start_child(self.run_id, self._owner, now, row,
+                                                      (event_type, event_data), child)
         except Exception as exc:
             if engine.store.transient(exc):  # the database's trouble, not the workflow's
                 raise _StoreFailed(self.run_id, exc) from exc
@@ -3216,10 +3551,11 @@ class _Engine:
             event.set()
 
     @contextlib.contextmanager
-    def watching(self, run_id: str):
-        """An event set whenever this process changes the run (executes a step of it,
-        finishes it, cancels it); clear it before reading the run's state."""
-        event = asyncio.Event()
+    def watching(self, run_id: str, event: Optional[asyncio.Event] = None):
+        """An event (``event``, or a new one) set whenever this process changes the run
+        (executes a step of it, finishes it, cancels it); clear it before reading the
+        run's state."""
+        event = event or asyncio.Event()
         self._changes.setdefault(run_id, set()).add(event)
         try:
             yield event
@@ -3231,9 +3567,33 @@ class _Engine:
 
     async def _execute(self, run: dict) -> None:
         run_id, owner = run["run_id"], run["owner"]
-        definition = _WORKFLOWS[run["workflow_name"]]
         history = run["history"] if "history" in run else await self.store.load_steps(run_id)
         ctx = WorkflowContext(self, run, owner, history)
+        try:
+            if run["status"] == "compensating":  # failed or cancelled earlier: undo
+                await self._compensate(run, ctx, history, run["error"] or "")
+            else:
+                await self._attempt(run, _WORKFLOWS[run["workflow_name"]], ctx)
+        except _LostOwnership:
+            _log.info("run %s is no longer ours (cancelled or taken over); stopped", run_id)
+        except _Released:
+            _log.info("run %s stopped before its next step: the worker is stopping", run_id)
+        except _StoreFailed as failure:
+            _log.warning("run %s stopped: a step could not be recorded (%s); it resumes "
+                         "from that step", run_id, failure.__cause__)
+            with contextlib.suppress(Exception):  # else it resumes once the lease expires
+                await self.store.release_run(run_id, owner, self.clock())
+        finally:
+            for join in ctx._joins:  # waits for children this execution no longer needs
+                if join.done():
+                    _retrieve(join)
+                else:
+                    join.cancel()
+
+    async def _attempt(self, run: dict, definition: _WorkflowDef, ctx: WorkflowContext) -> None:
+        """Run the workflow function (replaying what is recorded) and record how this
+        attempt ended: completed, failed, retrying, parked, or continued as new."""
+        run_id, owner = run["run_id"], run["owner"]
         remaining = None if run["deadline_at"] is None else run["deadline_at"] - self.clock()
 
         def timed_out() -> WorkflowTimeoutError:
@@ -3247,12 +3607,10 @@ class _Engine:
             if ctx._fatal is not None:
                 raise ctx._fatal
             output = _dumps({"result": result}, f"the result of workflow {definition.name!r}")
-        except _LostOwnership:
-            _log.info("run %s is no longer ours (cancelled or taken over); stopped", run_id)
-            return
-        except _Released:
-            _log.info("run %s stopped before its next step: the worker is stopping", run_id)
-            return
+        except _ContinuedAsNew as successor:
+            if ctx._fatal is not None:
+                return await self._failed(run, definition, ctx, ctx._fatal)
+            return await self._continue(run, definition, successor.input_text)
         except _Suspended as pause:
             wake_at = pause.wake_at  # or, sooner, when the workflow's time is up
             if run["deadline_at"] is not None:
@@ -3261,20 +3619,40 @@ class _Engine:
                                                 pause.approval):
                 _log.info("run %s is no longer ours; not parked", run_id)
             return
-        except _StoreFailed as failure:
-            _log.warning("run %s stopped: a step could not be recorded (%s); it resumes "
-                         "from that step", run_id, failure.__cause__)
-            with contextlib.suppress(Exception):  # else it resumes once the lease expires
-                await self.store.release_run(run_id, owner, self.clock())
-            return
         except Exception as exc:
-            await self._failed(run, definition, ctx._fatal or exc)
-            return
-        if not await self.store.finish_run(run_id, owner, self.clock(), "completed", output, None,
-                                           ("workflow_completed", {})):
-            _log.info("run %s finished but is no longer ours; result not recorded", run_id)
+            return await self._failed(run, definition, ctx, ctx._fatal or exc)
+        await self._finish(run, "completed", output, None, ("workflow_completed", {}))
 
-    async def _failed(self, run: dict, definition: _WorkflowDef, error: BaseException) -> None:
+    async def _finish(self, run: dict, status: str, output: Optional[str],
+                      error: Optional[str], event: tuple) -> None:
+        """Record the run's final state; a child's parent learns of it at once."""
+        parent = run["parent_run_id"]
+        if not await self.store.finish_run(run["run_id"], run["owner"], self.clock(), status,
+                                           output, error, event, parent):
+            _log.info("run %s ended (%s) but is no longer ours; not recorded", run["run_id"],
+                      status)
+            return
+        if parent is not None:
+            _signal_came(self.store.key, parent)  # its wait in memory here goes on
+            self.changed(parent)
+            _wake_local(self.store.key)
+
+    async def _continue(self, run: dict, definition: _WorkflowDef, input_text: str) -> None:
+        now, new_id = self.clock(), str(uuid.uuid4())
+        if not await self.store.continue_run(run["run_id"], run["owner"], now, {
+                "run_id": new_id, "workflow_id": run["workflow_id"],
+                "workflow_name": run["workflow_name"], "status": "pending",
+                "input_data": input_text, "retry_count": 0,
+                "max_retries": definition.retry_policy.max_retries,
+                "timeout": definition.timeout, "created_at": now, "updated_at": now,
+                "parent_run_id": run["parent_run_id"]}):
+            _log.info("run %s is no longer ours; not continued", run["run_id"])
+            return
+        _log.info("run %s continued as new run %s", run["run_id"], new_id)
+        _wake_local(self.store.key)
+
+    async def _failed(self, run: dict, definition: _WorkflowDef, ctx: WorkflowContext,
+                      error: BaseException) -> None:
         run_id, owner, attempt = run["run_id"], run["owner"], run["retry_count"]
         text, now = _error_text(error), self.clock()
         retryable = not isinstance(error, (NonDeterminismError, SerializationError))
@@ -3286,9 +3664,51 @@ class _Engine:
                 "workflow_retrying", {"attempt": attempt + 1, "error": text, "retry_in": delay}))
             return
         _log.warning("run %s failed after %d attempt(s): %s", run_id, attempt + 1, text)
-        await self.store.finish_run(run_id, owner, now, "failed", None, text, (
-            "workflow_failed", {"attempts": attempt + 1, "error": text,
-                                "traceback": _error_record(error)["traceback"]}))
+        details = {"attempts": attempt + 1, "error": text,
+                   "traceback": _error_record(error)["traceback"]}
+        try:
+            steps = await self.store.load_steps(run_id)
+        except Exception as exc:
+            raise _StoreFailed(run_id, exc) from exc
+        if any(s["kind"] == "compensation" and s["status"] == "registered"
+               for s in steps.values()):
+            if await self.store.begin_compensation(run_id, owner, now, text, (
+                    "workflow_compensating", {"reason": "failed", **details})):
+                await self._compensate(run, ctx, steps, text)
+            return
+        await self._finish(run, "failed", None, text, ("workflow_failed", details))
+
+    async def _compensate(self, run: dict, ctx: WorkflowContext, steps: dict,
+                          error: str) -> None:
+        """Run the registered compensations of a failed or cancelled run, latest first,
+        each a step with its activity's retries; those done already are skipped."""
+        failures = []
+        for record in sorted((s for s in steps.values() if s["kind"] == "compensation"
+                              and s["status"] != "completed"), key=lambda s: -s["step"]):
+            step, name = record["step"], record["name"]
+            if record["status"] == "failed":  # done with: failed after its retries
+                failures.append(f"{name} (step {step}): {_loads(record['error'])['message']}")
+                continue
+            definition, call = _ACTIVITIES.get(name), _loads(record["input"])
+            if definition is None:  # the code changed: nothing to run it with
+                missing = ActivityError(f"no activity named {name!r} is registered in this "
+                                        "worker to run the compensation", run_id=run["run_id"],
+                                        step=step)
+                await ctx._record(record, "failed", None, _dumps_lenient(_error_record(missing)),
+                                  "step_failed", {"step": step, "name": name,
+                                                  "error": str(missing)})
+                failures.append(f"{name} (step {step}): {missing}")
+                continue
+            try:
+                await ctx._run_activity(step, definition, tuple(call["args"]), call["kwargs"],
+                                        record["attempts"], kind="compensation")
+            except Exception as exc:
+                failures.append(f"{name} (step {step}): {_error_text(exc)}")
+        if failures:
+            text = f"compensation failed: {'; '.join(failures)} (after: {error})"
+            await self._finish(run, "failed", None, text, ("workflow_failed", {"error": text}))
+        else:
+            await self._finish(run, "compensated", None, error, ("workflow_compensated", {}))
 
 
 # ---- client -----------------------------------------------------------------------------
@@ -3421,15 +3841,11 @@ class TinyWorkflowClient:
         outcome with ``get_workflow_status(run_id)`` (``status``, ``output_data``,
         ``error``). ``workflow_id`` groups related runs; it defaults to the name.
         """
-        if workflow_id is not None and (not isinstance(workflow_id, str) or not workflow_id):
-            raise TypeError(f"workflow_id must be a non-empty string, got {workflow_id!r}")
-        if workflow_id is not None and len(workflow_id) > _KEY_LENGTH:
-            raise ValueError(f"workflow_id is {len(workflow_id)} characters long; at most "
-                             f"{_KEY_LENGTH} fit every database")
+        _check_workflow_id(workflow_id)
         definition = _WORKFLOWS.get(workflow_name) if isinstance(workflow_name, str) else None
         input_text = _dumps(input_data, f"the input of workflow {workflow_name!r}")
         engine = await self._ready()
-        retries, timeout = await self._options(workflow_name)
+        retries, timeout = await _workflow_options(self._store, workflow_name)
         if definition is None and wait:
             raise WorkflowNotFoundError(
                 f"workflow {workflow_name!r} is served by a worker but not registered in "
@@ -3455,43 +3871,55 @@ class TinyWorkflowClient:
         await self._drive(engine, await self._store.get_run(run_id))
         return run_id
 
-    async def _served(self, name: Any) -> tuple:
-        """(max_retries, timeout) of a workflow a live worker serves, else the error."""
-        served: dict = {}
-        for worker in await self._store.live_workers(time.time()):
-            for workflow_name, options in _loads(worker[3]).items():
-                served.setdefault(workflow_name, options)
-        if isinstance(name, str) and name in served:
-            return served[name]["max_retries"], served[name]["timeout"]
-        raise WorkflowNotFoundError(
-            f"no workflow named {name!r} is registered; registered workflows: "
-            f"{', '.join(sorted(_WORKFLOWS)) or '(none)'}; served by live workers: "
-            f"{', '.join(sorted(served)) or '(none)'} -- import the module that defines it, "
-            "or start a worker that serves it")
-
     async def _drive(self, engine: _Engine, run: dict) -> None:
-        """Execute a run here until it is final, sleeping through retry backoffs."""
-        run_id, poll = run["run_id"], 0.05
-        claimed: Optional[dict] = run  # a row this engine owns, or None
-        with engine.watching(run_id) as changed:
-            while True:
-                if claimed is not None:
-                    await engine.execute(claimed)
-                    claimed, poll = None, 0.05  # spent: only a new claim executes again
-                changed.clear()  # before reading the state: no change is missed
-                row = await self._store.get_run(run_id)
-                if row is None or row["status"] in _TERMINAL:
-                    return
-                if row["status"] in ("pending", "retrying") or row["owner"] is None:
-                    # Due later (a retry's backoff, a timer), or now.
-                    if await engine.wait(changed, (row["wake_at"] or 0) - engine.clock()):
-                        continue  # cancelled, or executed by this process's worker
-                # Due now, or left by an executor whose lease expired: take it;
-                # otherwise another executor is on it and we wait for the outcome.
-                claimed = next(iter(await engine.claim(run_ids=[run_id])), None)
-                if claimed is None:
-                    await self._until(changed, poll)
+        """Execute a run here until it is final, sleeping through retry backoffs and
+        timers; with it the child runs it starts (theirs too) and the runs it continues
+        as, side by side."""
+        root, poll = run["run_id"], 0.05
+        claimed: list = [run]  # rows this engine owns, to execute
+        executing: dict[str, asyncio.Task] = {}
+        changed, watched = asyncio.Event(), set()
+        with contextlib.ExitStack() as watches:
+            try:
+                while True:
+                    for row in claimed:
+                        executing[row["run_id"]] = asyncio.ensure_future(engine.execute(row))
+                        poll = 0.05
+                    changed.clear()  # before reading the state: no change is missed
+                    tree = await self._store.tree(root, engine.clock(), time.time())
+                    if not tree:
+                        return
+                    for run_id in {row[0] for row in tree} - watched:
+                        watches.enter_context(engine.watching(run_id, changed))
+                        watched.add(run_id)
+                    for run_id, task in list(executing.items()):
+                        if task.done():
+                            del executing[run_id]
+                            task.result()  # an execution's own error is the caller's
+                    status, output = tree[0][1], tree[0][2]
+                    if status == "continued":  # carry on with its successor
+                        root, claimed = _loads(output)["continued_as"], []
+                        continue
+                    if status in _TERMINAL:
+                        return
+                    due = [row[0] for row in tree if row[3] and row[0] not in executing]
+                    claimed = await engine.claim(run_ids=due, limit=len(due)) if due else []
+                    if claimed:
+                        continue
+                    # Until a change here, the next timer or backoff, or a look at the
+                    # work of other processes.
+                    now = engine.clock()
+                    wake = min((row[4] for row in tree if row[4] is not None and row[4] > now),
+                               default=None)
+                    await engine.wait(changed, None if wake is None else wake - now, poll)
                     poll = min(poll * 2, 1.0)
+            except BaseException:
+                for task in executing.values():
+                    task.cancel()
+                raise
+            finally:
+                # Children it left running (never awaited) park or finish first.
+                await asyncio.gather(*executing.values(), return_exceptions=True)
 
     @staticmethod
     async def _until(event: asyncio.Event, seconds: float) -> bool:
@@ -3598,38 +4026,58 @@ class TinyWorkflowClient:
         raise RunStateError(f"{why}; nothing changed", run_id=run_id, status=status)
 
     async def cancel_workflow(self, run_id: str) -> bool:
-        """Cancel a run that has not finished and return True. A run executing in this
-        process stops at once, at its current await; one executing in another process
-        stops within a third of the lease (its next lease renewal). RunStateError if
+        """Cancel a run that has not finished, and its unfinished child runs (theirs
+        too), and return True. A run executing in this process stops at once, at its
+        current await; one executing in another process stops within a third of the
+        lease (its next lease renewal). A run with registered compensations becomes
+        ``compensating`` instead: a worker runs them once its execution has stopped,
+        and it ends ``compensated``; cancelling it again stops that. RunStateError if
         the run had already finished (nothing changes), RunNotFoundError if unknown."""
         engine = await self._ready()
-        if not await self._store.cancel_run(run_id, engine.clock()):
+        stopped, parent = await self._store.cancel_run(run_id, engine.clock())
+        if not stopped:
             row = await self._store.get_run(run_id)
             if row is None:
                 raise RunNotFoundError(f"no run with id {run_id!r}")
             raise RunStateError(f"run {run_id} has already finished ({row['status']}); "
                                 "only a run that has not finished can be cancelled",
                                 run_id=run_id, status=row["status"])
-        engine.cancel_local(run_id)
+        for stopped_id in stopped:
+            engine.cancel_local(stopped_id)
+        if parent is not None:  # a child cancelled alone: its parent learns of it
+            _signal_came(self._store.key, parent)
+            engine.changed(parent)
+        self._wake_workers()  # runs to compensate, a parent due
         return True
 
     async def wait_for_result(self, run_id: str, timeout: Optional[float] = None) -> Any:
         """Wait until the run has finished and return its result (the workflow's return
-        value). Raises WorkflowFailedError if it failed or was cancelled, TimeoutError
-        after ``timeout`` seconds, RunNotFoundError for an unknown id. The run may
+        value). Raises WorkflowFailedError if it failed, was cancelled or compensated,
+        TimeoutError after ``timeout`` seconds, RunNotFoundError for an unknown id. A
+        run that continued as new is followed to the end of its chain. The run may
         execute anywhere: in this process (woken at once) or in another (polled)."""
+        started, successor = time.monotonic(), []
+
         async def look(row: dict) -> Any:
-            if row["status"] == "completed":
+            status, error = row["status"], row["error"]
+            if status == "completed":
                 return _loads(row["output_data"])["result"]
-            if row["status"] in _TERMINAL:
+            if status == "continued":
+                successor.append(_loads(row["output_data"])["continued_as"])
+                return None
+            if status in _TERMINAL:
                 raise WorkflowFailedError(
-                    f"run {run_id} of workflow {row['workflow_name']!r} "
-                    f"{'was cancelled' if row['status'] == 'cancelled' else 'failed'}"
-                    + (f": {row['error']}" if row["error"] else ""),
-                    run_id=run_id, status=row["status"], error=row["error"] or "")
+                    f"run {row['run_id']} of workflow {row['workflow_name']!r} "
+                    + {"cancelled": "was cancelled", "compensated": "failed and was "
+                       "compensated"}.get(status, "failed") + (f": {error}" if error else ""),
+                    run_id=row["run_id"], status=status, error=error or "")
             return _NOT_YET
 
-        return await self._watch(run_id, timeout, look, "finished")
+        while True:
+            value = await self._watch(run_id, timeout, look, "finished", started)
+            if not successor:
+                return value
+            run_id = successor.pop()
 
     async def get_event(self, run_id: str, key: str, timeout: Optional[float] = None) -> Any:
         """The latest value the run published under ``key`` (``ctx.set_event``),
@@ -3651,13 +4099,15 @@ class TinyWorkflowClient:
         return await self._watch(run_id, timeout, look, f"published the event {key!r}")
 
     async def _watch(self, run_id: str, timeout: Optional[float],
-                     look: Callable[[dict], Awaitable[Any]], what: str) -> Any:
+                     look: Callable[[dict], Awaitable[Any]], what: str,
+                     started: Optional[float] = None) -> Any:
         """Until ``look(run row)`` returns something other than ``_NOT_YET`` (or raises):
         woken at once by changes this process makes to the run, else polled, more
-        slowly as time goes on. ``timeout``: the machine's seconds."""
+        slowly as time goes on. ``timeout``: the machine's seconds from ``started``
+        (``time.monotonic()``, default now)."""
         engine = await self._ready()
         poll = 0.02
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else (started or time.monotonic()) + timeout
         with engine.watching(run_id) as changed:
             while True:
                 changed.clear()
@@ -3687,7 +4137,7 @@ class TinyWorkflowClient:
         row = await self._store.get_run(run_id)
         if row is None:
             raise RunNotFoundError(f"no run with id {run_id!r}")
-        retries, _ = await self._options(row["workflow_name"])
+        retries, _ = await _workflow_options(self._store, row["workflow_name"])
         if not await self._store.resume_run(run_id, engine.clock(), retries, time.time()):
             row = await self._store.get_run(run_id)
             raise RunStateError(f"run {run_id} is {row['status']}; only a failed or cancelled "
@@ -3705,7 +4155,7 @@ class TinyWorkflowClient:
         source = await self._store.get_run(run_id)
         if source is None:
             raise RunNotFoundError(f"no run with id {run_id!r}")
-        retries, timeout = await self._options(source["workflow_name"])
+        retries, timeout = await _workflow_options(self._store, source["workflow_name"])
         now, new_id = engine.clock(), str(uuid.uuid4())
         await self._store.fork_run(source, {
             "run_id": new_id, "workflow_id": source["workflow_id"],
@@ -3717,14 +4167,7 @@ class TinyWorkflowClient:
 
     def _wake_workers(self) -> None:
         """A run became due: wake this process's workers on this database."""
-        for wakeup in _LOCAL_WORKERS.get(self._store.key, ()):
-            wakeup.set()
-
-    async def _options(self, name: Any) -> tuple:
-        definition = _WORKFLOWS.get(name) if isinstance(name, str) else None
-        if definition is not None:
-            return definition.retry_policy.max_retries, definition.timeout
-        return await self._served(name)
+        _wake_local(self._store.key)
 
     async def list_workers(self) -> list[WorkerInfo]:
         """The live workers sharing this database, with the workflows each serves."""
