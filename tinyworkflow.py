@@ -1274,7 +1274,9 @@ class _Store:
         return await self.batch([
             (self.sql(f"INSERT INTO {{p}}signals (run_id, name, payload, created_at) SELECT "
                       f"{bind('key')}, {bind('key')}, {bind('text')}, {bind('float')} "
-                      f"FROM {{p}}runs WHERE run_id = ? AND {_NOT_TERMINAL}"),
+                      f"FROM {{p}}runs WHERE run_id = ? AND {_NOT_TERMINAL} "
+                      # Locked: a run continuing as new meanwhile passes this signal on.
+                      + self.dialect.lock_shared),
              (run_id, name, payload, now, run_id)),
             # Marks a running run due: parked, it wakes; still executing, it will not park.
             (self.sql("UPDATE {p}runs SET wake_at = ?, updated_at = ? "
@@ -3967,20 +3969,31 @@ class TinyWorkflowClient:
     async def send_signal(self, run_id: str, name: str, payload: Any = None) -> None:
         """Send the signal ``name`` with a JSON ``payload`` to a run that has not
         finished; its ``ctx.wait_for_signal(name)`` receives it (now if it waits, else
-        when it does). ``RunNotFoundError`` for an unknown run, ``RunStateError`` for a
-        finished one; nothing is stored then."""
+        when it does). A run that continued as new passes it to its successor.
+        ``RunNotFoundError`` for an unknown run, ``RunStateError`` for a finished one;
+        nothing is stored then."""
         _check_name("a signal name", name)
         data = _dumps(payload, f"the payload of signal {name!r}")
         engine = await self._ready()
-        if not await self._store.send_signal(run_id, name, data, engine.clock()):
-            row = await self._store.get_run(run_id)
-            if row is None:
-                raise RunNotFoundError(f"no run with id {run_id!r}")
+        while not await self._store.send_signal(run_id, name, data, engine.clock()):
+            row = await self._current(run_id)
+            if row["run_id"] != run_id:
+                run_id = row["run_id"]  # the chain's current run: send to it
+                continue
             raise RunStateError(f"run {run_id} is {row['status']}: it takes no more signals",
                                 run_id=run_id, status=row["status"])
         _signal_came(self._store.key, run_id)  # a wait in memory here takes it at once
         engine.changed(run_id)  # a start_workflow(wait=True) here claims it again
         self._wake_workers()
+
+    async def _current(self, run_id: str) -> dict:
+        """The run, or for a run that continued as new the last run of its chain."""
+        row = await self._store.get_run(run_id)
+        if row is None:
+            raise RunNotFoundError(f"no run with id {run_id!r}")
+        while row["status"] == "continued":
+            row = await self._store.get_run(_loads(row["output_data"])["continued_as"])
+        return row
 
     async def get_pending_approvals(self) -> list[WorkflowExecution]:
         """The runs waiting for an approval (``paused``; the key they wait for is
@@ -3994,7 +4007,8 @@ class TinyWorkflowClient:
         out (nothing changes); ``RunNotFoundError`` if there is no such run. With
         ``key``, only the approval of that key is decided: a decision that comes after
         the run has moved on to another approval (a double click, a retried request)
-        is refused instead of deciding that one too."""
+        is refused instead of deciding that one too. A run that continued as new: the
+        decision goes to its chain's current run."""
         return await self._decide(run_id, True, key)
 
     async def reject_workflow(self, run_id: str, key: Optional[str] = None) -> bool:
@@ -4006,9 +4020,8 @@ class TinyWorkflowClient:
         if key is not None:
             _check_name("an approval key", key)
         engine = await self._ready()
-        row = await self._store.get_run(run_id)
-        if row is None:
-            raise RunNotFoundError(f"no run with id {run_id!r}")
+        row = await self._current(run_id)
+        run_id = row["run_id"]
         waiting = row["approval_required"] if row["status"] == "paused" else None
         if waiting is not None and key in (None, waiting) and await self._store.decide_approval(
                 run_id, waiting, approved, engine.clock()):
@@ -4032,13 +4045,17 @@ class TinyWorkflowClient:
         lease (its next lease renewal). A run with registered compensations becomes
         ``compensating`` instead: a worker runs them once its execution has stopped,
         and it ends ``compensated``; cancelling it again stops that. RunStateError if
-        the run had already finished (nothing changes), RunNotFoundError if unknown."""
+        the run had already finished (nothing changes), RunNotFoundError if unknown. A
+        run that continued as new: its chain's current run is cancelled."""
         engine = await self._ready()
-        stopped, parent = await self._store.cancel_run(run_id, engine.clock())
-        if not stopped:
-            row = await self._store.get_run(run_id)
-            if row is None:
-                raise RunNotFoundError(f"no run with id {run_id!r}")
+        while True:
+            stopped, parent = await self._store.cancel_run(run_id, engine.clock())
+            if stopped:
+                break
+            row = await self._current(run_id)
+            if row["run_id"] != run_id:
+                run_id = row["run_id"]  # the chain's current run: cancel that
+                continue
             raise RunStateError(f"run {run_id} has already finished ({row['status']}); "
                                 "only a run that has not finished can be cancelled",
                                 run_id=run_id, status=row["status"])
