@@ -264,7 +264,8 @@ async def _cmd_cancel(client, args) -> int:
     if args.json:
         _print_json({"run_id": args.run_id, "cancelled": cancelled, "status": run.status})
     elif cancelled:
-        print(f"cancelled {args.run_id}")
+        print(f"cancelled {args.run_id}" + (" (its compensations run now)"
+                                            if run.status == "compensating" else ""))
     if not cancelled:
         _error(f"run {args.run_id} had already finished ({run.status.value}); nothing to cancel")
         return 1
