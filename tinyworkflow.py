@@ -755,6 +755,7 @@ class _Dialect:
     types: dict
     for_update: str  # appended to the claim's SELECT: row locks that skip locked rows
     lock_shared: str  # appended to a SELECT whose row must not change before commit
+    lock_update: str  # appended to a SELECT of a row this transaction will update
     upsert_style: str  # "on conflict" (SQLite, PostgreSQL) or "on duplicate key" (MySQL)
     typed_select: bool = False  # values selected from a bind need a CAST (PostgreSQL)
 
@@ -794,6 +795,7 @@ _SQLITE = _Dialect(
            "autoid": "INTEGER PRIMARY KEY", "clustered": " WITHOUT ROWID", "table": ""},
     for_update="",  # BEGIN IMMEDIATE already makes the claim the only writer
     lock_shared="",  # likewise for every write transaction
+    lock_update="",
     upsert_style="on conflict",
 )
 
@@ -805,6 +807,7 @@ _POSTGRES = _Dialect(
            "table": ""},
     for_update="FOR UPDATE SKIP LOCKED",
     lock_shared="FOR SHARE",
+    lock_update="FOR NO KEY UPDATE",
     upsert_style="on conflict",
     typed_select=True,
 )
@@ -820,6 +823,7 @@ _MYSQL = _Dialect(
            "table": " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"},
     for_update="FOR UPDATE SKIP LOCKED",  # MySQL 8, MariaDB 10.6
     lock_shared="LOCK IN SHARE MODE",
+    lock_update="FOR UPDATE",
     upsert_style="on duplicate key",
 )
 
@@ -979,6 +983,10 @@ class _Store:
         unreachable, rather than refusing the values written."""
         return isinstance(exc, TinyWorkflowError)  # ours: closed, pool timeout, unknown
 
+    def _conflict(self, exc: BaseException) -> bool:
+        """A deadlock or serialisation failure: the transaction was rolled back."""
+        return False
+
     # -- waking workers of other processes (PostgreSQL's NOTIFY; elsewhere they poll)
     def _wake_ops(self, run_id: str) -> list:
         """Statements to add to a write that makes a run due."""
@@ -1044,7 +1052,8 @@ class _Store:
         """Record the parent's child step and insert the child run, in one transaction
         fenced by the parent's owner token: a child exists exactly when its step does."""
         return await self.batch([
-            (self._step_upsert_sql(), (*(step[c] for c in _STEP_COLUMNS), parent, owner)),
+            (self._step_upsert_sql(),
+             (*(step[c] for c in _STEP_COLUMNS), parent, owner, "running")),
             self._event(parent, *event, now),
             self._insert(child),
             self._event(child["run_id"], "workflow_created", {
@@ -1199,8 +1208,9 @@ class _Store:
             (self.sql("UPDATE {p}runs SET owner = NULL, lease_expires_at = NULL, updated_at = ? "
                       "WHERE run_id = ? AND owner = ? AND status = 'cancelled'"),
              (now, run_id, owner)),
-            (self.sql("UPDATE {p}runs SET lease_expires_at = NULL, updated_at = ? WHERE "
-                      "run_id = ? AND owner IS NULL AND status = 'compensating'"), (now, run_id)),
+            (self.sql("UPDATE {p}runs SET owner = NULL, lease_expires_at = NULL, updated_at = ? "
+                      "WHERE run_id = ? AND owner = ? AND status = 'compensating'"),
+             (now, run_id, owner)),
             *self._wake_ops(run_id),
         ])
 
@@ -1269,18 +1279,15 @@ class _Store:
     async def send_signal(self, run_id: str, name: str, payload: str, now: float) -> bool:
         """Store a signal for a run that is not finished (False if there is no such
         run) and make a waiting run due at once."""
-        bind = (lambda kind: f"CAST(? AS {{{kind}}})") if self.dialect.typed_select else \
-            (lambda kind: "?")
         return await self.batch([
-            (self.sql(f"INSERT INTO {{p}}signals (run_id, name, payload, created_at) SELECT "
-                      f"{bind('key')}, {bind('key')}, {bind('text')}, {bind('float')} "
-                      f"FROM {{p}}runs WHERE run_id = ? AND {_NOT_TERMINAL} "
-                      # Locked: a run continuing as new meanwhile passes this signal on.
-                      + self.dialect.lock_shared),
-             (run_id, name, payload, now, run_id)),
+            # First, locking the run row: a run continuing as new meanwhile either passes
+            # this signal on or has ended before (then the client sends to its successor).
             # Marks a running run due: parked, it wakes; still executing, it will not park.
-            (self.sql("UPDATE {p}runs SET wake_at = ?, updated_at = ? "
-                      "WHERE run_id = ? AND status = 'running'"), (now, now, run_id)),
+            (self.sql("UPDATE {p}runs SET wake_at = CASE WHEN status = 'running' THEN ? "
+                      f"ELSE wake_at END, updated_at = ? WHERE run_id = ? AND {_NOT_TERMINAL}"),
+             (now, now, run_id)),
+            (self.sql("INSERT INTO {p}signals (run_id, name, payload, created_at) "
+                      "VALUES (?, ?, ?, ?)"), (run_id, name, payload, now)),
             self._event(run_id, "signal_received", {"name": name}, now),
             *self._wake_ops(run_id),
         ], fence=True)
@@ -1293,7 +1300,7 @@ class _Store:
         longer ``owner``'s."""
         async with self.transaction() as tx:
             if not await tx.fetch(self.sql("SELECT 1 FROM {p}runs WHERE run_id = ? AND owner = ? "
-                                           "AND status = 'running' " + self.dialect.lock_shared),
+                                           "AND status = 'running' " + self.dialect.lock_update),
                                   (run_id, owner)):
                 return None
             rows = await tx.fetch(self.sql(
@@ -1307,7 +1314,7 @@ class _Store:
             await tx.execute(self.sql("UPDATE {p}signals SET consumed_step = ? WHERE id = ?"),
                              (step["step"], signal_id))
             await tx.execute(self._step_upsert_sql(),
-                             (*(row[c] for c in _STEP_COLUMNS), run_id, owner))
+                             (*(row[c] for c in _STEP_COLUMNS), run_id, owner, "running"))
             await tx.execute(*self._event(run_id, "step_completed", {
                 "step": step["step"], "name": name, "kind": "signal"}, now))
             # Consumed: the mark of its arrival goes (a later signal marks again).
@@ -1315,18 +1322,24 @@ class _Store:
                              (run_id,))
             return True, payload
 
-    async def renew_lease(self, run_id: str, owner: str, now: float, lease_until: float) -> bool:
+    async def renew_lease(self, run_id: str, owner: str, now: float, lease_until: float,
+                          status: Optional[str]) -> bool:
+        """Extend the lease while the run is ``owner``'s and (if given) in ``status``;
+        without it, while a cancelled execution winds down (the run keeps its owner)."""
         return await self.batch([(self.sql(
-            "UPDATE {p}runs SET lease_expires_at = ?, updated_at = ? "
-            f"WHERE run_id = ? AND owner = ? AND {_EXECUTING}"),
-            (lease_until, now, run_id, owner))], fence=True)
+            "UPDATE {p}runs SET lease_expires_at = ?, updated_at = ? WHERE run_id = ? AND "
+            "owner = ?" + (" AND status = ?" if status else "")),
+            (lease_until, now, run_id, owner, *((status,) if status else ())))], fence=True)
 
     async def record_step(self, run_id: str, owner: str, now: float, step: dict,
-                          event: tuple) -> bool:
+                          event: tuple, status: str = "running") -> bool:
+        """Record a step of the run while it is ``owner``'s and in ``status`` (running,
+        or compensating for a compensation)."""
         # The step row is selected *from* the run row that proves ownership, so the
         # hot path writes no run row (the heartbeat renews the lease).
         return await self.batch([
-            (self._step_upsert_sql(), (*(step[c] for c in _STEP_COLUMNS), run_id, owner)),
+            (self._step_upsert_sql(),
+             (*(step[c] for c in _STEP_COLUMNS), run_id, owner, status)),
             self._event(run_id, *event, now),
         ], fence=True)
 
@@ -1334,19 +1347,20 @@ class _Store:
         if self._step_upsert is None:
             self._step_upsert = self.sql(self.dialect.upsert(
                 "{p}steps", _STEP_TYPES, ("run_id", "step"),
-                f"FROM {{p}}runs WHERE run_id = ? AND owner = ? AND {_EXECUTING} "
+                "FROM {p}runs WHERE run_id = ? AND owner = ? AND status = ? "
                 + self.dialect.lock_shared))
         return self._step_upsert
 
     async def finish_run(self, run_id: str, owner: str, now: float, status: str,
                          output: Optional[str], error: Optional[str], event: tuple,
-                         parent: Optional[str] = None) -> bool:
-        """Record the run's outcome; a child run's ``parent`` becomes due with it."""
+                         parent: Optional[str] = None, fence: str = "running") -> bool:
+        """Record the run's outcome while it is ``owner``'s and in ``fence`` (running,
+        or compensating); a child run's ``parent`` becomes due with it."""
         return await self.batch([
             (self.sql("UPDATE {p}runs SET status = ?, output_data = ?, error = ?, "
                       "completed_at = ?, updated_at = ?, owner = NULL, lease_expires_at = NULL, "
-                      f"wake_at = NULL WHERE run_id = ? AND owner = ? AND {_EXECUTING}"),
-             (status, output, error, now, now, run_id, owner)),
+                      "wake_at = NULL WHERE run_id = ? AND owner = ? AND status = ?"),
+             (status, output, error, now, now, run_id, owner, fence)),
             self._event(run_id, *event, now),
             *(self._wake_parent(parent, now) if parent else ()),
         ], fence=True)
@@ -1376,11 +1390,10 @@ class _Store:
         cancelled or compensating, the run's first, and the parent to wake (or None);
         ``([], None)`` if the run had already finished or does not exist."""
         # owner and lease of a cancelled run stay until its executor has really stopped
-        # (settle_run): a resume must not overlap the step that may still be running. A
-        # run to compensate loses its owner (that executor can write no more) and is
-        # taken once the lease has run out or the executor has stopped.
+        # (settle_run; meanwhile it keeps renewing the lease but can write nothing else):
+        # a resume, or a compensation, must not overlap the step that may still run.
         to_compensate = self.sql(
-            "UPDATE {p}runs SET owner = NULL, error = ?, updated_at = ?, wake_at = NULL, "
+            "UPDATE {p}runs SET error = ?, updated_at = ?, wake_at = NULL, "
             "approval_required = NULL, status = 'compensating' WHERE run_id = ? AND "
             f"{_NOT_TERMINAL} AND status <> 'compensating' AND EXISTS (SELECT 1 FROM "
             "{p}steps s WHERE s.run_id = ? AND s.kind = 'compensation' "
@@ -1388,27 +1401,46 @@ class _Store:
         to_cancel = self.sql(
             "UPDATE {p}runs SET status = 'cancelled', completed_at = ?, updated_at = ?, "
             f"wake_at = NULL, approval_required = NULL WHERE run_id = ? AND {_NOT_TERMINAL}")
+        for attempt in range(1, 4):  # a deadlock with a child finishing: again
+            try:
+                return await self._cancel_tree(run_id, now, to_compensate, to_cancel)
+            except Exception as exc:
+                if attempt == 3 or not self._conflict(exc):
+                    raise
+                await asyncio.sleep(random.uniform(0, 0.01 * attempt))
+
+    async def _cancel_tree(self, run_id: str, now: float, to_compensate: str,
+                           to_cancel: str) -> tuple:
         async with self.transaction() as tx:
-            rows = await tx.fetch(self.sql(
-                f"{_TREE} SELECT r.run_id, r.parent_run_id FROM tree t JOIN {{p}}runs r "
-                f"ON r.run_id = t.run_id WHERE r.{_NOT_TERMINAL} ORDER BY t.depth"), (run_id,))
-            if not rows or rows[0][0] != run_id:
-                return [], None
-            stopped = []
-            for rid, _ in rows:
-                cause = {} if rid == run_id else {"with_ancestor": run_id}
-                if await tx.execute(to_compensate, ("cancelled", now, rid, rid)):
-                    event = ("workflow_compensating", {"reason": "cancelled", **cause})
-                elif await tx.execute(to_cancel, (now, now, rid)):
-                    event = ("workflow_cancelled", cause)
-                else:  # finished meanwhile
-                    continue
-                stopped.append(rid)
-                await tx.execute(*self._event(rid, *event, now))
-                for op in self._wake_ops(rid):
-                    await tx.execute(*op)
-            parent = rows[0][1]
-            if parent is not None and stopped and stopped[0] == run_id:
+            # The run first, then level by level: each run is updated (locked) before
+            # its children are read, so a child started meanwhile is either seen or
+            # refused (its parent no longer running).
+            stopped, level = [], [(run_id, None)]
+            while level:
+                for rid, status in level:
+                    if status in _TERMINAL or (rid != run_id and status == "compensating"):
+                        continue  # finished, or undoing its work already: let it
+                    cause = {} if rid == run_id else {"with_ancestor": run_id}
+                    if await tx.execute(to_compensate, ("cancelled", now, rid, rid)):
+                        event = ("workflow_compensating", {"reason": "cancelled", **cause})
+                    elif await tx.execute(to_cancel, (now, now, rid)):
+                        event = ("workflow_cancelled", cause)
+                    else:  # finished meanwhile
+                        continue
+                    stopped.append(rid)
+                    await tx.execute(*self._event(rid, *event, now))
+                    for op in self._wake_ops(rid):
+                        await tx.execute(*op)
+                if not stopped:
+                    return [], None
+                ids = [rid for rid, _ in level]
+                level = await tx.fetch(self.sql(
+                    "SELECT run_id, status FROM {p}runs WHERE parent_run_id IN "
+                    f"({', '.join('?' * len(ids))}) ORDER BY created_at"), tuple(ids))
+            rows = await tx.fetch(self.sql("SELECT parent_run_id FROM {p}runs WHERE run_id = ?"),
+                                  (run_id,))
+            parent = rows[0][0] if rows else None
+            if parent is not None:
                 for op in self._wake_parent(parent, now):
                     await tx.execute(*op)
             return stopped, parent
@@ -2282,15 +2314,17 @@ class _PostgresStore(_ServerStore):
 
     # -- group commit: the steps, and the finishes, of concurrent runs
     async def record_step(self, run_id: str, owner: str, now: float, step: dict,
-                          event: tuple) -> bool:
+                          event: tuple, status: str = "running") -> bool:
+        if status != "running":  # a compensation: rare, a batch of its own
+            return await super().record_step(run_id, owner, now, step, event, status)
         return await self._grouped("steps", (run_id, owner, now, step, event))
 
     async def finish_run(self, run_id: str, owner: str, now: float, status: str,
                          output: Optional[str], error: Optional[str], event: tuple,
-                         parent: Optional[str] = None) -> bool:
-        if parent is not None:  # a child's finish wakes its parent too: a batch of its own
+                         parent: Optional[str] = None, fence: str = "running") -> bool:
+        if parent is not None or fence != "running":  # a child's, a saga's: on its own
             return await super().finish_run(run_id, owner, now, status, output, error, event,
-                                            parent)
+                                            parent, fence)
         return await self._grouped("finishes", (run_id, owner, now, status, output, error,
                                                 event))
 
@@ -2357,8 +2391,7 @@ class _PostgresStore(_ServerStore):
             write = (
                 f"s AS (INSERT INTO {{p}}steps ({', '.join(_STEP_COLUMNS)}) "
                 f"SELECT {', '.join('v.' + c for c in _STEP_COLUMNS)} FROM v JOIN {{p}}runs r "
-                "ON r.run_id = v.run_id AND r.owner = v.owner "
-                "AND r.status IN ('running', 'compensating') "
+                "ON r.run_id = v.run_id AND r.owner = v.owner AND r.status = 'running' "
                 "FOR SHARE OF r ON CONFLICT (run_id, step) DO UPDATE SET "
                 f"{', '.join(f'{c} = excluded.{c}' for c in rest)} RETURNING run_id, step)")
             joined, now, result = "s.run_id = v.run_id AND s.step = v.step", "completed_at", \
@@ -2370,8 +2403,7 @@ class _PostgresStore(_ServerStore):
             write = ("s AS (UPDATE {p}runs r SET status = v.status, output_data = "
                      "v.output_data, error = v.error, completed_at = v.now, updated_at = v.now, "
                      "owner = NULL, lease_expires_at = NULL, wake_at = NULL FROM v WHERE r.run_id = v.run_id "
-                     "AND r.owner = v.owner AND r.status IN ('running', 'compensating') "
-                     "RETURNING r.run_id)")
+                     "AND r.owner = v.owner AND r.status = 'running' RETURNING r.run_id)")
             joined, now, result = "s.run_id = v.run_id", "now", "run_id"
         arrays = ", ".join(f"CAST(${i} AS {{{type_}}}[])"
                            for i, type_ in enumerate(columns.values(), 1))
@@ -2683,8 +2715,10 @@ class _ActivityDef:
             result = await asyncio.shield(thread)  # a thread: never block the loop
         except asyncio.CancelledError:
             # A thread cannot be interrupted: the step is over only when it returns, so
-            # nobody (a retry, another worker) may run it again before that.
-            await asyncio.wait({thread})
+            # nobody (a retry, another worker, a compensation) may run before that.
+            while not thread.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait({thread})
             raise
         if inspect.isawaitable(result):  # a callable object with an async __call__
             result = await result
@@ -2881,7 +2915,8 @@ class ChildWorkflowHandle:
         if self._outcome is None:
             self._outcome = asyncio.ensure_future(self._ctx._join(self._row))
             self._ctx._joins.add(self._outcome)
-        return self._outcome.__await__()
+        # Shielded: one awaiter given up on (a wait_for timing out) leaves it for others.
+        return asyncio.shield(self._outcome).__await__()
 
     def __repr__(self) -> str:
         return f"<ChildWorkflowHandle {self.workflow_name!r} run_id={self.run_id!r}>"
@@ -3119,7 +3154,12 @@ class WorkflowContext:
             if record["status"] != "failed" or record["run_attempt"] == self.retry_count:
                 return ChildWorkflowHandle(self, record)
         input_text = _dumps(input_data, f"the input of child workflow {workflow_name!r}")
-        retries, timeout = await _workflow_options(engine.store, workflow_name)
+        try:
+            retries, timeout = await _workflow_options(engine.store, workflow_name)
+        except WorkflowNotFoundError:
+            raise
+        except Exception as exc:  # reading the live workers failed: the database's trouble
+            raise _StoreFailed(self.run_id, exc) from exc
         if self._owner in engine.draining:
             raise _Released(self.run_id)
         now, child_id = engine.clock(), str(uuid.uuid4())
@@ -3150,6 +3190,7 @@ class WorkflowContext:
         child's end makes it due."""
         engine, step, name = self._engine, row["step"], row["name"]
         child_id = _loads(row["output"])["run_id"]
+        row = {**row, "run_attempt": self.retry_count}  # its outcome is this attempt's
         if row["status"] == "completed":
             return _loads(row["output"])["result"]
         if row["status"] == "failed":
@@ -3410,10 +3451,11 @@ class WorkflowContext:
             step_row = {"run_id": self.run_id, "step": step, "name": definition.name,
                         "kind": kind, "input": arguments, "attempts": attempts,
                         "run_attempt": self.retry_count, "started_at": started}
+            fence = "compensating" if kind == "compensation" else "running"
             if error is None:
                 await self._record(step_row, "completed", output, None, "step_completed", {
                     "step": step, "name": definition.name, "attempts": attempts,
-                    "duration_ms": round((engine.clock() - started) * 1000, 3)})
+                    "duration_ms": round((engine.clock() - started) * 1000, 3)}, fence=fence)
                 return json.loads(output)
             retry = attempts <= policy.max_retries and not isinstance(error, SerializationError)
             delay = policy.calculate_delay(attempts - 1) if retry else None
@@ -3421,7 +3463,7 @@ class WorkflowContext:
                 step_row, "retrying" if retry else "failed", None,
                 _dumps_lenient(_error_record(error)), "step_failed",
                 {"step": step, "name": definition.name, "attempt": attempts,
-                 "error": _error_text(error), "retry_in": delay})
+                 "error": _error_text(error), "retry_in": delay}, fence=fence)
             if not retry:
                 raise error
             _log.info("run %s step %d (%s) attempt %d failed, retrying in %.2fs: %s",
@@ -3430,8 +3472,10 @@ class WorkflowContext:
 
     async def _record(self, step_row: dict, status: str, output: Optional[str],
                       error: Optional[str], event_type: str, event_data: dict,
-                      child: Optional[dict] = None) -> None:
-        """Record the step (fenced by this execution's owner token); with ``child``,
+                      child: Optional[dict] = None, fence: str = "running") -> None:
+        """Record the step, fenced by this execution's owner token and the run's status
+        (``fence``: running, or compensating for a compensation: once a run compensates,
+        what is left of its forward execution can record nothing); with ``child``,
         insert that child run in the same transaction."""
         engine = self._engine
         if self._markers:
@@ -3442,7 +3486,7 @@ class WorkflowContext:
         try:
             if child is None:
                 ours = await engine.store.record_step(self.run_id, self._owner, now, row,
-                                                      (event_type, event_data))
+                                                      (event_type, event_data), fence)
             else:
                 ours = await engine.store.start_child(self.run_id, self._owner, now, row,
                                                       (event_type, event_data), child)
@@ -3495,7 +3539,7 @@ class _Engine:
         run_id, owner = run["run_id"], run["owner"]
         task, done = asyncio.ensure_future(self._execute(run)), asyncio.Event()
         self._tasks[run_id] = (owner, task, done)
-        heartbeat = asyncio.ensure_future(self._heartbeat(run_id, owner))
+        heartbeat = asyncio.ensure_future(self._heartbeat(run))
         try:
             await task
         except asyncio.CancelledError:
@@ -3518,26 +3562,34 @@ class _Engine:
                 done.set()
                 self.changed(run_id)
 
-    async def _heartbeat(self, run_id: str, owner: str) -> None:
+    async def _heartbeat(self, run: dict) -> None:
         """Renew the lease while the run executes, also through activities longer than
-        the lease; stop the execution as soon as the run is no longer ours."""
+        the lease; stop the execution as soon as the run is no longer ours (or no
+        longer in the status it executes in: cancelled). A cancelled execution keeps
+        its lease until it has stopped (a sync activity's thread ends when it returns):
+        nothing may overlap it."""
+        run_id, owner, stopping = run["run_id"], run["owner"], False
         while True:
             await asyncio.sleep(self.lease / 3)
             try:
                 ours = await self.store.renew_lease(run_id, owner, self.clock(),
-                                                    time.time() + self.lease)
+                                                    time.time() + self.lease,
+                                                    None if stopping else run["status"])
             except Exception:  # a busy or unreachable database: try again next beat
                 _log.warning("run %s: could not renew its lease", run_id, exc_info=True)
                 continue
+            if not ours and stopping:
+                return  # not even its owner any more: taken over
             if not ours:
                 _log.info("run %s is no longer ours (cancelled or taken over); stopping", run_id)
                 self.cancel_local(run_id, owner)
-                return
+                stopping = True
 
     def cancel_local(self, run_id: str, owner: Optional[str] = None) -> None:
         """Stop this engine's execution of a run (only the one under ``owner``, if given)."""
         current_owner, task, _ = self._tasks.get(run_id, (None, None, None))
-        if task is not None and owner in (None, current_owner):
+        if (task is not None and owner in (None, current_owner)
+                and (run_id, current_owner) not in self._cancelling):  # once: see call()
             self._cancelling.add((run_id, current_owner))
             task.cancel()
         self.changed(run_id)
@@ -3630,7 +3682,7 @@ class _Engine:
         """Record the run's final state; a child's parent learns of it at once."""
         parent = run["parent_run_id"]
         if not await self.store.finish_run(run["run_id"], run["owner"], self.clock(), status,
-                                           output, error, event, parent):
+                                           output, error, event, parent, run["status"]):
             _log.info("run %s ended (%s) but is no longer ours; not recorded", run["run_id"],
                       status)
             return
@@ -3676,6 +3728,7 @@ class _Engine:
                for s in steps.values()):
             if await self.store.begin_compensation(run_id, owner, now, text, (
                     "workflow_compensating", {"reason": "failed", **details})):
+                run["status"] = "compensating"  # what its writes are fenced on from now
                 await self._compensate(run, ctx, steps, text)
             return
         await self._finish(run, "failed", None, text, ("workflow_failed", details))
@@ -3691,6 +3744,8 @@ class _Engine:
             if record["status"] == "failed":  # done with: failed after its retries
                 failures.append(f"{name} (step {step}): {_loads(record['error'])['message']}")
                 continue
+            if ctx._owner in self.draining:
+                raise _Released(run["run_id"])  # the next worker goes on from here
             definition, call = _ACTIVITIES.get(name), _loads(record["input"])
             if definition is None:  # the code changed: nothing to run it with
                 missing = ActivityError(f"no activity named {name!r} is registered in this "
@@ -3698,7 +3753,7 @@ class _Engine:
                                         step=step)
                 await ctx._record(record, "failed", None, _dumps_lenient(_error_record(missing)),
                                   "step_failed", {"step": step, "name": name,
-                                                  "error": str(missing)})
+                                                  "error": str(missing)}, fence="compensating")
                 failures.append(f"{name} (step {step}): {missing}")
                 continue
             try:
@@ -3902,8 +3957,8 @@ class TinyWorkflowClient:
                     if status == "continued":  # carry on with its successor
                         root, claimed = _loads(output)["continued_as"], []
                         continue
-                    if status in _TERMINAL:
-                        return
+                    if status in _TERMINAL and all(row[1] != "compensating" for row in tree):
+                        return  # (descendants cancelled with it compensate first)
                     due = [row[0] for row in tree if row[3] and row[0] not in executing]
                     claimed = await engine.claim(run_ids=due, limit=len(due)) if due else []
                     if claimed:

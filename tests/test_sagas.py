@@ -180,6 +180,98 @@ async def test_cancelling_a_saga_compensates_it_and_a_second_cancel_stops_that(d
         assert log == ["book hotel", "book flight"]
 
 
+@activity(name="saga_slow")
+async def slow() -> None:
+    log.append("slow")
+    await asyncio.sleep(30)
+
+
+@workflow(name="saga_busy", retry_policy=NO_RETRY)
+async def busy(ctx):
+    hotel = await ctx.execute_activity(book_hotel, "Oslo")
+    await ctx.add_compensation(cancel_hotel, hotel)
+    await ctx.execute_activity(slow)
+
+
+@pytest.mark.parametrize("how", ["worker", "wait"])
+async def test_cancelling_a_saga_in_the_middle_of_an_activity_compensates_it(db_url, how):
+    async with TinyWorkflowClient(db_url, auto_start_worker=how == "worker",
+                                  poll_interval=0.2) as c:
+        if how == "worker":
+            run_id = await c.start_workflow("saga_busy")
+        else:  # start_workflow(wait=True) executes the compensations too
+            waiting = asyncio.ensure_future(c.start_workflow("saga_busy", wait=True))
+            await dbutil.until(lambda: "slow" in log, 10, "the slow activity")
+            [run] = await c.list_workflow_executions(workflow_name="saga_busy")
+            run_id = run.run_id
+        await dbutil.until(lambda: "slow" in log, 10, "the slow activity")
+        await c.cancel_workflow(run_id)  # stops the activity here at once
+        with pytest.raises(WorkflowFailedError, match="compensated: cancelled"):
+            await c.wait_for_result(run_id, timeout=10)
+        if how == "wait":
+            assert await waiting == run_id
+    assert log == ["book hotel", "slow", "cancel hotel H-Oslo"]
+
+
+@activity(name="saga_sync_charge")
+def sync_charge(seconds: float) -> None:  # a thread: cannot be interrupted
+    import time
+    log.append("charge start")
+    time.sleep(seconds)
+    log.append("charge done")
+
+
+@activity(name="saga_refund")
+async def refund() -> None:
+    log.append("refund")
+
+
+@workflow(name="saga_sync", retry_policy=NO_RETRY)
+async def saga_sync(ctx):
+    await ctx.add_compensation(refund)
+    await ctx.execute_activity(sync_charge, 1.5)
+
+
+async def test_a_compensation_never_overlaps_the_activity_still_running(db_url):
+    # The lease (0.6 s) runs out several times over during the 1.5 s activity: the
+    # cancelled execution keeps it until its thread has returned.
+    async with TinyWorkflowClient(db_url, auto_start_worker=True, poll_interval=0.1,
+                                  lease_seconds=0.6) as c:
+        run_id = await c.start_workflow("saga_sync")
+        await dbutil.until(lambda: "charge start" in log, 10, "the charge to start")
+        await c.cancel_workflow(run_id)
+        with pytest.raises(WorkflowFailedError, match="compensated"):
+            await c.wait_for_result(run_id, timeout=10)
+    assert log == ["charge start", "charge done", "refund"]
+
+
+@workflow(name="saga_child_fails", retry_policy=NO_RETRY)
+async def saga_child_fails(ctx):
+    await ctx.add_compensation(refund)
+    await ctx.wait_for_signal("go")
+    raise RuntimeError("the child gives up")
+
+
+@workflow(name="saga_parent_of_failing", retry_policy=NO_RETRY)
+async def saga_parent_of_failing(ctx):
+    await ctx.execute_child_workflow("saga_child_fails")
+
+
+async def test_start_workflow_wait_runs_the_compensations_of_cancelled_children(client):
+    waiting = asyncio.ensure_future(client.start_workflow("saga_parent_of_failing", wait=True))
+
+    async def parked_child() -> bool:
+        kids = await client.list_workflow_executions(workflow_name="saga_child_fails")
+        return bool(kids) and kids[0].status == "running" and kids[0].owner is None
+
+    await dbutil.until(parked_child, 10, "the child to wait for its signal")
+    [kid] = await client.list_workflow_executions(workflow_name="saga_child_fails")
+    await client.cancel_workflow(kid.parent_run_id)
+    await asyncio.wait_for(waiting, 10)  # returns once the child has compensated too
+    assert (await client.get_workflow_status(kid.run_id)).status == "compensated"
+    assert log == ["refund"]
+
+
 @workflow(name="saga_parent", retry_policy=NO_RETRY)
 async def saga_parent(ctx):
     return await ctx.execute_child_workflow("saga_trip", {"city": "Rome", "amount": 5,
