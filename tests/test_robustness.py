@@ -218,10 +218,10 @@ async def test_stale_heartbeat_does_not_cancel_the_new_execution(db_url):
         store, real = client._store, client._store.renew_lease
         t0 = time.monotonic()
 
-        async def flaky_renew(run_id, owner, now, until):
+        async def flaky_renew(run_id, owner, now, until, status):
             if owner.endswith(":1") and time.monotonic() - t0 < 0.5:
                 raise dbutil.transient_error(db_url)
-            return await real(run_id, owner, now, until)
+            return await real(run_id, owner, now, until, status)
 
         store.renew_lease = flaky_renew
         run_id = await client.start_workflow("review_slow_wf")
