@@ -434,6 +434,27 @@ async def until(predicate, timeout: float, what: str, pause: float = 0.05):
         await asyncio.sleep(pause)
 
 
+# The end of a worker script for start_script: a worker on the database sys.argv[1]
+# (taking a killed worker's runs over after a 2 s lease) until the process is killed.
+WORKER_MAIN = """
+async def main():
+    async with TinyWorkflowClient(sys.argv[1], poll_interval=0.1, lease_seconds=2) as c:
+        await c.start_worker()
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def until_served(client, workflow_name: str, timeout: float = 10) -> None:
+    """Until a live worker advertises that it serves ``workflow_name``."""
+    async def served() -> bool:
+        return any(workflow_name in w.workflows for w in await client.list_workers())
+
+    await until(served, timeout, f"a worker serving {workflow_name}")
+
+
 def start_script(source: str, *argv: str) -> subprocess.Popen:
     """Run ``python -c source argv...`` with this checkout importable and no database URL
     in its environment; return once it has printed "ready" (a worker has started)."""

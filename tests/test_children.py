@@ -220,27 +220,17 @@ async def crash_parent(ctx):
     handles = [await ctx.start_child_workflow("ch_crash_child", {"log": ctx.get_input("log"),
                                                                  "x": x}) for x in (1, 2)]
     return sum(await asyncio.gather(*handles))
-
-async def main():
-    async with TinyWorkflowClient(sys.argv[1], poll_interval=0.1, lease_seconds=2) as c:
-        await c.start_worker()
-        print("ready", flush=True)
-        await asyncio.Event().wait()
-
-asyncio.run(main())
 """
+
 
 
 @pytest.mark.crash
 async def test_a_killed_worker_does_not_start_a_child_twice(db_url, tmp_path):
     log = tmp_path / "log.jsonl"
-    worker = dbutil.start_script(WORKER, db_url)
+    worker = dbutil.start_script(WORKER + dbutil.WORKER_MAIN, db_url)
     try:
         async with TinyWorkflowClient(db_url) as client:
-            async def served() -> bool:
-                return any("ch_crash_parent" in w.workflows for w in await client.list_workers())
-
-            await dbutil.until(served, 10, "the worker to advertise")
+            await dbutil.until_served(client, "ch_crash_parent")
             top = await client.start_workflow("ch_crash_parent", {"log": str(log)})
 
             def both_working() -> bool:
@@ -250,7 +240,7 @@ async def test_a_killed_worker_does_not_start_a_child_twice(db_url, tmp_path):
             worker.send_signal(signal.SIGKILL)  # the children's activities are in flight
             worker.wait(timeout=10)
             (tmp_path / "log.jsonl.go").touch()
-            worker = dbutil.start_script(WORKER, db_url)
+            worker = dbutil.start_script(WORKER + dbutil.WORKER_MAIN, db_url)
             assert await client.wait_for_result(top, timeout=30) == 30
             kids = await client.list_workflow_executions(workflow_name="ch_crash_child")
             assert len(kids) == 2 and {k.parent_run_id for k in kids} == {top}

@@ -152,34 +152,24 @@ async def loop(ctx):
     if n < 4:
         ctx.continue_as_new({"log": ctx.get_input("log"), "n": n + 1})
     return n
-
-async def main():
-    async with TinyWorkflowClient(sys.argv[1], poll_interval=0.1, lease_seconds=2) as c:
-        await c.start_worker()
-        print("ready", flush=True)
-        await asyncio.Event().wait()
-
-asyncio.run(main())
 """
+
 
 
 @pytest.mark.crash
 async def test_a_killed_worker_resumes_the_chain_where_it_was(db_url, tmp_path):
     log = tmp_path / "log.jsonl"
-    worker = dbutil.start_script(WORKER, db_url)
+    worker = dbutil.start_script(WORKER + dbutil.WORKER_MAIN, db_url)
     try:
         async with TinyWorkflowClient(db_url) as client:
-            async def served() -> bool:
-                return any("can_crash_loop" in w.workflows for w in await client.list_workers())
-
-            await dbutil.until(served, 10, "the worker to advertise")
+            await dbutil.until_served(client, "can_crash_loop")
             first = await client.start_workflow("can_crash_loop", {"log": str(log), "n": 0})
             await dbutil.until(lambda: log.exists() and "2" in log.read_text().split(), 15,
                                "generation 2 to be in its activity")
             worker.send_signal(signal.SIGKILL)
             worker.wait(timeout=10)
             (tmp_path / "log.jsonl.go").touch()
-            worker = dbutil.start_script(WORKER, db_url)
+            worker = dbutil.start_script(WORKER + dbutil.WORKER_MAIN, db_url)
             assert await client.wait_for_result(first, timeout=30) == 4
             runs = await client.list_workflow_executions(workflow_name="can_crash_loop")
             assert sorted(r.status for r in runs) == ["completed"] + ["continued"] * 4

@@ -341,28 +341,18 @@ async def trip(ctx):
         await ctx.execute_activity(book, path, what)
         await ctx.add_compensation(cancel, path, what)
     await ctx.execute_activity(charge, path)
-
-async def main():
-    async with TinyWorkflowClient(sys.argv[1], poll_interval=0.1, lease_seconds=2) as c:
-        await c.start_worker()
-        print("ready", flush=True)
-        await asyncio.Event().wait()
-
-asyncio.run(main())
 """
+
 
 
 @pytest.mark.crash
 async def test_a_crash_while_compensating_resumes_without_repeating_a_done_one(db_url,
                                                                              tmp_path):
     path = tmp_path / "log.jsonl"
-    worker = dbutil.start_script(WORKER, db_url)
+    worker = dbutil.start_script(WORKER + dbutil.WORKER_MAIN, db_url)
     try:
         async with TinyWorkflowClient(db_url) as client:
-            async def served() -> bool:
-                return any("saga_crash_trip" in w.workflows for w in await client.list_workers())
-
-            await dbutil.until(served, 10, "the worker to advertise")
+            await dbutil.until_served(client, "saga_crash_trip")
             run_id = await client.start_workflow("saga_crash_trip", {"log": str(path)})
             await dbutil.until(lambda: path.exists() and '"cancel hotel"' in path.read_text(),
                                15, "the hotel's cancellation to be in flight")
@@ -370,7 +360,7 @@ async def test_a_crash_while_compensating_resumes_without_repeating_a_done_one(d
             worker.send_signal(signal.SIGKILL)
             worker.wait(timeout=10)
             (tmp_path / "log.jsonl.go").touch()
-            worker = dbutil.start_script(WORKER, db_url)
+            worker = dbutil.start_script(WORKER + dbutil.WORKER_MAIN, db_url)
             with pytest.raises(WorkflowFailedError) as failed:
                 await client.wait_for_result(run_id, timeout=30)
             assert failed.value.status == "compensated"

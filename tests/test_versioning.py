@@ -247,19 +247,12 @@ async def crash_wf(ctx):
     await ctx.set_event("stage", "notified")
     await ctx.wait_for_signal("go")
     return await ctx.execute_activity(log, path, ctx.run_id, "end")
-
-async def main():
-    async with TinyWorkflowClient(sys.argv[1], poll_interval=0.1, lease_seconds=2) as c:
-        await c.start_worker()
-        print("ready", flush=True)
-        await asyncio.Event().wait()
-
-asyncio.run(main())
 """
 
 
+
 def start_worker(db_url: str, version: int):
-    return dbutil.start_script(WORKER, db_url, str(version))
+    return dbutil.start_script(WORKER + dbutil.WORKER_MAIN, db_url, str(version))
 
 
 @pytest.mark.crash
@@ -271,10 +264,7 @@ async def test_a_deploy_over_a_killed_worker_keeps_each_run_on_its_path(db_url, 
     worker = start_worker(db_url, 1)
     try:
         async with tinyworkflow.TinyWorkflowClient(db_url) as client:
-            async def served() -> bool:
-                return any("ver_crash_wf" in w.workflows for w in await client.list_workers())
-
-            await dbutil.until(served, 10, "the version 1 worker to advertise")
+            await dbutil.until_served(client, "ver_crash_wf")
             old = await client.start_workflow("ver_crash_wf", {"log": str(log)})
             assert await client.get_event(old, "stage", timeout=10) in ("started", "notified")
             await dbutil.until(lambda: _stage_is(client, old, "notified"), 10, "old to notify")
