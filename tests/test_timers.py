@@ -231,10 +231,11 @@ async def test_a_run_sleeping_when_its_worker_is_killed_wakes_at_the_original_de
                 return [e for e in await client.get_workflow_events(run_id)
                         if e.event_type == "timer_set"]
 
-            deadline = time.monotonic() + 10
-            while not await timer_set():
-                assert time.monotonic() < deadline, "the timer was never set"
-                await asyncio.sleep(0.05)
+            async def parked() -> bool:  # else a kill before the park leaves its lease
+                return bool(await timer_set()) and (
+                    await client.get_workflow_status(run_id)).owner is None
+
+            await dbutil.until(parked, 10, "the timer to be set and the run parked")
             wake_at = json.loads(log.read_text().splitlines()[0])["at"] + 3
             worker.send_signal(signal.SIGKILL)
             worker.wait(timeout=10)
