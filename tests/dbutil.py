@@ -434,17 +434,24 @@ async def until(predicate, timeout: float, what: str, pause: float = 0.05):
         await asyncio.sleep(pause)
 
 
-# The end of a worker script for start_script: a worker on the database sys.argv[1]
-# (taking a killed worker's runs over after a 2 s lease) until the process is killed.
-WORKER_MAIN = """
+_WORKER_MAIN = """
 async def main():
-    async with TinyWorkflowClient(sys.argv[1], poll_interval=0.1, lease_seconds=2) as c:
+    async with TinyWorkflowClient(sys.argv[1], poll_interval={poll}, lease_seconds={lease}) as c:
         await c.start_worker()
         print("ready", flush=True)
         await asyncio.Event().wait()
 
 asyncio.run(main())
 """
+
+
+def start_worker_script(workflows: str, *argv: str, poll: float = 0.1,
+                        lease: float = 2) -> subprocess.Popen:
+    """``start_script`` of ``workflows`` (source that imports asyncio, sys and
+    TinyWorkflowClient and defines workflows) followed by a worker on the database
+    ``argv[0]``, running until the process is killed (by default a killed worker's runs
+    are taken over after a 2 s lease)."""
+    return start_script(workflows + _WORKER_MAIN.format(poll=poll, lease=lease), *argv)
 
 
 async def until_served(client, workflow_name: str, timeout: float = 10) -> None:

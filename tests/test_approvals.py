@@ -240,18 +240,11 @@ async def crash_wf(ctx):
     approved = await ctx.wait_for_approval("go")
     return await ctx.execute_activity(log, path, f"after {approved}")
 
-async def main():
-    async with TinyWorkflowClient(sys.argv[1], poll_interval=0.2) as c:
-        await c.start_worker()
-        print("ready", flush=True)
-        await asyncio.Event().wait()
-
-asyncio.run(main())
 """
 
 
 def start_worker(db_url: str) -> subprocess.Popen:
-    return dbutil.start_script(WORKER, db_url)
+    return dbutil.start_worker_script(WORKER, db_url, poll=0.2, lease=30)
 
 
 @pytest.mark.crash

@@ -227,7 +227,7 @@ async def crash_parent(ctx):
 @pytest.mark.crash
 async def test_a_killed_worker_does_not_start_a_child_twice(db_url, tmp_path):
     log = tmp_path / "log.jsonl"
-    worker = dbutil.start_script(WORKER + dbutil.WORKER_MAIN, db_url)
+    worker = dbutil.start_worker_script(WORKER, db_url)
     try:
         async with TinyWorkflowClient(db_url) as client:
             await dbutil.until_served(client, "ch_crash_parent")
@@ -240,7 +240,7 @@ async def test_a_killed_worker_does_not_start_a_child_twice(db_url, tmp_path):
             worker.send_signal(signal.SIGKILL)  # the children's activities are in flight
             worker.wait(timeout=10)
             (tmp_path / "log.jsonl.go").touch()
-            worker = dbutil.start_script(WORKER + dbutil.WORKER_MAIN, db_url)
+            worker = dbutil.start_worker_script(WORKER, db_url)
             assert await client.wait_for_result(top, timeout=30) == 30
             kids = await client.list_workflow_executions(workflow_name="ch_crash_child")
             assert len(kids) == 2 and {k.parent_run_id for k in kids} == {top}

@@ -159,7 +159,7 @@ async def loop(ctx):
 @pytest.mark.crash
 async def test_a_killed_worker_resumes_the_chain_where_it_was(db_url, tmp_path):
     log = tmp_path / "log.jsonl"
-    worker = dbutil.start_script(WORKER + dbutil.WORKER_MAIN, db_url)
+    worker = dbutil.start_worker_script(WORKER, db_url)
     try:
         async with TinyWorkflowClient(db_url) as client:
             await dbutil.until_served(client, "can_crash_loop")
@@ -169,7 +169,7 @@ async def test_a_killed_worker_resumes_the_chain_where_it_was(db_url, tmp_path):
             worker.send_signal(signal.SIGKILL)
             worker.wait(timeout=10)
             (tmp_path / "log.jsonl.go").touch()
-            worker = dbutil.start_script(WORKER + dbutil.WORKER_MAIN, db_url)
+            worker = dbutil.start_worker_script(WORKER, db_url)
             assert await client.wait_for_result(first, timeout=30) == 4
             runs = await client.list_workflow_executions(workflow_name="can_crash_loop")
             assert sorted(r.status for r in runs) == ["completed"] + ["continued"] * 4

@@ -349,7 +349,7 @@ async def trip(ctx):
 async def test_a_crash_while_compensating_resumes_without_repeating_a_done_one(db_url,
                                                                              tmp_path):
     path = tmp_path / "log.jsonl"
-    worker = dbutil.start_script(WORKER + dbutil.WORKER_MAIN, db_url)
+    worker = dbutil.start_worker_script(WORKER, db_url)
     try:
         async with TinyWorkflowClient(db_url) as client:
             await dbutil.until_served(client, "saga_crash_trip")
@@ -360,7 +360,7 @@ async def test_a_crash_while_compensating_resumes_without_repeating_a_done_one(d
             worker.send_signal(signal.SIGKILL)
             worker.wait(timeout=10)
             (tmp_path / "log.jsonl.go").touch()
-            worker = dbutil.start_script(WORKER + dbutil.WORKER_MAIN, db_url)
+            worker = dbutil.start_worker_script(WORKER, db_url)
             with pytest.raises(WorkflowFailedError) as failed:
                 await client.wait_for_result(run_id, timeout=30)
             assert failed.value.status == "compensated"

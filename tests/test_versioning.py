@@ -252,7 +252,7 @@ async def crash_wf(ctx):
 
 
 def start_worker(db_url: str, version: int):
-    return dbutil.start_script(WORKER + dbutil.WORKER_MAIN, db_url, str(version))
+    return dbutil.start_worker_script(WORKER, db_url, str(version))
 
 
 @pytest.mark.crash
