@@ -54,8 +54,11 @@ __all__ = [
     "RunNotFoundError",
     "WorkflowNotFoundError",
     "RunStateError",
+    "IdempotencyError",
     "WorkflowFailedError",
     "WorkerInfo",
+    "ScheduleInfo",
+    "ScheduleNotFoundError",
     "ChildWorkflowHandle",
     "Clock",
     "TestClock",
@@ -131,7 +134,9 @@ class WorkflowExecution:
     ``output_data`` of a completed run is ``{"result": <return value>}``, of a run
     that continued as new ``{"continued_as": <the successor's run id>}``; a failed
     (or compensated) run has ``error`` set to ``"ExceptionType: message"``. A child
-    run has ``parent_run_id`` set.
+    run has ``parent_run_id`` set. A run started by a schedule has ``schedule_id`` and
+    the due time it was started for (``scheduled_for``); a delayed run has its start
+    time in ``scheduled_for``.
     """
 
     run_id: str
@@ -151,6 +156,9 @@ class WorkflowExecution:
     owner: Optional[str] = None
     parent_run_id: Optional[str] = None
     approval_required: Optional[str] = None
+    schedule_id: Optional[str] = None
+    scheduled_for: Optional[datetime] = None
+    idempotency_key: Optional[str] = None
 
 
 @dataclasses.dataclass
@@ -200,10 +208,35 @@ class WorkerInfo:
     heartbeat_at: datetime
 
 
+@dataclasses.dataclass
+class ScheduleInfo:
+    """A stored schedule: a cron expression in a timezone, or an interval (``every``,
+    in seconds). ``next_run_at`` is the next due time (None while paused);
+    ``last_run_at`` the latest due time a run was started for, ``last_run_id`` that
+    run. ``catch_up`` is how many of the times missed while no worker ran are started
+    (1: the latest only)."""
+
+    schedule_id: str
+    workflow_name: str
+    cron_expression: Optional[str]
+    every: Optional[float]
+    timezone: str
+    input_data: Any
+    workflow_id: str
+    catch_up: int
+    paused: bool
+    next_run_at: Optional[datetime]
+    last_run_at: Optional[datetime]
+    last_run_id: Optional[str]
+    created_at: datetime
+    updated_at: datetime
+
+
 # `from tinyworkflow.models import WorkflowStatus` works as it did in TinyWorkflow
 # 0.1.0, also when this file is copied alone into a project.
 models = types.ModuleType(__name__ + ".models", "The data classes of tinyworkflow.")
-for _cls in (WorkflowStatus, WorkflowExecution, WorkflowEvent, StepRecord, WorkerInfo):
+for _cls in (WorkflowStatus, WorkflowExecution, WorkflowEvent, StepRecord, WorkerInfo,
+             ScheduleInfo):
     setattr(models, _cls.__name__, _cls)
 sys.modules[models.__name__] = models
 
@@ -248,8 +281,20 @@ class RunNotFoundError(TinyWorkflowError, LookupError):
     """No run has the given id."""
 
 
+class ScheduleNotFoundError(TinyWorkflowError, LookupError):
+    """No schedule has the given id."""
+
+
 class WorkflowNotFoundError(TinyWorkflowError, ValueError):
     """No workflow of the given name is registered here or served by a live worker."""
+
+
+class IdempotencyError(TinyWorkflowError, ValueError):
+    """An idempotency key (or run id) already names a run of another workflow or input."""
+
+    def __init__(self, message: str, *, run_id: str = ""):
+        super().__init__(message)
+        self.run_id = run_id
 
 
 class RunStateError(TinyWorkflowError, ValueError):
@@ -589,6 +634,190 @@ _WORK = _Work()
 _REAL_CLOCK = Clock()
 
 
+# ---- schedule times ---------------------------------------------------------------------
+
+_CATCH_UP_ALL = 100  # catch_up=True: the latest this many missed times start
+_EVERY_RANGE = (0.1, 366 * 86400.0)  # the shortest and longest interval, in seconds
+_LATEST_TIME = datetime(9999, 1, 1, tzinfo=timezone.utc).timestamp()  # datetimes end
+_CATCH_UP_LIMIT = 1000  # the most missed times one schedule may start at once
+
+
+def _zone(name: Any):
+    """The IANA timezone ``name`` (zoneinfo), or ValueError."""
+    import zoneinfo
+
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"timezone must be an IANA name such as 'Europe/Paris', got {name!r}")
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown timezone {name!r}: use an IANA name such as "
+                         "'Europe/Paris', 'America/New_York' or 'UTC'") from None
+
+
+class _Cron:
+    """The due times of a cron expression in a timezone; croniter does the matching.
+
+    Five fields (minute hour day-of-month month day-of-week), six with seconds first,
+    or croniter's ``@hourly``, ``@daily``, ... The times follow the zone's wall clock
+    the way cron does across daylight saving changes: a time the clock skips (spring
+    forward) fires once, when the clock jumps; a time the clock shows twice (fall back)
+    fires once, the first time, except in expressions that fire every hour (hour field
+    ``*``): those go by real time, and fire in both of the repeated hours."""
+
+    def __init__(self, expression: Any, zone_name: str):
+        if not isinstance(expression, str) or not expression.strip():
+            raise ValueError(f"a cron expression is a string such as '0 2 * * *', "
+                             f"got {expression!r}")
+        fields = expression.split()
+        if len(fields) not in (5, 6) and not (len(fields) == 1 and fields[0].startswith("@")):
+            raise ValueError(f"invalid cron expression {expression!r}: {len(fields)} fields, "
+                             "expected five (minute hour day month weekday), or six with "
+                             "seconds first")
+        try:
+            from croniter import croniter
+        except ImportError:
+            raise ImportError("tinyworkflow needs croniter for cron schedules: "
+                              "pip install croniter") from None
+        if any(re.fullmatch(r"[Rr](\(.*\))?", field) for field in fields):
+            raise ValueError(f"invalid cron expression {expression!r}: a random field (R) "
+                             "would pick another time at each reading; write the time")
+        self.expression, self.zone, self._croniter = " ".join(fields), _zone(zone_name), croniter
+        self._seconds = len(fields) == 6
+        try:
+            probe = croniter(self.expression, datetime.now(self.zone),
+                             second_at_beginning=self._seconds)
+        except (ValueError, KeyError, TypeError) as exc:  # croniter's errors are ValueErrors
+            raise ValueError(f"invalid cron expression {expression!r}: {exc}") from None
+        self._by_real_time = probe.expanded[1] == ["*"]
+
+    def times(self, after: float):
+        """The due times after ``after`` (epoch seconds), in order, without end.
+
+        croniter matches wall-clock times (naive datetimes: its own handling of
+        timezones has differed from version to version); each matching wall time
+        becomes instants here. A wall time the clock shows twice has two instants, a
+        skipped one none: the rule above picks."""
+        start = datetime.fromtimestamp(after, self.zone).replace(tzinfo=None)
+        start -= timedelta(seconds=self._instant(start, 1) - self._instant(start, 0))
+        # (In a repeated hour, from its start: the second showings may still be ahead.)
+        walls = self._croniter(self.expression, start, second_at_beginning=self._seconds)
+        last, repeats = after, []  # second showings of repeated times, in order
+        while True:
+            wall = walls.get_next(datetime)
+            first, second = self._instant(wall, 0), self._instant(wall, 1)
+            if first > second:  # skipped: first and second straddle the jump
+                if self._by_real_time:
+                    continue
+                first = self._jump(second, first)
+            if first < second:  # shown twice: the second showing comes after the hour
+                if self._by_real_time:
+                    repeats.append(second)
+                due = [first]
+            else:
+                due, repeats = repeats + [first], []
+            for at in due:
+                if at > last:
+                    last = at
+                    yield at
+
+    def _instant(self, wall: datetime, fold: int) -> float:
+        return wall.replace(tzinfo=self.zone, fold=fold).timestamp()
+
+    def _jump(self, before: float, after: float) -> float:
+        """The instant in (before, after] at which the clock jumps forward."""
+        offset = datetime.fromtimestamp(after, self.zone).utcoffset()
+        low, high = math.floor(before), math.ceil(after)
+        while high - low > 1:  # offsets change on whole seconds
+            middle = (low + high) // 2
+            if datetime.fromtimestamp(middle, self.zone).utcoffset() == offset:
+                high = middle
+            else:
+                low = middle
+        return float(high)
+
+
+class _Every:
+    """The due times of an interval schedule: ``anchor + k * seconds``, k >= 1."""
+
+    def __init__(self, seconds: float, anchor: float):
+        self.seconds, self.anchor = seconds, anchor
+
+    def times(self, after: float):
+        k = max(1, math.floor((after - self.anchor) / self.seconds))
+        while True:
+            at = self.anchor + k * self.seconds
+            if at > after:
+                yield at
+            k += 1
+
+
+def _first_after(timing: Any, after: float) -> float:
+    """The first due time after ``after``; ValueError if there is none."""
+    try:
+        return next(iter(timing.times(after)))
+    except ValueError as exc:  # croniter: no date matches (such as February 31)
+        raise ValueError(f"cron expression {timing.expression!r} never matches: {exc}") from None
+
+
+def _due_times(timing: Any, first_due: float, now: float, limit: int) -> list:
+    """The latest ``limit`` due times from ``first_due`` (itself one) up to ``now``.
+    Looks back from ``now`` over a span that grows until it holds ``limit`` times or
+    reaches ``first_due``: a schedule missed for weeks costs a few steps, not one per
+    missed time."""
+    span = 60.0
+    while True:
+        start = max(first_due, now - span)
+        found = [first_due] if start == first_due else []
+        for at in timing.times(start):
+            if at > now:
+                break
+            found.append(at)
+        if start == first_due or len(found) >= limit:
+            return found[-limit:]
+        span *= 4
+
+
+def _timing(schedule: dict) -> Any:
+    if schedule["cron_expression"] is not None:
+        return _Cron(schedule["cron_expression"], schedule["timezone"])
+    return _Every(schedule["interval_seconds"], schedule["anchor_at"])
+
+
+def _schedule_timing(cron_expression: Any, every: Any, zone_name: Any) -> dict:
+    """The timing columns of a schedule, checked: ValueError names the problem."""
+    if (cron_expression is None) == (every is None):
+        raise ValueError("a schedule takes a cron expression or every=<seconds>"
+                         + (", not both" if every is not None else ""))
+    if every is None:
+        cron = _Cron(cron_expression, "UTC" if zone_name is None else zone_name)
+        return {"cron_expression": cron.expression, "timezone": cron.zone.key,
+                "interval_seconds": None}
+    if zone_name is not None:
+        raise ValueError("timezone applies to cron expressions; an interval is the same "
+                         "in every timezone")
+    if isinstance(every, timedelta):
+        every = every.total_seconds()
+    low, high = _EVERY_RANGE
+    if (isinstance(every, bool) or not isinstance(every, (int, float))
+            or not low <= every <= high):  # NaN too
+        raise ValueError(f"every must be seconds from {low:g} to {high:g} (366 days; a cron "
+                         f"expression for longer periods) or a timedelta, got {every!r}")
+    return {"cron_expression": None, "timezone": "UTC", "interval_seconds": float(every)}
+
+
+def _catch_up(value: Any) -> int:
+    """How many missed times a schedule starts: False 1 (the latest), True
+    ``_CATCH_UP_ALL``, or a number from 1 to ``_CATCH_UP_LIMIT``."""
+    if value is False or value is True:
+        return _CATCH_UP_ALL if value else 1
+    if not isinstance(value, int) or not 1 <= value <= _CATCH_UP_LIMIT:
+        raise ValueError(f"catch_up must be False (the latest missed time only), True "
+                         f"(up to {_CATCH_UP_ALL}) or a number of times from 1 to "
+                         f"{_CATCH_UP_LIMIT}, got {value!r}")
+    return value
+
+
 # ---- storage: URLs ----------------------------------------------------------------------
 
 _SCHEMES = {
@@ -767,6 +996,14 @@ class _Dialect:
             return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
         return sql.replace("%", "%%").replace("?", self.placeholder)
 
+    def insert_new(self, table: str, columns: Any, key: str) -> str:
+        """Insert unless a row with the same ``key`` exists (then nothing changes)."""
+        head = (f"INSERT INTO {table} ({', '.join(columns)}) "
+                f"VALUES ({', '.join('?' * len(columns))})")
+        if self.upsert_style == "on duplicate key":
+            return head + f" ON DUPLICATE KEY UPDATE {key} = {key}"
+        return head + f" ON CONFLICT ({key}) DO NOTHING"
+
     def upsert(self, table: str, columns: dict, keys: tuple, source: str = "") -> str:
         """Insert or update on key conflict; ``columns`` maps each column to its type
         name. With ``source`` (``FROM ... WHERE ...``) the row is inserted only if the
@@ -902,13 +1139,47 @@ _MIGRATIONS: list[list[str]] = [
         # Child runs by parent: a cancel reaches every descendant.
         "CREATE INDEX {p}runs_parent ON {p}runs (parent_run_id)",
     ],
+    [
+        # Schedules: a cron expression in a timezone, or an interval from an anchor.
+        # ``revision`` (random when the schedule is created, so not that of a deleted
+        # one of the same id) goes up with every change: a worker starts the runs of a
+        # due time only if the schedule is still the revision it read (exactly once).
+        """CREATE TABLE {p}schedules (
+            schedule_id {key} PRIMARY KEY,
+            workflow_name {key} NOT NULL,
+            workflow_id {key} NOT NULL,
+            input_data {text},
+            cron_expression {text},
+            timezone {key} NOT NULL,
+            interval_seconds {float},
+            anchor_at {float},
+            catch_up {int} NOT NULL,
+            paused {int} NOT NULL,
+            next_due_at {float},
+            last_due_at {float},
+            last_run_id {key},
+            revision {int} NOT NULL,
+            created_at {float} NOT NULL,
+            updated_at {float} NOT NULL){table}""",
+        "CREATE INDEX {p}schedules_due ON {p}schedules (paused, next_due_at)",
+        # A run started by a schedule, for one of its due times; a delayed run's start.
+        "ALTER TABLE {p}runs ADD COLUMN schedule_id {key}",
+        "ALTER TABLE {p}runs ADD COLUMN scheduled_for {float}",
+        # One run per schedule and due time, whatever happens: the database says so too.
+        "CREATE UNIQUE INDEX {p}runs_schedule ON {p}runs (schedule_id, scheduled_for)",
+    ],
+    [
+        # Idempotent starts: one run per key, for as long as the run is kept.
+        "ALTER TABLE {p}runs ADD COLUMN idempotency_key {key}",
+        "CREATE UNIQUE INDEX {p}runs_idempotency ON {p}runs (idempotency_key)",
+    ],
 ]
 
 _RUN_COLUMNS = (
     "run_id", "workflow_id", "workflow_name", "status", "input_data", "output_data", "error",
     "retry_count", "max_retries", "timeout", "created_at", "started_at", "completed_at",
     "updated_at", "wake_at", "deadline_at", "owner", "lease_expires_at", "parent_run_id",
-    "approval_required",
+    "approval_required", "schedule_id", "scheduled_for", "idempotency_key",
 )
 _STEP_TYPES = {"run_id": "key", "step": "int", "name": "key", "kind": "key", "status": "key",
                "input": "text", "output": "text", "error": "text", "attempts": "int",
@@ -931,6 +1202,11 @@ _RUNNABLE = ("((status IN ('pending', 'retrying') AND (wake_at IS NULL OR wake_a
 _TREE = ("WITH RECURSIVE tree (run_id, depth) AS (SELECT run_id, 0 FROM {p}runs WHERE "
          "run_id = ? UNION ALL SELECT r.run_id, t.depth + 1 FROM {p}runs r JOIN tree t "
          "ON r.parent_run_id = t.run_id)")
+_SCHEDULE_COLUMNS = (
+    "schedule_id", "workflow_name", "workflow_id", "input_data", "cron_expression", "timezone",
+    "interval_seconds", "anchor_at", "catch_up", "paused", "next_due_at", "last_due_at",
+    "last_run_id", "revision", "created_at", "updated_at",
+)
 _EVENT_COLUMNS = "run_id, event_type, event_data, timestamp"
 _EVENT_INSERT = f"INSERT INTO {{p}}events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?)"
 
@@ -986,6 +1262,10 @@ class _Store:
     def _conflict(self, exc: BaseException) -> bool:
         """A deadlock or serialisation failure: the transaction was rolled back."""
         return False
+
+    def duplicate(self, exc: BaseException) -> bool:
+        """The write broke a unique key (the transaction was rolled back)."""
+        return isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc)
 
     # -- waking workers of other processes (PostgreSQL's NOTIFY; elsewhere they poll)
     def _wake_ops(self, run_id: str) -> list:
@@ -1224,14 +1504,20 @@ class _Store:
             *self._wake_ops(run_id),
         ], fence=True)
 
-    async def next_wake(self, names: list) -> Optional[float]:
-        """When the earliest waiting run of these workflows becomes due, if any."""
+    async def next_wake(self, names: list, looked: float) -> tuple:
+        """(when the earliest waiting run of these workflows becomes due, when the
+        earliest of their active schedules is due after ``looked``), each None if there
+        is none. (A schedule due at ``looked`` still failed to start then: it is tried
+        again at the next regular look, not in a busy loop.)"""
         if not names:
-            return None
+            return None, None
+        marks = ", ".join("?" * len(names))
         rows = await self.fetch(self.sql(
-            f"SELECT MIN(wake_at) FROM {{p}}runs WHERE {_WAITING} "
-            f"AND workflow_name IN ({', '.join('?' * len(names))})"), tuple(names))
-        return rows[0][0] if rows else None
+            f"SELECT (SELECT MIN(wake_at) FROM {{p}}runs WHERE {_WAITING} "
+            f"AND workflow_name IN ({marks})), (SELECT MIN(next_due_at) FROM {{p}}schedules "
+            f"WHERE paused = 0 AND next_due_at > ? AND workflow_name IN ({marks}))"),
+            (*names, looked, *names))
+        return tuple(rows[0]) if rows else (None, None)
 
     # Every write of an executing run is fenced: it takes effect only while the writer's
     # owner token is the run's and the run is running, so an executor that was cancelled
@@ -1466,6 +1752,11 @@ class _Store:
                                          "LIMIT ? OFFSET ?"), (*params, limit, offset))
         return [dict(zip(_RUN_COLUMNS, row)) for row in rows]
 
+    async def get_run_by_key(self, key: str) -> Optional[dict]:
+        rows = await self.fetch(self.sql(f"SELECT {', '.join(_RUN_COLUMNS)} FROM {{p}}runs "
+                                         "WHERE idempotency_key = ?"), (key,))
+        return dict(zip(_RUN_COLUMNS, rows[0])) if rows else None
+
     async def pending_approvals(self) -> list:
         rows = await self.fetch(self.sql(f"SELECT {', '.join(_RUN_COLUMNS)} FROM {{p}}runs "
                                          "WHERE status = 'paused' AND approval_required IS NOT "
@@ -1497,6 +1788,73 @@ class _Store:
                                           f"WHERE run_id IN ({finished})"), (cutoff,))
             return await tx.execute(self.sql(f"DELETE FROM {{p}}runs WHERE {_FINISHED} "
                                              "AND completed_at < ?"), (cutoff,))
+
+    # -- schedules (every write bumps ``revision``: writes based on a read are fenced by it)
+    async def add_schedule(self, schedule: dict) -> dict:
+        """Store the schedule unless one has its id; return the one stored under it."""
+        await self.batch([
+            (self.sql(self.dialect.insert_new("{p}schedules", schedule, "schedule_id")),
+             tuple(schedule.values())),
+            *self._wake_ops(schedule["schedule_id"]),
+        ])
+        return await self.get_schedule(schedule["schedule_id"])
+
+    async def get_schedule(self, schedule_id: str) -> Optional[dict]:
+        rows = await self.list_schedules(schedule_id)
+        return rows[0] if rows else None
+
+    async def list_schedules(self, schedule_id: Optional[str] = None) -> list:
+        where, params = (("WHERE schedule_id = ? ", (schedule_id,)) if schedule_id is not None
+                         else ("", ()))
+        rows = await self.fetch(self.sql(
+            f"SELECT {', '.join(_SCHEDULE_COLUMNS)} FROM {{p}}schedules {where}"
+            "ORDER BY created_at, schedule_id"), params)
+        return [dict(zip(_SCHEDULE_COLUMNS, row)) for row in rows]
+
+    async def change_schedule(self, schedule: dict, changes: dict, now: float) -> bool:
+        """Apply ``changes`` if the schedule is still the revision read."""
+        sets = "".join(f"{column} = ?, " for column in changes)
+        return await self.batch([
+            (self.sql(f"UPDATE {{p}}schedules SET {sets}revision = revision + 1, "
+                      "updated_at = ? WHERE schedule_id = ? AND revision = ?"),
+             (*changes.values(), now, schedule["schedule_id"], schedule["revision"])),
+            *self._wake_ops(schedule["schedule_id"]),
+        ], fence=True)
+
+    async def delete_schedule(self, schedule_id: str) -> bool:
+        return await self.batch([(self.sql("DELETE FROM {p}schedules WHERE schedule_id = ?"),
+                                  (schedule_id,))], fence=True)
+
+    async def due_schedules(self, now: float, names: list, limit: int,
+                            after: Optional[dict] = None) -> list:
+        """The active schedules of these workflows that are due, earliest first; with
+        ``after`` (the last of the batch before), those that come after it."""
+        if not names:
+            return []
+        where, params = "", ()
+        if after is not None:
+            where = "AND (next_due_at > ? OR (next_due_at = ? AND schedule_id > ?)) "
+            params = (after["next_due_at"], after["next_due_at"], after["schedule_id"])
+        rows = await self.fetch(self.sql(
+            f"SELECT {', '.join(_SCHEDULE_COLUMNS)} FROM {{p}}schedules WHERE paused = 0 "
+            f"AND next_due_at <= ? AND workflow_name IN ({', '.join('?' * len(names))}) "
+            f"{where}ORDER BY next_due_at, schedule_id LIMIT ?"), (now, *names, *params, limit))
+        return [dict(zip(_SCHEDULE_COLUMNS, row)) for row in rows]
+
+    async def fire_schedule(self, schedule: dict, now: float, next_due: float,
+                            runs: list) -> bool:
+        """Move the schedule on to ``next_due`` and insert the runs of the due times it
+        passed, in one transaction fenced by the revision read: of several workers
+        that read the same due schedule, one starts its runs and the others nothing."""
+        ops = [(self.sql("UPDATE {p}schedules SET next_due_at = ?, last_due_at = ?, "
+                         "last_run_id = ?, revision = revision + 1, updated_at = ? "
+                         "WHERE schedule_id = ? AND revision = ? AND paused = 0"),
+                (next_due, runs[-1][0]["scheduled_for"], runs[-1][0]["run_id"], now,
+                 schedule["schedule_id"], schedule["revision"]))]
+        for run, event in runs:
+            ops += [self._insert(run), self._event(run["run_id"], "workflow_created", event, now),
+                    *self._wake_ops(run["run_id"])]
+        return await self.batch(ops, fence=True)
 
 
 # Workers of this process, by database: a run stored by any client wakes them at once.
@@ -2303,6 +2661,9 @@ class _PostgresStore(_ServerStore):
         return isinstance(exc, (self._asyncpg.exceptions.DeadlockDetectedError,
                                 self._asyncpg.exceptions.SerializationError))
 
+    def duplicate(self, exc: BaseException) -> bool:
+        return isinstance(exc, self._asyncpg.exceptions.UniqueViolationError)
+
     async def _lock_schema(self, tx) -> None:
         # Before anything else, even CREATE TABLE IF NOT EXISTS (which races itself).
         await tx.execute("SELECT pg_advisory_xact_lock($1)",
@@ -2562,7 +2923,8 @@ class _MySQLStore(_ServerStore):
     # The server's error numbers: deadlock, lock wait timeout; gone away, lost, killed.
     _CONFLICTS = {1213, 1205}
     _LOST = {2003, 2006, 2013, 2055, 1927, 4031, 1053}
-    _EXISTS = {1050, 1061}  # table exists, index exists: a migration half done by a crash
+    # Table, column or index exists: a migration half done by a crash.
+    _EXISTS = {1050, 1060, 1061}
 
     def __init__(self, target: dict, options: dict, prefix: str, url: str):
         super().__init__(_MYSQL, target, options, prefix, url)
@@ -2650,6 +3012,10 @@ class _MySQLStore(_ServerStore):
     def _conflict(self, exc: BaseException) -> bool:
         import pymysql
         return isinstance(exc, pymysql.MySQLError) and self._code(exc) in self._CONFLICTS
+
+    def duplicate(self, exc: BaseException) -> bool:
+        import pymysql
+        return isinstance(exc, pymysql.err.IntegrityError) and self._code(exc) == 1062
 
     async def _lock_schema(self, tx) -> None:
         # DDL commits by itself in MySQL, so the lock is a named one, held by the session.
@@ -2830,6 +3196,15 @@ async def _workflow_options(store: _Store, name: Any) -> tuple:
         f"{', '.join(sorted(_WORKFLOWS)) or '(none)'}; served by live workers: "
         f"{', '.join(sorted(served)) or '(none)'} -- import the module that defines it, "
         "or start a worker that serves it")
+
+
+def _new_run(name: str, input_text: str, workflow_id: Optional[str], options: tuple,
+             now: float, **columns: Any) -> dict:
+    """A pending run of the workflow ``name``; ``options`` its (max_retries, timeout)."""
+    return {"run_id": str(uuid.uuid4()), "workflow_id": workflow_id or name,
+            "workflow_name": name, "status": "pending", "input_data": input_text,
+            "retry_count": 0, "max_retries": options[0], "timeout": options[1],
+            "created_at": now, "updated_at": now, **columns}
 
 
 def _check_workflow_id(workflow_id: Any) -> None:
@@ -3155,24 +3530,22 @@ class WorkflowContext:
                 return ChildWorkflowHandle(self, record)
         input_text = _dumps(input_data, f"the input of child workflow {workflow_name!r}")
         try:
-            retries, timeout = await _workflow_options(engine.store, workflow_name)
+            options = await _workflow_options(engine.store, workflow_name)
         except WorkflowNotFoundError:
             raise
         except Exception as exc:  # reading the live workers failed: the database's trouble
             raise _StoreFailed(self.run_id, exc) from exc
         if self._owner in engine.draining:
             raise _Released(self.run_id)
-        now, child_id = engine.clock(), str(uuid.uuid4())
+        child = _new_run(workflow_name, input_text, workflow_id, options, engine.clock(),
+                         parent_run_id=self.run_id)
+        now, child_id = child["created_at"], child["run_id"]
         row = {"run_id": self.run_id, "step": step, "name": workflow_name, "kind": "child",
                "input": input_text, "attempts": 1, "run_attempt": self.retry_count,
                "started_at": now}
         await self._record(row, "waiting", _json({"run_id": child_id}), None, "child_started",
                            {"step": step, "workflow_name": workflow_name,
-                            "child_run_id": child_id}, child={
-            "run_id": child_id, "workflow_id": workflow_id or workflow_name,
-            "workflow_name": workflow_name, "status": "pending", "input_data": input_text,
-            "retry_count": 0, "max_retries": retries, "timeout": timeout, "created_at": now,
-            "updated_at": now, "parent_run_id": self.run_id})
+                            "child_run_id": child_id}, child=child)
         _wake_local(engine.store.key)  # this process's workers take it at once
         engine.changed(self.run_id)  # a start_workflow(wait=True) here executes it too
         return ChildWorkflowHandle(self, {**row, "status": "waiting",
@@ -3533,6 +3906,45 @@ class _Engine:
                                       names=sorted(_WORKFLOWS), run_ids=run_ids, limit=limit,
                                       real=time.time())
 
+    async def fire_schedules(self) -> None:
+        """Start the runs of the due schedules of the workflows registered here."""
+        now, names, started, last = self.clock(), sorted(_WORKFLOWS), False, None
+        while True:
+            batch = await self.store.due_schedules(now, names, 100, last)
+            for schedule in batch:
+                try:
+                    started |= await self._fire(schedule, now)
+                except Exception:  # a bad row, the database failing: the others still fire
+                    _log.exception("schedule %s could not start its run; trying again later",
+                                   schedule["schedule_id"])
+            if len(batch) < 100:
+                break
+            last = batch[-1]
+        if started:
+            _wake_local(self.store.key)
+
+    async def _fire(self, schedule: dict, now: float) -> bool:
+        timing, first_due = _timing(schedule), schedule["next_due_at"]
+        definition = _WORKFLOWS[schedule["workflow_name"]]
+        runs = []
+        for due in _due_times(timing, first_due, now, schedule["catch_up"]):
+            run = _new_run(definition.name, schedule["input_data"], schedule["workflow_id"],
+                           (definition.retry_policy.max_retries, definition.timeout), now,
+                           schedule_id=schedule["schedule_id"], scheduled_for=due)
+            event = {"workflow_name": definition.name, "schedule_id": schedule["schedule_id"],
+                     "scheduled_for": due}
+            if not runs and due > first_due:  # no worker was up at the earlier times
+                event["skipped_from"] = first_due
+            runs.append((run, event))
+        if not await self.store.fire_schedule(schedule, now, _first_after(timing, now), runs):
+            return False  # another worker started them, or the schedule changed meanwhile
+        for run, event in runs:
+            _log.info("schedule %s started run %s of %s for %s%s", schedule["schedule_id"],
+                      run["run_id"], definition.name, _dt(event["scheduled_for"]),
+                      f" (due times from {_dt(first_due)} on were missed and skipped)"
+                      if "skipped_from" in event else "")
+        return True
+
     async def execute(self, run: dict) -> None:
         """Execute a claimed run until it completes, fails, is scheduled for a retry,
         is cancelled or is lost to another owner."""
@@ -3692,14 +4104,12 @@ class _Engine:
             _wake_local(self.store.key)
 
     async def _continue(self, run: dict, definition: _WorkflowDef, input_text: str) -> None:
-        now, new_id = self.clock(), str(uuid.uuid4())
-        if not await self.store.continue_run(run["run_id"], run["owner"], now, {
-                "run_id": new_id, "workflow_id": run["workflow_id"],
-                "workflow_name": run["workflow_name"], "status": "pending",
-                "input_data": input_text, "retry_count": 0,
-                "max_retries": definition.retry_policy.max_retries,
-                "timeout": definition.timeout, "created_at": now, "updated_at": now,
-                "parent_run_id": run["parent_run_id"]}):
+        successor = _new_run(run["workflow_name"], input_text, run["workflow_id"],
+                             (definition.retry_policy.max_retries, definition.timeout),
+                             self.clock(), parent_run_id=run["parent_run_id"])
+        new_id = successor["run_id"]
+        if not await self.store.continue_run(run["run_id"], run["owner"],
+                                             successor["created_at"], successor):
             _log.info("run %s is no longer ours; not continued", run["run_id"])
             return
         _log.info("run %s continued as new run %s", run["run_id"], new_id)
@@ -3780,10 +4190,23 @@ def _execution(row: dict) -> WorkflowExecution:
         created_at=_dt(row["created_at"]), started_at=_dt(row["started_at"]),
         completed_at=_dt(row["completed_at"]), updated_at=_dt(row["updated_at"]),
         wake_at=_dt(row["wake_at"]), owner=row["owner"], parent_run_id=row["parent_run_id"],
-        approval_required=row["approval_required"])
+        approval_required=row["approval_required"], schedule_id=row["schedule_id"],
+        scheduled_for=_dt(row["scheduled_for"]), idempotency_key=row["idempotency_key"])
 
 
 _NOT_YET = object()  # a watched value that is not there yet
+_KEEP = object()  # an argument not given: the stored value stays
+
+
+def _schedule_info(row: dict) -> ScheduleInfo:
+    return ScheduleInfo(
+        schedule_id=row["schedule_id"], workflow_name=row["workflow_name"],
+        cron_expression=row["cron_expression"], every=row["interval_seconds"],
+        timezone=row["timezone"], input_data=_loads(row["input_data"]),
+        workflow_id=row["workflow_id"], catch_up=row["catch_up"], paused=bool(row["paused"]),
+        next_run_at=None if row["paused"] else _dt(row["next_due_at"]),
+        last_run_at=_dt(row["last_due_at"]), last_run_id=row["last_run_id"],
+        created_at=_dt(row["created_at"]), updated_at=_dt(row["updated_at"]))
 
 
 def _lease_seconds(value: Optional[float]) -> float:
@@ -3888,7 +4311,9 @@ class TinyWorkflowClient:
 
     # -- runs
     async def start_workflow(self, workflow_name: str, input_data: Any = None,
-                             workflow_id: Optional[str] = None, wait: bool = False) -> str:
+                             workflow_id: Optional[str] = None, wait: bool = False, *,
+                             idempotency_key: Optional[str] = None,
+                             run_id: Optional[str] = None) -> str:
         """Store a new run of a registered workflow and return its run id.
 
         With ``wait=False`` the run is left for a worker (``auto_start_worker=True``,
@@ -3897,43 +4322,83 @@ class TinyWorkflowClient:
         reached a final state; it does not raise when the workflow fails: read the
         outcome with ``get_workflow_status(run_id)`` (``status``, ``output_data``,
         ``error``). ``workflow_id`` groups related runs; it defaults to the name.
+
+        ``idempotency_key`` (or an explicit ``run_id``) makes the start idempotent:
+        starting again with the same key, from any process and even at the same moment,
+        returns the run the first start stored instead of storing a second one (with
+        ``wait=True``, once that run has finished), for as long as the run is kept. The
+        same key with another workflow or input is an ``IdempotencyError`` (a
+        ``ValueError``), and nothing is stored.
         """
         _check_workflow_id(workflow_id)
+        for what, value in (("idempotency_key", idempotency_key), ("run_id", run_id)):
+            if value is not None:
+                _check_name(what, value)
         definition = _WORKFLOWS.get(workflow_name) if isinstance(workflow_name, str) else None
         input_text = _dumps(input_data, f"the input of workflow {workflow_name!r}")
         engine = await self._ready()
-        retries, timeout = await _workflow_options(self._store, workflow_name)
+        options = await _workflow_options(self._store, workflow_name)
         if definition is None and wait:
             raise WorkflowNotFoundError(
                 f"workflow {workflow_name!r} is served by a worker but not registered in "
                 "this process; wait=True executes the run here: import the module that "
                 "defines it, or start with wait=False and call wait_for_result()")
-        now, run_id = engine.clock(), str(uuid.uuid4())
-        run = {"run_id": run_id, "workflow_id": workflow_id or workflow_name,
-               "workflow_name": workflow_name, "status": "pending", "input_data": input_text,
-               "retry_count": 0, "max_retries": retries, "timeout": timeout,
-               "created_at": now, "updated_at": now}
+        run = _new_run(workflow_name, input_text, workflow_id, options, engine.clock(),
+                       idempotency_key=idempotency_key)
+        run["run_id"] = run_id = run_id or run["run_id"]
+        now = run["created_at"]
         events = [("workflow_created", {"workflow_name": workflow_name})]
         if not wait:
-            await self._store.insert_run(run, events)
+            existing = await self._insert_once(run, events)
             self._wake_workers()
-            return run_id
+            return existing or run_id
         # Inserted already claimed, so no worker can take it between insert and execute.
         owner = engine.new_owner()
         run.update(status="running", owner=owner, lease_expires_at=time.time() + engine.lease,
                    started_at=now,
                    deadline_at=None if definition.timeout is None else now + definition.timeout)
         events.append(("workflow_started", {"attempt": 1, "owner": owner}))
-        await self._store.insert_run(run, events)
+        existing = await self._insert_once(run, events)
+        if existing is not None:  # started before: execute it here if it is due, else wait
+            await self._drive(engine, {"run_id": existing}, owned=False)
+            return existing
         await self._drive(engine, await self._store.get_run(run_id))
         return run_id
 
-    async def _drive(self, engine: _Engine, run: dict) -> None:
+    async def _insert_once(self, run: dict, events: list) -> Optional[str]:
+        """Store the run; None, or the id of the run its idempotency key or run id
+        already names (the same workflow and input, else IdempotencyError)."""
+        try:
+            await self._store.insert_run(run, events)
+            return None
+        except Exception as exc:
+            key = run.get("idempotency_key")
+            if not self._store.duplicate(exc):
+                raise
+            existing = await self._store.get_run(run["run_id"])
+            if existing is None and key is not None:
+                existing = await self._store.get_run_by_key(key)
+            if existing is None:  # the one holding it was deleted since: store ours
+                return await self._insert_once(run, events)
+        if existing["workflow_name"] != run["workflow_name"]:
+            detail = f"of workflow {existing['workflow_name']!r}"
+        elif existing["idempotency_key"] != key:
+            detail = f"with idempotency key {existing['idempotency_key']!r}"
+        elif _loads(existing["input_data"]) != _loads(run["input_data"]):
+            detail = "started with other input"
+        else:
+            return existing["run_id"]
+        name = f"idempotency key {key!r}" if key is not None else f"run id {run['run_id']!r}"
+        raise IdempotencyError(f"{name} already names run {existing['run_id']} {detail}; "
+                               "nothing was stored", run_id=existing["run_id"])
+
+    async def _drive(self, engine: _Engine, run: dict, owned: bool = True) -> None:
         """Execute a run here until it is final, sleeping through retry backoffs and
         timers; with it the child runs it starts (theirs too) and the runs it continues
-        as, side by side."""
+        as, side by side. ``owned``: ``run`` is claimed by this engine already (else
+        it is claimed when due, or waited for while another process executes it)."""
         root, poll = run["run_id"], 0.05
-        claimed: list = [run]  # rows this engine owns, to execute
+        claimed: list = [run] if owned else []  # rows this engine owns, to execute
         executing: dict[str, asyncio.Task] = {}
         changed, watched = asyncio.Event(), set()
         with contextlib.ExitStack() as watches:
@@ -4227,15 +4692,203 @@ class TinyWorkflowClient:
         source = await self._store.get_run(run_id)
         if source is None:
             raise RunNotFoundError(f"no run with id {run_id!r}")
-        retries, timeout = await _workflow_options(self._store, source["workflow_name"])
-        now, new_id = engine.clock(), str(uuid.uuid4())
-        await self._store.fork_run(source, {
-            "run_id": new_id, "workflow_id": source["workflow_id"],
-            "workflow_name": source["workflow_name"], "status": "pending",
-            "input_data": source["input_data"], "retry_count": 0, "max_retries": retries,
-            "timeout": timeout, "created_at": now, "updated_at": now}, from_step)
+        options = await _workflow_options(self._store, source["workflow_name"])
+        run = _new_run(source["workflow_name"], source["input_data"], source["workflow_id"],
+                       options, engine.clock())
+        await self._store.fork_run(source, run, from_step)
         self._wake_workers()
-        return new_id
+        return run["run_id"]
+
+    # -- schedules
+    async def schedule_workflow(self, workflow_name: str, cron_expression: Optional[str] = None,
+                                input_data: Any = None, *, every: Any = None,
+                                timezone: Optional[str] = None, catch_up: Any = False,
+                                schedule_id: Optional[str] = None,
+                                workflow_id: Optional[str] = None) -> str:
+        """Start runs of ``workflow_name`` on a schedule kept in the database, and return
+        the schedule's id (what ``pause_schedule`` and the others take)::
+
+            await client.schedule_workflow("daily_backup", "0 2 * * *")    # 2:00 UTC
+            await client.schedule_workflow("report", "0 9 * * 1", timezone="Europe/Paris")
+            await client.schedule_workflow("health_check", every=30)      # seconds
+
+        A cron expression has five fields (minute hour day month weekday), or six with
+        seconds first; its times are in ``timezone`` (an IANA name, default UTC) and
+        follow daylight saving changes as cron does. ``every`` (seconds or a
+        ``timedelta``) starts a run at that interval from now instead.
+
+        Workers that serve the workflow start the runs: one run per due time, however
+        many workers share the database; the run records the schedule's id and the due
+        time (``schedule_id``, ``scheduled_for``). Of the times missed while no such
+        worker ran, the latest starts (``catch_up=False``), up to 100 of the latest
+        (``True``), or up to the number given.
+
+        ``schedule_id`` names the schedule (default: a new id), for an application that
+        declares its schedules each time it starts: declaring one again returns it
+        unchanged, or updated to the declaration if that changed (as ``update_schedule``
+        does: a new timing counts from now; a paused schedule stays paused). An id that
+        names a schedule of another workflow is a ValueError. A bad cron expression,
+        interval or timezone, or a workflow neither registered here nor served by a live
+        worker: ValueError, and nothing is stored.
+        """
+        if schedule_id is not None:
+            _check_name("schedule_id", schedule_id)
+        _check_workflow_id(workflow_id)
+        timing = _schedule_timing(cron_expression, every, timezone)
+        schedule = {
+            "schedule_id": schedule_id or str(uuid.uuid4()), "workflow_name": workflow_name,
+            "workflow_id": workflow_id or workflow_name,
+            "input_data": _dumps(input_data, f"the input of workflow {workflow_name!r}"),
+            **timing, "catch_up": _catch_up(catch_up)}
+        engine = await self._ready()
+        await _workflow_options(self._store, workflow_name)
+        now = engine.clock()
+        schedule.update(anchor_at=now, paused=0, last_due_at=None, last_run_id=None,
+                        revision=uuid.uuid4().int >> 66, created_at=now, updated_at=now)
+        schedule["next_due_at"] = _first_after(_timing(schedule), now)
+        stored = await self._store.add_schedule(schedule)
+        if stored is None:
+            raise ScheduleNotFoundError(f"schedule {schedule['schedule_id']!r} was deleted "
+                                        "while being declared")
+        if stored["workflow_name"] != workflow_name:
+            raise ValueError(f"schedule {schedule['schedule_id']!r} starts workflow "
+                             f"{stored['workflow_name']!r}; delete it first, or use another id")
+        same = ("workflow_id", "cron_expression", "timezone", "interval_seconds", "catch_up")
+        if (any(stored[c] != schedule[c] for c in same)
+                or _loads(stored["input_data"]) != _loads(schedule["input_data"])):
+            await self.update_schedule(  # the declaration changed: the schedule follows
+                schedule["schedule_id"], cron_expression=timing["cron_expression"],
+                every=timing["interval_seconds"], input_data=input_data,
+                timezone=timing["timezone"] if timing["cron_expression"] else None,
+                catch_up=schedule["catch_up"], workflow_id=schedule["workflow_id"])
+        self._wake_workers()
+        return schedule["schedule_id"]
+
+    async def schedule_delayed_workflow(self, workflow_name: str, delay_seconds: Any = None,
+                                        input_data: Any = None, *, at: Optional[datetime] = None,
+                                        workflow_id: Optional[str] = None) -> str:
+        """Store a run that starts ``delay_seconds`` (a number or a ``timedelta``) from
+        now, or ``at`` a timezone-aware datetime, and return its run id. It waits in the
+        database as ``pending`` (its start time in ``scheduled_for``), so a restart
+        before then loses nothing; a worker serving the workflow starts it when due."""
+        _check_workflow_id(workflow_id)
+        if (delay_seconds is None) == (at is None):
+            raise ValueError("schedule_delayed_workflow takes delay_seconds or at="
+                             + (", not both" if at is not None else ""))
+        if at is not None:
+            if not isinstance(at, datetime) or at.tzinfo is None:
+                raise ValueError(f"at must be a timezone-aware datetime, got {at!r}")
+        else:
+            if isinstance(delay_seconds, timedelta):
+                delay_seconds = delay_seconds.total_seconds()
+            if (isinstance(delay_seconds, bool) or not isinstance(delay_seconds, (int, float))
+                    or not 0 <= delay_seconds < _LATEST_TIME):  # NaN too
+                raise ValueError(f"delay_seconds must be a number >= 0 or a timedelta, "
+                                 f"got {delay_seconds!r}")
+        input_text = _dumps(input_data, f"the input of workflow {workflow_name!r}")
+        engine = await self._ready()
+        options = await _workflow_options(self._store, workflow_name)
+        now = engine.clock()
+        start = at.timestamp() if at is not None else now + delay_seconds
+        if start >= _LATEST_TIME:
+            raise ValueError(f"the run would start after the year 9999 "
+                             f"(delay_seconds={delay_seconds!r})")
+        run = _new_run(workflow_name, input_text, workflow_id, options, now,
+                       wake_at=start, scheduled_for=start)
+        await self._store.insert_run(run, [("workflow_created", {
+            "workflow_name": workflow_name, "scheduled_for": start})])
+        self._wake_workers()
+        return run["run_id"]
+
+    async def list_schedules(self) -> list[ScheduleInfo]:
+        """Every schedule, oldest first, with its next due time."""
+        await self._ready()
+        return [_schedule_info(row) for row in await self._store.list_schedules()]
+
+    async def get_schedule(self, schedule_id: str) -> Optional[ScheduleInfo]:
+        """The schedule, or None if there is none with this id."""
+        _check_name("schedule_id", schedule_id)
+        await self._ready()
+        row = await self._store.get_schedule(schedule_id)
+        return None if row is None else _schedule_info(row)
+
+    async def pause_schedule(self, schedule_id: str) -> ScheduleInfo:
+        """Start no more runs until ``resume_schedule``; runs started already go on."""
+        return await self._change_schedule(schedule_id, lambda row, now: {"paused": 1})
+
+    async def resume_schedule(self, schedule_id: str) -> ScheduleInfo:
+        """Start runs again, from the next due time on: the times that passed while
+        paused are not made up for."""
+        def resume(row: dict, now: float) -> dict:
+            if not row["paused"]:
+                return {}
+            after = max(now, row["last_due_at"] or now)
+            return {"paused": 0, "next_due_at": _first_after(_timing(row), after)}
+        return await self._change_schedule(schedule_id, resume)
+
+    async def update_schedule(self, schedule_id: str, *, cron_expression: Optional[str] = None,
+                              every: Any = None, timezone: Optional[str] = None,
+                              input_data: Any = _KEEP, catch_up: Any = None,
+                              workflow_id: Optional[str] = None) -> ScheduleInfo:
+        """Change what is given and keep the rest. A new cron expression, interval or
+        timezone takes effect from now (an interval counts from now). ValueError for
+        bad values, ScheduleNotFoundError for an unknown id; nothing changes then."""
+        _check_workflow_id(workflow_id)
+        changes: dict = {}
+        if input_data is not _KEEP:
+            changes["input_data"] = _dumps(input_data, f"the input of schedule {schedule_id!r}")
+        if catch_up is not None:
+            changes["catch_up"] = _catch_up(catch_up)
+        if workflow_id is not None:
+            changes["workflow_id"] = workflow_id
+        if cron_expression is not None or every is not None:
+            _schedule_timing(cron_expression, every, timezone)  # bad values: before any read
+        elif timezone is not None:
+            _zone(timezone)
+
+        def update(row: dict, now: float) -> dict:
+            new = {**row, **changes}
+            if cron_expression is not None or every is not None or timezone is not None:
+                cron = cron_expression if cron_expression is not None or every is not None \
+                    else row["cron_expression"]
+                if cron is None and every is None:
+                    raise ValueError(f"schedule {schedule_id!r} runs at an interval; timezone "
+                                     "applies to cron expressions")
+                zone = timezone if timezone is not None or every is not None else row["timezone"]
+                new.update(_schedule_timing(cron, every, zone))
+            if any(new[c] != row[c] for c in ("cron_expression", "interval_seconds",
+                                               "timezone")):
+                new["anchor_at"] = now
+                new["next_due_at"] = _first_after(_timing(new),
+                                                  max(now, row["last_due_at"] or now))
+            return {c: new[c] for c in _SCHEDULE_COLUMNS if new[c] != row[c]}
+        return await self._change_schedule(schedule_id, update)
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        """Delete the schedule; the runs it started stay. ScheduleNotFoundError if none
+        has this id."""
+        _check_name("schedule_id", schedule_id)
+        await self._ready()
+        if not await self._store.delete_schedule(schedule_id):
+            raise ScheduleNotFoundError(f"no schedule has the id {schedule_id!r}")
+
+    async def _change_schedule(self, schedule_id: str,
+                               change: Callable[[dict, float], dict]) -> ScheduleInfo:
+        """Read the schedule, work out the change, write it if nobody wrote in between
+        (a worker moving it on to its next time), else again from a fresh read."""
+        _check_name("schedule_id", schedule_id)
+        engine = await self._ready()
+        while True:
+            row = await self._store.get_schedule(schedule_id)
+            if row is None:
+                raise ScheduleNotFoundError(f"no schedule has the id {schedule_id!r}")
+            now = engine.clock()
+            changes = change(row, now)
+            if not changes:
+                return _schedule_info(row)
+            if await self._store.change_schedule(row, changes, now):
+                self._wake_workers()
+                return _schedule_info({**row, **changes, "updated_at": now})
 
     def _wake_workers(self) -> None:
         """A run became due: wake this process's workers on this database."""
@@ -4250,10 +4903,11 @@ class TinyWorkflowClient:
                     time.time())]
 
     async def recover_workflows(self) -> list[str]:
-        """Execute here every run that is due: pending, due for a retry, or left by an
-        executor whose lease expired (a crashed process). Returns their run ids once
-        each has finished or been rescheduled."""
+        """Execute here every run that is due: pending, due for a retry, left by an
+        executor whose lease expired (a crashed process), or started now by a due
+        schedule. Returns their run ids once each has finished or been rescheduled."""
         engine = await self._ready()
+        await engine.fire_schedules()
         runs: list = []
         while True:  # in batches: one claim binds every id in an IN list
             claimed = await engine.claim(limit=500)
@@ -4310,9 +4964,22 @@ class TinyWorkflowClient:
     async def _work(self, engine: _Engine, stopping: asyncio.Event) -> None:
         running: dict[asyncio.Task, dict] = {}
         advertiser = asyncio.ensure_future(self._advertise(engine))
+        # When a schedule is due (the workflows' clock), when to look at the schedules
+        # anyway (the machine's), and the time of the last look.
+        schedule_due, look_at, looked = None, 0.0, 0.0
         try:
             while not stopping.is_set():
                 self._wakeup.clear()
+                if ((schedule_due is not None and schedule_due <= engine.clock())
+                        or time.monotonic() >= look_at):
+                    schedule_due, look_at = None, time.monotonic() + self._poll_interval
+                    looked = engine.clock()
+                    try:
+                        await engine.fire_schedules()
+                    except Exception:
+                        _log.warning("worker %s could not read the schedules; retrying in "
+                                     "%.1fs", engine.worker_id, self._poll_interval,
+                                     exc_info=True)
                 free = self._worker_concurrency - len(running)
                 if free <= 0:  # every slot busy: a finishing execution wakes us
                     await self._until(self._wakeup, self._poll_interval)
@@ -4328,11 +4995,14 @@ class TinyWorkflowClient:
                     running[task] = run
                     task.add_done_callback(self._finished(running))
                 if len(claimed) < free:  # else claim again right away: more are waiting
-                    due = None  # unknown: poll as usual
+                    run_due = None  # unknown: poll as usual
                     with contextlib.suppress(Exception):
-                        due = await self._store.next_wake(sorted(_WORKFLOWS))
-                    # Until the earliest waiting run is due (the workflows' clock), or
-                    # the next look for runs stored by other processes.
+                        run_due, schedule_due = await self._store.next_wake(
+                            sorted(_WORKFLOWS), looked)
+                    due = min((t for t in (run_due, schedule_due) if t is not None),
+                              default=None)
+                    # Until the earliest waiting run or schedule is due (the workflows'
+                    # clock), or the next look for runs stored by other processes.
                     await engine.wait(self._wakeup, None if due is None else
                                       due - engine.clock(), self._poll_interval)
         finally:

@@ -101,9 +101,9 @@ async def test_durable_sqlite_settings(sqlite_url, tmp_path):
 async def test_schema_tables_and_version(db_url):
     async with TinyWorkflowClient(db_url) as c:
         await c.list_workflow_executions()
-    assert await dbutil.table_names(db_url) == {"tinyworkflow_meta", "tinyworkflow_runs",
-                                                "tinyworkflow_steps", "tinyworkflow_events",
-                                                "tinyworkflow_workers", "tinyworkflow_signals"}
+    assert await dbutil.table_names(db_url) == {
+        "tinyworkflow_meta", "tinyworkflow_runs", "tinyworkflow_steps", "tinyworkflow_events",
+        "tinyworkflow_workers", "tinyworkflow_signals", "tinyworkflow_schedules"}
     assert await dbutil.schema_version(db_url) == [
         ("schema_version", str(len(tinyworkflow._MIGRATIONS)))]
 
@@ -111,8 +111,7 @@ async def test_schema_tables_and_version(db_url):
 async def test_table_prefix(db_url):
     async with TinyWorkflowClient(db_url, table_prefix="app_wf_") as c:
         await c.list_workflow_executions()
-    assert await dbutil.table_names(db_url) == {"app_wf_meta", "app_wf_runs", "app_wf_steps",
-                                                "app_wf_events", "app_wf_workers", "app_wf_signals"}
+    assert await dbutil.table_names(db_url) == {f"app_wf_{t}" for t in dbutil.TABLES}
     for bad in ("", "1x", "a;drop table x", "a-b"):
         with pytest.raises(ValueError, match="prefix"):
             TinyWorkflowClient(db_url, table_prefix=bad)

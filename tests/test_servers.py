@@ -357,7 +357,7 @@ async def test_clients_of_one_process_initialise_a_fresh_database_at_once(db_url
 
 # ---- f) table prefixes ------------------------------------------------------------------
 
-USER_TABLES = ("runs", "events", "steps", "meta", "workers", "signals")
+USER_TABLES = ("runs", "events", "steps", "meta", "workers", "signals", "schedules")
 
 
 async def test_prefixes_keep_the_users_tables_and_each_other_apart(db_url):

@@ -161,7 +161,7 @@ async def test_claimed_runs_execute_even_if_next_wake_fails(db_url):
         run_id = await client.start_workflow("rv2_wf_quick")
         store, original = client._store, client._store.next_wake
 
-        async def flaky(names):
+        async def flaky(*args):
             store.next_wake = original
             raise dbutil.transient_error(db_url)
 
