@@ -59,17 +59,22 @@ __all__ = [
     "WorkerInfo",
     "ScheduleInfo",
     "ScheduleNotFoundError",
+    "Queue",
+    "QueueInfo",
+    "QueueNotFoundError",
     "ChildWorkflowHandle",
     "Clock",
     "TestClock",
 ]
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import dataclasses
 import enum
 import hashlib
+import heapq
 import inspect
 import itertools
 import json
@@ -85,7 +90,6 @@ import time
 import traceback
 import types
 import uuid
-import heapq
 from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable, NamedTuple, NoReturn, Optional
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -136,7 +140,8 @@ class WorkflowExecution:
     (or compensated) run has ``error`` set to ``"ExceptionType: message"``. A child
     run has ``parent_run_id`` set. A run started by a schedule has ``schedule_id`` and
     the due time it was started for (``scheduled_for``); a delayed run has its start
-    time in ``scheduled_for``.
+    time in ``scheduled_for``. A run started in a queue has ``queue_name`` (and its
+    ``queue_key`` and ``priority``); ``dequeued_at`` is when it left the queue.
     """
 
     run_id: str
@@ -159,6 +164,10 @@ class WorkflowExecution:
     schedule_id: Optional[str] = None
     scheduled_for: Optional[datetime] = None
     idempotency_key: Optional[str] = None
+    queue_name: Optional[str] = None
+    queue_key: Optional[str] = None
+    priority: int = 0
+    dequeued_at: Optional[datetime] = None
 
 
 @dataclasses.dataclass
@@ -232,11 +241,29 @@ class ScheduleInfo:
     updated_at: datetime
 
 
+@dataclasses.dataclass
+class QueueInfo:
+    """A queue's limits (None: no limit) and what is in it now: ``waiting`` runs not
+    started yet (delayed and debounced ones included), ``running`` runs holding a
+    place (executing, waiting on a timer, signal or approval, or between retries),
+    ``started_recently`` runs started within the rate limit's period."""
+
+    name: str
+    concurrency: Optional[int]
+    worker_concurrency: Optional[int]
+    key_concurrency: Optional[int]
+    rate_limit: Optional[tuple]
+    waiting: int
+    running: int
+    started_recently: int
+    updated_at: datetime
+
+
 # `from tinyworkflow.models import WorkflowStatus` works as it did in TinyWorkflow
 # 0.1.0, also when this file is copied alone into a project.
 models = types.ModuleType(__name__ + ".models", "The data classes of tinyworkflow.")
 for _cls in (WorkflowStatus, WorkflowExecution, WorkflowEvent, StepRecord, WorkerInfo,
-             ScheduleInfo):
+             ScheduleInfo, QueueInfo):
     setattr(models, _cls.__name__, _cls)
 sys.modules[models.__name__] = models
 
@@ -283,6 +310,10 @@ class RunNotFoundError(TinyWorkflowError, LookupError):
 
 class ScheduleNotFoundError(TinyWorkflowError, LookupError):
     """No schedule has the given id."""
+
+
+class QueueNotFoundError(TinyWorkflowError, LookupError):
+    """No queue of that name is declared or was used."""
 
 
 class WorkflowNotFoundError(TinyWorkflowError, ValueError):
@@ -1173,13 +1204,35 @@ _MIGRATIONS: list[list[str]] = [
         "ALTER TABLE {p}runs ADD COLUMN idempotency_key {key}",
         "CREATE UNIQUE INDEX {p}runs_idempotency ON {p}runs (idempotency_key)",
     ],
+    [
+        # Queues: limits that hold across every worker. A claim of a queue's new runs
+        # locks its row, so claimers of one queue count its places one at a time.
+        """CREATE TABLE {p}queues (
+            name {key} PRIMARY KEY,
+            concurrency {int},
+            worker_concurrency {int},
+            key_concurrency {int},
+            rate_limit {int},
+            rate_period {float},
+            updated_at {float} NOT NULL){table}""",
+        "ALTER TABLE {p}runs ADD COLUMN queue_name {key}",
+        "ALTER TABLE {p}runs ADD COLUMN queue_key {key}",
+        "ALTER TABLE {p}runs ADD COLUMN priority {int} NOT NULL DEFAULT 0",
+        "ALTER TABLE {p}runs ADD COLUMN dequeued_at {float}",
+        "CREATE INDEX {p}runs_queue ON {p}runs (queue_name, status, priority, created_at)",
+        "CREATE INDEX {p}runs_dequeued ON {p}runs (queue_name, dequeued_at)",
+        # Debounce: the one run of a key not started yet (the claim clears the key).
+        "ALTER TABLE {p}runs ADD COLUMN debounce_key {key}",
+        "CREATE UNIQUE INDEX {p}runs_debounce ON {p}runs (debounce_key)",
+    ],
 ]
 
 _RUN_COLUMNS = (
     "run_id", "workflow_id", "workflow_name", "status", "input_data", "output_data", "error",
     "retry_count", "max_retries", "timeout", "created_at", "started_at", "completed_at",
     "updated_at", "wake_at", "deadline_at", "owner", "lease_expires_at", "parent_run_id",
-    "approval_required", "schedule_id", "scheduled_for", "idempotency_key",
+    "approval_required", "schedule_id", "scheduled_for", "idempotency_key", "queue_name",
+    "queue_key", "priority", "dequeued_at", "debounce_key",
 )
 _STEP_TYPES = {"run_id": "key", "step": "int", "name": "key", "kind": "key", "status": "key",
                "input": "text", "output": "text", "error": "text", "attempts": "int",
@@ -1198,6 +1251,8 @@ _RUNNABLE = ("((status IN ('pending', 'retrying') AND (wake_at IS NULL OR wake_a
              " OR (status IN ('running', 'paused') AND owner IS NULL AND wake_at <= ?)"
              " OR (status = 'compensating' AND owner IS NULL AND lease_expires_at IS NULL)"
              f" OR ({_EXECUTING} AND lease_expires_at < ?))")
+# A run in a queue holds one of its places from its start until it ends.
+_HOLDING = "status IN ('running', 'paused', 'retrying', 'compensating')"
 # A run and every run below it (children, their children, ...), nearest first.
 _TREE = ("WITH RECURSIVE tree (run_id, depth) AS (SELECT run_id, 0 FROM {p}runs WHERE "
          "run_id = ? UNION ALL SELECT r.run_id, t.depth + 1 FROM {p}runs r JOIN tree t "
@@ -1382,27 +1437,32 @@ class _Store:
             (run_id, now, now, real))
         return rows
 
-    async def claim(self, owner: str, now: float, lease: float, *, names: list,
-                    run_ids: Optional[list] = None, limit: int = 1,
-                    real: Optional[float] = None) -> list:
+    async def claim(self, owner: str, clock: Callable[[], float], lease: float, *,
+                    names: list, run_ids: Optional[list] = None, limit: int = 1,
+                    local: Optional[dict] = None) -> list:
         """Take up to ``limit`` runnable runs of the given workflows under the owner
         token ``owner`` (a fencing token every later write of those runs must match),
-        for ``lease`` seconds. ``now`` is the workflows' clock; leases go by ``real``,
-        the machine's time (the same unless a test skips time)."""
+        for ``lease`` seconds. ``clock`` is the workflows' clock, read once the claim
+        has its locks; leases go by the machine's time (the same unless a test skips
+        time). Runs in queues are taken within their queue's limits; ``local`` counts
+        this worker's executions per queue (for ``worker_concurrency``)."""
         if not names or limit < 1:
             return []
-        real = now if real is None else real
-        where = f"{_RUNNABLE} AND workflow_name IN ({', '.join('?' * len(names))})"
-        params: list = [now, now, real, *names]
-        if run_ids is not None:
-            where += f" AND run_id IN ({', '.join('?' * len(run_ids))})"
-            params += run_ids
-        select = self.sql(f"SELECT run_id, status, owner, retry_count FROM {{p}}runs "
-                          f"WHERE {where} ORDER BY created_at LIMIT ? {self.dialect.for_update}")
-        # deadline_at is assigned before status: MySQL evaluates SET left to right and
-        # later expressions would see the new status.
+        # deadline_at and dequeued_at are assigned before status: MySQL evaluates SET
+        # left to right and later expressions would see the new status.
         async with self.transaction() as tx:
-            candidates = await tx.fetch(select, (*params, limit))
+            now, real = clock(), time.time()
+            where = f"{_RUNNABLE} AND workflow_name IN ({', '.join('?' * len(names))})"
+            params: list = [now, now, real, *names]
+            if run_ids is not None:
+                where += f" AND run_id IN ({', '.join('?' * len(run_ids))})"
+                params += run_ids
+            candidates = await tx.fetch(self._claimable(f"{where} AND queue_name IS NULL",
+                                                        "created_at"), (*params, limit))
+            if len(candidates) < limit:
+                candidates += await self._claim_queued(tx, where, params, clock,
+                                                       limit - len(candidates), local or {})
+                now = clock()  # after the queues' locks: a start is recorded when it was
             if not candidates:
                 return []
             # The candidates are ours to take: BEGIN IMMEDIATE (SQLite) or the row locks
@@ -1411,11 +1471,13 @@ class _Store:
             marks = ", ".join("?" * len(ids))
             await tx.execute(self.sql(
                 "UPDATE {p}runs SET deadline_at = CASE WHEN status IN ('running', 'paused', "
-                "'compensating') THEN deadline_at ELSE ? + timeout END, status = CASE WHEN "
-                "status = 'compensating' THEN status ELSE 'running' END, owner = ?, "
-                "lease_expires_at = ?, started_at = COALESCE(started_at, ?), updated_at = ?, "
-                f"wake_at = NULL, approval_required = NULL WHERE run_id IN ({marks})"),
-                (now, owner, real + lease, now, now, *ids))
+                "'compensating') THEN deadline_at ELSE ? + timeout END, dequeued_at = CASE "
+                "WHEN status = 'pending' AND queue_name IS NOT NULL THEN ? ELSE dequeued_at "
+                "END, status = CASE WHEN status = 'compensating' THEN status ELSE 'running' "
+                "END, owner = ?, lease_expires_at = ?, started_at = COALESCE(started_at, ?), "
+                "updated_at = ?, wake_at = NULL, approval_required = NULL, debounce_key = NULL "
+                f"WHERE run_id IN ({marks})"),
+                (now, now, owner, real + lease, now, now, *ids))
             events = [self._event(run_id, *(
                 ("workflow_resumed", {"previous_owner": old_owner, "owner": owner})
                 if status in ("running", "paused", "compensating") else
@@ -1432,6 +1494,74 @@ class _Store:
         for row in steps:
             by_id[row[0]][row[1]] = dict(zip(_STEP_COLUMNS, row))
         return runs
+
+    def _claimable(self, where: str, order: str) -> str:
+        return self.sql(f"SELECT run_id, status, owner, retry_count FROM {{p}}runs WHERE "
+                        f"{where} ORDER BY {order} LIMIT ? {self.dialect.for_update}")
+
+    async def _claim_queued(self, tx, where: str, params: list, clock: Callable[[], float],
+                            limit: int, local: dict) -> list:
+        """The runnable runs in queues that ``claim`` may take, queue by queue (in name
+        order: the locks are always taken in the same order). A run the queue let go
+        already (parked on a timer, retrying, taken over from a lost worker) only needs
+        room on this worker; a new one also a free place in the queue (``concurrency``,
+        and ``key_concurrency`` for its key) and room in the rate limit. Each queue's
+        row is locked first: claimers of one queue count its places one at a time."""
+        queues = sorted(name for name, in await tx.fetch(self.sql(
+            f"SELECT DISTINCT queue_name FROM {{p}}runs WHERE {where} "
+            "AND queue_name IS NOT NULL"), tuple(params)))
+        if not queues:
+            return []
+        limits = {row[0]: row[1:] for row in await tx.fetch(self.sql(
+            "SELECT name, concurrency, worker_concurrency, key_concurrency, rate_limit, "
+            f"rate_period FROM {{p}}queues WHERE name IN ({', '.join('?' * len(queues))}) "
+            f"ORDER BY name {self.dialect.lock_update}"), tuple(queues))}
+        now, taken = clock(), []  # the time the starts will be recorded at, or before
+        for queue in queues:
+            concurrency, per_worker, per_key, rate, period = limits.get(queue, (None,) * 5)
+            room = limit - len(taken)
+            if per_worker is not None:
+                room = min(room, per_worker - local.get(queue, 0))
+            if room <= 0:
+                continue
+            in_queue, queue_params = f"{where} AND queue_name = ?", (*params, queue)
+            again = await tx.fetch(self._claimable(f"{in_queue} AND status <> 'pending'",
+                                                   "created_at"), (*queue_params, room))
+            taken += again
+            room -= len(again)
+            if room > 0 and concurrency is not None:
+                held = await tx.fetch(self.sql(
+                    f"SELECT COUNT(*) FROM {{p}}runs WHERE queue_name = ? AND {_HOLDING}"),
+                    (queue,))
+                room = min(room, concurrency - held[0][0])
+            if room > 0 and rate is not None:
+                started = await tx.fetch(self.sql(
+                    "SELECT COUNT(*) FROM {p}runs WHERE queue_name = ? AND dequeued_at > ?"),
+                    (queue, now - period))
+                room = min(room, rate - started[0][0])
+            if room <= 0:
+                continue
+            in_queue += " AND status = 'pending'"
+            if per_key is None:
+                taken += await tx.fetch(self._claimable(
+                    in_queue, "priority, created_at, run_id"), (*queue_params, room))
+                continue
+            # Per key: the first ones of each key, as many as its key has places free.
+            chosen = [run_id for run_id, in await tx.fetch(self.sql(
+                "SELECT c.run_id FROM (SELECT run_id, queue_key, priority, created_at, "
+                "ROW_NUMBER() OVER (PARTITION BY queue_key ORDER BY priority, created_at, "
+                f"run_id) AS place FROM {{p}}runs WHERE {in_queue}) c LEFT JOIN (SELECT "
+                "queue_key, COUNT(*) AS held FROM {p}runs WHERE queue_name = ? AND "
+                f"{_HOLDING} GROUP BY queue_key) h ON h.queue_key = c.queue_key WHERE "
+                "c.queue_key IS NULL OR c.place + COALESCE(h.held, 0) <= ? "
+                "ORDER BY c.priority, c.created_at, c.run_id LIMIT ?"),
+                (*queue_params, queue, per_key, room))]
+            if chosen:
+                taken += await tx.fetch(self.sql(
+                    "SELECT run_id, status, owner, retry_count FROM {p}runs WHERE run_id IN "
+                    f"({', '.join('?' * len(chosen))}) AND status = 'pending' "
+                    f"{self.dialect.for_update}"), tuple(chosen))
+        return taken
 
     async def resume_run(self, run_id: str, now: float, retries: int,
                          real: Optional[float] = None) -> bool:
@@ -1504,20 +1634,30 @@ class _Store:
             *self._wake_ops(run_id),
         ], fence=True)
 
-    async def next_wake(self, names: list, looked: float) -> tuple:
-        """(when the earliest waiting run of these workflows becomes due, when the
-        earliest of their active schedules is due after ``looked``), each None if there
-        is none. (A schedule due at ``looked`` still failed to start then: it is tried
-        again at the next regular look, not in a busy loop.)"""
+    async def next_wake(self, names: list, looked: float, now: float) -> tuple:
+        """(when the earliest waiting run of these workflows becomes due, or a rate
+        limit lets a queue's waiting run start; when the earliest of their active
+        schedules is due after ``looked``), each None if there is none. (A schedule due
+        at ``looked`` still failed to start then: it is tried again at the next regular
+        look, not in a busy loop; so is a run in a queue that is due but had to wait
+        for a place: a run ending or the next look brings it.)"""
         if not names:
             return None, None
         marks = ", ".join("?" * len(names))
         rows = await self.fetch(self.sql(
             f"SELECT (SELECT MIN(wake_at) FROM {{p}}runs WHERE {_WAITING} "
-            f"AND workflow_name IN ({marks})), (SELECT MIN(next_due_at) FROM {{p}}schedules "
-            f"WHERE paused = 0 AND next_due_at > ? AND workflow_name IN ({marks}))"),
-            (*names, looked, *names))
-        return tuple(rows[0]) if rows else (None, None)
+            f"AND workflow_name IN ({marks}) AND (queue_name IS NULL OR wake_at > ?)), "
+            "(SELECT MIN(next_due_at) FROM {p}schedules WHERE paused = 0 AND next_due_at > ? "
+            f"AND workflow_name IN ({marks})), (SELECT MIN(r.dequeued_at + q.rate_period) "
+            "FROM {p}queues q JOIN {p}runs r ON r.queue_name = q.name WHERE q.rate_period "
+            "IS NOT NULL AND r.dequeued_at > ? - q.rate_period AND EXISTS (SELECT 1 FROM "
+            "{p}runs w WHERE w.queue_name = q.name AND w.status = 'pending'))"),
+            (*names, now, looked, *names, now))
+        if not rows:
+            return None, None
+        run_due, schedule_due, rate_due = rows[0]
+        return (min((t for t in (run_due, rate_due) if t is not None), default=None),
+                schedule_due)
 
     # Every write of an executing run is fenced: it takes effect only while the writer's
     # owner token is the run's and the run is running, so an executor that was cancelled
@@ -1757,6 +1897,22 @@ class _Store:
                                          "WHERE idempotency_key = ?"), (key,))
         return dict(zip(_RUN_COLUMNS, rows[0])) if rows else None
 
+    async def get_run_by_debounce(self, key: str) -> Optional[dict]:
+        rows = await self.fetch(self.sql(f"SELECT {', '.join(_RUN_COLUMNS)} FROM {{p}}runs "
+                                         "WHERE debounce_key = ?"), (key,))
+        return dict(zip(_RUN_COLUMNS, rows[0])) if rows else None
+
+    async def debounce_run(self, run_id: str, key: str, input_text: str, wake_at: float,
+                           now: float) -> bool:
+        """Give the debounced run not started yet the latest input and a later start."""
+        return await self.batch([
+            (self.sql("UPDATE {p}runs SET input_data = ?, wake_at = ?, updated_at = ? "
+                      "WHERE run_id = ? AND debounce_key = ? AND status = 'pending'"),
+             (input_text, wake_at, now, run_id, key)),
+            self._event(run_id, "workflow_debounced", {"starts_at": wake_at}, now),
+            *self._wake_ops(run_id),
+        ], fence=True)
+
     async def pending_approvals(self) -> list:
         rows = await self.fetch(self.sql(f"SELECT {', '.join(_RUN_COLUMNS)} FROM {{p}}runs "
                                          "WHERE status = 'paused' AND approval_required IS NOT "
@@ -1788,6 +1944,27 @@ class _Store:
                                           f"WHERE run_id IN ({finished})"), (cutoff,))
             return await tx.execute(self.sql(f"DELETE FROM {{p}}runs WHERE {_FINISHED} "
                                              "AND completed_at < ?"), (cutoff,))
+
+    # -- queues
+    async def declare_queue(self, row: dict, replace: bool) -> None:
+        """Store the queue's limits (``replace``: over those stored; else only if the
+        queue is not stored yet)."""
+        sql = (self.dialect.upsert("{p}queues", dict.fromkeys(row), ("name",)) if replace
+               else self.dialect.insert_new("{p}queues", row, "name"))
+        await self.batch([(self.sql(sql), tuple(row.values()))])
+
+    async def list_queues(self, now: float, name: Optional[str] = None) -> list:
+        """(name, concurrency, worker_concurrency, key_concurrency, rate_limit,
+        rate_period, updated_at, waiting, running, started within the rate period)."""
+        where, params = ("WHERE q.name = ? ", (name,)) if name is not None else ("", ())
+        return await self.fetch(self.sql(
+            "SELECT q.name, q.concurrency, q.worker_concurrency, q.key_concurrency, "
+            "q.rate_limit, q.rate_period, q.updated_at, (SELECT COUNT(*) FROM {p}runs r "
+            "WHERE r.queue_name = q.name AND r.status = 'pending'), (SELECT COUNT(*) FROM "
+            f"{{p}}runs r WHERE r.queue_name = q.name AND r.{_HOLDING}), CASE WHEN "
+            "q.rate_period IS NULL THEN 0 ELSE (SELECT COUNT(*) FROM {p}runs r WHERE "
+            "r.queue_name = q.name AND r.dequeued_at > ? - q.rate_period) END "
+            f"FROM {{p}}queues q {where}ORDER BY q.name"), (now, *params))
 
     # -- schedules (every write bumps ``revision``: writes based on a read are fenced by it)
     async def add_schedule(self, schedule: dict) -> dict:
@@ -3093,6 +3270,7 @@ class _ActivityDef:
 
 _WORKFLOWS: dict[str, _WorkflowDef] = {}
 _ACTIVITIES: dict[str, _ActivityDef] = {}
+_QUEUES: dict[str, "Queue"] = {}
 
 
 def _check_options(kind: str, name: Any, retry_policy: Any, timeout: Any) -> None:
@@ -3179,6 +3357,70 @@ def activity(name: Optional[str] = None, retry_policy: Optional[RetryPolicy] = N
     return decorate
 
 
+def _count_limit(what: str, value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or not 1 <= value <= 2 ** 31):
+        raise ValueError(f"{what} must be a whole number >= 1 (or None: no limit), "
+                         f"got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Queue:
+    """A named queue with limits that hold across every worker sharing the database.
+
+        emails = Queue("emails", concurrency=5, worker_concurrency=2, rate_limit=(100, 60))
+        await client.start_workflow("send_email", {"to": to}, queue="emails")
+
+    At most ``concurrency`` runs of the queue are in progress anywhere (a run holds
+    its place from its start until it ends, also while it waits on a timer, a signal
+    or an approval, or between retries), at most ``worker_concurrency`` on one worker,
+    at most ``key_concurrency`` per ``queue_key`` given at start (one tenant cannot
+    take every place), and at most ``rate_limit[0]`` runs start in any
+    ``rate_limit[1]`` seconds. None means no limit. Waiting runs start by
+    ``priority`` (lower first), then in the order they were started.
+
+    Declaring a queue stores its limits when a client opens the database (a worker
+    deployed with new limits changes them for everyone); a queue used by name and
+    declared nowhere is stored with no limits.
+    """
+
+    name: str
+    concurrency: Optional[int] = None
+    worker_concurrency: Optional[int] = None
+    rate_limit: Optional[tuple] = None
+    key_concurrency: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        _check_name("queue name", self.name)
+        for what in ("concurrency", "worker_concurrency", "key_concurrency"):
+            _count_limit(what, getattr(self, what))
+        if self.rate_limit is not None:
+            count, period = (self.rate_limit if isinstance(self.rate_limit, tuple)
+                             and len(self.rate_limit) == 2 else (None, None))
+            if isinstance(period, timedelta):
+                period = period.total_seconds()
+            if (isinstance(period, bool) or not isinstance(period, (int, float))
+                    or not _EVERY_RANGE[0] <= period <= _EVERY_RANGE[1]):
+                raise ValueError(
+                    "rate_limit must be (starts, seconds): at most that many runs start in "
+                    f"any period of that many seconds ({_EVERY_RANGE[0]:g} to "
+                    f"{_EVERY_RANGE[1]:g}), e.g. (100, 60); got {self.rate_limit!r}")
+            _count_limit("the starts of rate_limit", count)
+            object.__setattr__(self, "rate_limit", (count, float(period)))
+        old = _QUEUES.get(self.name)
+        if old is not None and old != self:
+            raise ValueError(f"queue {self.name!r} is already declared with other limits "
+                             f"({old!r}); declare it once")
+        _QUEUES[self.name] = self
+
+    def _row(self, now: float) -> dict:
+        count, period = self.rate_limit or (None, None)
+        return {"name": self.name, "concurrency": self.concurrency,
+                "worker_concurrency": self.worker_concurrency,
+                "key_concurrency": self.key_concurrency, "rate_limit": count,
+                "rate_period": period, "updated_at": now}
+
+
 async def _workflow_options(store: _Store, name: Any) -> tuple:
     """(max_retries, timeout) of the workflow ``name``: registered here, or served by a
     live worker (a process without the code may start its runs); else the error."""
@@ -3213,6 +3455,39 @@ def _check_workflow_id(workflow_id: Any) -> None:
     if workflow_id is not None and len(workflow_id) > _KEY_LENGTH:
         raise ValueError(f"workflow_id is {len(workflow_id)} characters long; at most "
                          f"{_KEY_LENGTH} fit every database")
+
+
+def _queue_columns(queue: Any, queue_key: Any, priority: Any) -> dict:
+    """The run's queue columns for start_workflow's options (none without a queue)."""
+    if queue is None:
+        if queue_key is not None or priority is not None:
+            raise ValueError("queue_key and priority order runs within a queue: give "
+                             "queue= too")
+        return {}
+    name = queue.name if isinstance(queue, Queue) else queue
+    _check_name("queue", name)
+    if queue_key is not None:
+        _check_name("queue_key", queue_key)
+    if priority is None:
+        priority = 0
+    if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > 2 ** 31:
+        raise ValueError(f"priority must be a whole number (lower starts first; at most "
+                         f"2**31 either way), got {priority!r}")
+    return {"queue_name": name, "queue_key": queue_key, "priority": priority}
+
+
+def _debounce_option(value: Any) -> tuple:
+    """(key, seconds) of start_workflow's ``debounce=``."""
+    key, seconds = value if isinstance(value, tuple) and len(value) == 2 else (None, None)
+    if isinstance(seconds, timedelta):
+        seconds = seconds.total_seconds()
+    if (not isinstance(key, str) or not key or len(key) > _KEY_LENGTH
+            or isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+            or not 0 < seconds <= _EVERY_RANGE[1]):  # NaN too
+        raise ValueError(f"debounce must be (key, seconds): a non-empty key of at most "
+                         f"{_KEY_LENGTH} characters and a wait of more than 0 and at most "
+                         f"{_EVERY_RANGE[1]:g} seconds (366 days); got {value!r}")
+    return key, float(seconds)
 
 
 def _activity_def(fn: Any) -> _ActivityDef:
@@ -3895,6 +4170,7 @@ class _Engine:
         self._cancelling: set[tuple] = set()  # (run id, owner) of executions we cancelled
         self._changes: dict[str, set] = {}  # run id -> an event per waiter here
         self.draining: set[str] = set()  # owner tokens whose runs stop before their next step
+        self.in_queues: collections.Counter = collections.Counter()  # queue -> claimed here
 
     def new_owner(self) -> str:
         """A fencing token: unique per claim, so even this worker's own earlier,
@@ -3902,9 +4178,12 @@ class _Engine:
         return f"{self.worker_id}:{next(self._claims)}"
 
     async def claim(self, *, run_ids: Optional[list] = None, limit: int = 1) -> list:
-        return await self.store.claim(self.new_owner(), self.clock(), self.lease,
+        """Claim due runs; each must then be executed (``execute``)."""
+        runs = await self.store.claim(self.new_owner(), self.clock, self.lease,
                                       names=sorted(_WORKFLOWS), run_ids=run_ids, limit=limit,
-                                      real=time.time())
+                                      local=self.in_queues)
+        self.in_queues.update(run["queue_name"] for run in runs if run["queue_name"])
+        return runs
 
     async def fire_schedules(self) -> None:
         """Start the runs of the due schedules of the workflows registered here."""
@@ -3971,6 +4250,8 @@ class _Engine:
             finally:
                 if self._tasks.get(run_id, (None,))[0] == owner:
                     del self._tasks[run_id]
+                if run["queue_name"]:
+                    self.in_queues[run["queue_name"]] -= 1
                 done.set()
                 self.changed(run_id)
 
@@ -4106,7 +4387,9 @@ class _Engine:
     async def _continue(self, run: dict, definition: _WorkflowDef, input_text: str) -> None:
         successor = _new_run(run["workflow_name"], input_text, run["workflow_id"],
                              (definition.retry_policy.max_retries, definition.timeout),
-                             self.clock(), parent_run_id=run["parent_run_id"])
+                             self.clock(), parent_run_id=run["parent_run_id"],
+                             queue_name=run["queue_name"], queue_key=run["queue_key"],
+                             priority=run["priority"])  # back in its queue
         new_id = successor["run_id"]
         if not await self.store.continue_run(run["run_id"], run["owner"],
                                              successor["created_at"], successor):
@@ -4191,11 +4474,22 @@ def _execution(row: dict) -> WorkflowExecution:
         completed_at=_dt(row["completed_at"]), updated_at=_dt(row["updated_at"]),
         wake_at=_dt(row["wake_at"]), owner=row["owner"], parent_run_id=row["parent_run_id"],
         approval_required=row["approval_required"], schedule_id=row["schedule_id"],
-        scheduled_for=_dt(row["scheduled_for"]), idempotency_key=row["idempotency_key"])
+        scheduled_for=_dt(row["scheduled_for"]), idempotency_key=row["idempotency_key"],
+        queue_name=row["queue_name"], queue_key=row["queue_key"], priority=row["priority"],
+        dequeued_at=_dt(row["dequeued_at"]))
 
 
 _NOT_YET = object()  # a watched value that is not there yet
 _KEEP = object()  # an argument not given: the stored value stays
+
+
+def _queue_info(row: tuple) -> QueueInfo:
+    name, concurrency, per_worker, per_key, rate, period, updated, waiting, running, \
+        recent = row
+    return QueueInfo(name=name, concurrency=concurrency, worker_concurrency=per_worker,
+                     key_concurrency=per_key,
+                     rate_limit=None if rate is None else (rate, period), waiting=waiting,
+                     running=running, started_recently=recent, updated_at=_dt(updated))
 
 
 def _schedule_info(row: dict) -> ScheduleInfo:
@@ -4266,6 +4560,7 @@ class TinyWorkflowClient:
         self._stopping = asyncio.Event()  # the current worker's; a new worker gets a new one
         self._stop_grace = 10.0
         self._opening = asyncio.Lock()
+        self._queues_stored: set[str] = set()  # queues known to be in the database
 
     # -- lifecycle
     async def initialize(self) -> None:
@@ -4277,6 +4572,9 @@ class TinyWorkflowClient:
             try:
                 await self._store.connect()
                 await self._store.migrate()
+                for queue in list(_QUEUES.values()):  # the limits as declared in code
+                    await self._store.declare_queue(queue._row(self._clock.time()), True)
+                    self._queues_stored.add(queue.name)
             except BaseException as exc:
                 await self._store.close()
                 if isinstance(exc, (OSError, sqlite3.Error)):  # the driver's, said our way
@@ -4313,7 +4611,9 @@ class TinyWorkflowClient:
     async def start_workflow(self, workflow_name: str, input_data: Any = None,
                              workflow_id: Optional[str] = None, wait: bool = False, *,
                              idempotency_key: Optional[str] = None,
-                             run_id: Optional[str] = None) -> str:
+                             run_id: Optional[str] = None, queue: Any = None,
+                             queue_key: Optional[str] = None, priority: Optional[int] = None,
+                             debounce: Optional[tuple] = None) -> str:
         """Store a new run of a registered workflow and return its run id.
 
         With ``wait=False`` the run is left for a worker (``auto_start_worker=True``,
@@ -4329,11 +4629,26 @@ class TinyWorkflowClient:
         ``wait=True``, once that run has finished), for as long as the run is kept. The
         same key with another workflow or input is an ``IdempotencyError`` (a
         ``ValueError``), and nothing is stored.
+
+        ``queue`` (a name or a ``Queue``) starts the run within the queue's limits;
+        ``queue_key`` is its key for the queue's ``key_concurrency`` (a tenant, a
+        user), ``priority`` its place among the waiting runs (lower first; default 0).
+
+        ``debounce=("key", seconds)`` starts one run once the calls with that key have
+        stopped for ``seconds``, with the latest call's input: each call while that
+        run waits returns its id and moves its start. A call after it started stores
+        a new run.
         """
         _check_workflow_id(workflow_id)
         for what, value in (("idempotency_key", idempotency_key), ("run_id", run_id)):
             if value is not None:
                 _check_name(what, value)
+        columns = _queue_columns(queue, queue_key, priority)
+        if debounce is not None:
+            debounce = _debounce_option(debounce)
+            if wait or idempotency_key is not None or run_id is not None:
+                raise ValueError("debounce starts the run later, once the calls stop: it "
+                                 "does not combine with wait=True, idempotency_key or run_id")
         definition = _WORKFLOWS.get(workflow_name) if isinstance(workflow_name, str) else None
         input_text = _dumps(input_data, f"the input of workflow {workflow_name!r}")
         engine = await self._ready()
@@ -4343,14 +4658,21 @@ class TinyWorkflowClient:
                 f"workflow {workflow_name!r} is served by a worker but not registered in "
                 "this process; wait=True executes the run here: import the module that "
                 "defines it, or start with wait=False and call wait_for_result()")
+        if columns:
+            await self._use_queue(columns["queue_name"])
         run = _new_run(workflow_name, input_text, workflow_id, options, engine.clock(),
-                       idempotency_key=idempotency_key)
+                       idempotency_key=idempotency_key, **columns)
         run["run_id"] = run_id = run_id or run["run_id"]
         now = run["created_at"]
-        events = [("workflow_created", {"workflow_name": workflow_name})]
-        if not wait:
+        events = [("workflow_created", {"workflow_name": workflow_name, **(
+            {"queue": columns["queue_name"]} if columns else {})})]
+        if debounce is not None:
+            return await self._debounce(run, events, *debounce)
+        if not wait or columns:
             existing = await self._insert_once(run, events)
             self._wake_workers()
+            if wait:  # in its queue: executed here once the queue lets it start
+                await self._drive(engine, {"run_id": existing or run_id}, owned=False)
             return existing or run_id
         # Inserted already claimed, so no worker can take it between insert and execute.
         owner = engine.new_owner()
@@ -4391,6 +4713,47 @@ class TinyWorkflowClient:
         name = f"idempotency key {key!r}" if key is not None else f"run id {run['run_id']!r}"
         raise IdempotencyError(f"{name} already names run {existing['run_id']} {detail}; "
                                "nothing was stored", run_id=existing["run_id"])
+
+    async def _use_queue(self, name: str) -> None:
+        """Store the queue if it is not stored yet: as declared, else with no limits."""
+        if name in self._queues_stored:
+            return
+        declared = _QUEUES.get(name)
+        row = declared._row(self._clock.time()) if declared is not None else {
+            "name": name, "concurrency": None, "worker_concurrency": None,
+            "key_concurrency": None, "rate_limit": None, "rate_period": None,
+            "updated_at": self._clock.time()}
+        await self._store.declare_queue(row, declared is not None)
+        self._queues_stored.add(name)
+
+    async def _debounce(self, run: dict, events: list, key: str, seconds: float) -> str:
+        """Store the run to start ``seconds`` from now, or give the run of ``key`` that
+        has not started yet this input and that start; return the run's id."""
+        for _ in range(20):  # each turn lost a race to a start or another call
+            now = self._engine.clock()
+            waiting = await self._store.get_run_by_debounce(key)
+            if waiting is None:
+                run.update(created_at=now, updated_at=now, wake_at=now + seconds,
+                           debounce_key=key)
+                try:
+                    await self._store.insert_run(run, events + [
+                        ("workflow_debounced", {"starts_at": now + seconds})])
+                except Exception as exc:
+                    if not self._store.duplicate(exc):
+                        raise
+                    continue  # another call stored one first: debounce into it
+                self._wake_workers()
+                return run["run_id"]
+            if waiting["workflow_name"] != run["workflow_name"]:
+                raise ValueError(f"debounce key {key!r} belongs to run {waiting['run_id']} "
+                                 f"of workflow {waiting['workflow_name']!r}, waiting to "
+                                 "start; nothing was stored")
+            if await self._store.debounce_run(waiting["run_id"], key, run["input_data"],
+                                              now + seconds, now):
+                self._wake_workers()
+                return waiting["run_id"]
+        raise TinyWorkflowError(f"debounce key {key!r}: its run kept starting or changing "
+                                "under this call; nothing was stored")
 
     async def _drive(self, engine: _Engine, run: dict, owned: bool = True) -> None:
         """Execute a run here until it is final, sleeping through retry backoffs and
@@ -4694,7 +5057,8 @@ class TinyWorkflowClient:
             raise RunNotFoundError(f"no run with id {run_id!r}")
         options = await _workflow_options(self._store, source["workflow_name"])
         run = _new_run(source["workflow_name"], source["input_data"], source["workflow_id"],
-                       options, engine.clock())
+                       options, engine.clock(), queue_name=source["queue_name"],
+                       queue_key=source["queue_key"], priority=source["priority"])
         await self._store.fork_run(source, run, from_step)
         self._wake_workers()
         return run["run_id"]
@@ -4894,6 +5258,27 @@ class TinyWorkflowClient:
         """A run became due: wake this process's workers on this database."""
         _wake_local(self._store.key)
 
+    async def list_queues(self) -> list[QueueInfo]:
+        """Every queue stored (declared, or used by name), by name: its limits and how
+        many runs wait in it and hold a place in it now."""
+        engine = await self._ready()
+        for queue in list(_QUEUES.values()):  # declared after this client opened
+            await self._use_queue(queue.name)
+        return [_queue_info(row) for row in await self._store.list_queues(engine.clock())]
+
+    async def get_queue(self, name: str) -> QueueInfo:
+        """One queue's limits and counts (as ``list_queues``); QueueNotFoundError if no
+        queue of that name is declared or was used."""
+        _check_name("queue", name)
+        engine = await self._ready()
+        if name in _QUEUES:
+            await self._use_queue(name)
+        rows = await self._store.list_queues(engine.clock(), name)
+        if not rows:
+            raise QueueNotFoundError(f"no queue named {name!r}: declare it with "
+                                     f"Queue({name!r}, ...) or start a run in it")
+        return _queue_info(rows[0])
+
     async def list_workers(self) -> list[WorkerInfo]:
         """The live workers sharing this database, with the workflows each serves."""
         await self._ready()
@@ -4998,7 +5383,7 @@ class TinyWorkflowClient:
                     run_due = None  # unknown: poll as usual
                     with contextlib.suppress(Exception):
                         run_due, schedule_due = await self._store.next_wake(
-                            sorted(_WORKFLOWS), looked)
+                            sorted(_WORKFLOWS), looked, engine.clock())
                     due = min((t for t in (run_due, schedule_due) if t is not None),
                               default=None)
                     # Until the earliest waiting run or schedule is due (the workflows'

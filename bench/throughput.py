@@ -59,7 +59,8 @@ async def serve(url: str) -> None:
         await client.stop_worker()
 
 
-async def trial(url: str, runs: int, steps_per_run: int, workers: int) -> float:
+async def trial(url: str, runs: int, steps_per_run: int, workers: int,
+                queue: str | None = None) -> float:
     async with TinyWorkflowClient(url, table_prefix=PREFIX) as client:
         await client.cleanup_old_workflows(0)  # a previous trial's runs
         procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", url],
@@ -69,7 +70,8 @@ async def trial(url: str, runs: int, steps_per_run: int, workers: int) -> float:
             for proc in procs:
                 if proc.stdout.readline().strip() != "ready":
                     raise SystemExit("a worker process did not start")
-            ids = [await client.start_workflow("throughput_steps", {"steps": steps_per_run})
+            ids = [await client.start_workflow("throughput_steps", {"steps": steps_per_run},
+                                               queue=queue)
                    for _ in range(runs)]
             start = time.perf_counter()
             for proc in procs:

@@ -40,7 +40,7 @@ CONNECT_TIMEOUT = 3.0  # seconds: a server that does not answer in this time is 
 LOCK_TIMEOUT = 5  # seconds an emptying DROP TABLE waits for a lock before clearing the way
 
 # The tables tinyworkflow creates, without their prefix.
-TABLES = ("meta", "runs", "steps", "events", "workers", "signals", "schedules")
+TABLES = ("meta", "runs", "steps", "events", "workers", "signals", "schedules", "queues")
 PREFIX = "tinyworkflow_"
 
 # Query options of a tinyworkflow URL that are not the drivers' (dropped here).

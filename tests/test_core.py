@@ -103,7 +103,8 @@ async def test_schema_tables_and_version(db_url):
         await c.list_workflow_executions()
     assert await dbutil.table_names(db_url) == {
         "tinyworkflow_meta", "tinyworkflow_runs", "tinyworkflow_steps", "tinyworkflow_events",
-        "tinyworkflow_workers", "tinyworkflow_signals", "tinyworkflow_schedules"}
+        "tinyworkflow_workers", "tinyworkflow_signals", "tinyworkflow_schedules",
+        "tinyworkflow_queues"}
     assert await dbutil.schema_version(db_url) == [
         ("schema_version", str(len(tinyworkflow._MIGRATIONS)))]
 
