@@ -1507,11 +1507,14 @@ class _Store:
         room on this worker; a new one also a free place in the queue (``concurrency``,
         and ``key_concurrency`` for its key) and room in the rate limit. Each queue's
         row is locked first: claimers of one queue count its places one at a time."""
-        queues = sorted(name for name, in await tx.fetch(self.sql(
-            f"SELECT DISTINCT queue_name FROM {{p}}runs WHERE {where} "
-            "AND queue_name IS NOT NULL"), tuple(params)))
-        if not queues:
+        # Each queue with runs to take, and how many of those it let go already.
+        found = dict(await tx.fetch(self.sql(
+            "SELECT queue_name, SUM(CASE WHEN status = 'pending' THEN 0 ELSE 1 END) FROM "
+            f"{{p}}runs WHERE {where} AND queue_name IS NOT NULL GROUP BY queue_name"),
+            tuple(params)))
+        if not found:
             return []
+        queues = sorted(found)
         limits = {row[0]: row[1:] for row in await tx.fetch(self.sql(
             "SELECT name, concurrency, worker_concurrency, key_concurrency, rate_limit, "
             f"rate_period FROM {{p}}queues WHERE name IN ({', '.join('?' * len(queues))}) "
@@ -1525,20 +1528,20 @@ class _Store:
             if room <= 0:
                 continue
             in_queue, queue_params = f"{where} AND queue_name = ?", (*params, queue)
-            again = await tx.fetch(self._claimable(f"{in_queue} AND status <> 'pending'",
-                                                   "created_at"), (*queue_params, room))
-            taken += again
-            room -= len(again)
-            if room > 0 and concurrency is not None:
-                held = await tx.fetch(self.sql(
-                    f"SELECT COUNT(*) FROM {{p}}runs WHERE queue_name = ? AND {_HOLDING}"),
-                    (queue,))
-                room = min(room, concurrency - held[0][0])
-            if room > 0 and rate is not None:
-                started = await tx.fetch(self.sql(
-                    "SELECT COUNT(*) FROM {p}runs WHERE queue_name = ? AND dequeued_at > ?"),
-                    (queue, now - period))
-                room = min(room, rate - started[0][0])
+            if found[queue]:
+                again = await tx.fetch(self._claimable(f"{in_queue} AND status <> 'pending'",
+                                                       "created_at"), (*queue_params, room))
+                taken += again
+                room -= len(again)
+            if room > 0 and (concurrency is not None or rate is not None):
+                held, started = (await tx.fetch(self.sql(
+                    f"SELECT (SELECT COUNT(*) FROM {{p}}runs WHERE queue_name = ? AND "
+                    f"{_HOLDING}), (SELECT COUNT(*) FROM {{p}}runs WHERE queue_name = ? AND "
+                    "dequeued_at > ?)"), (queue, queue, now - (period or 0))))[0]
+                if concurrency is not None:
+                    room = min(room, concurrency - held)
+                if rate is not None:
+                    room = min(room, rate - started)
             if room <= 0:
                 continue
             in_queue += " AND status = 'pending'"
