@@ -1252,7 +1252,10 @@ _RUNNABLE = ("((status IN ('pending', 'retrying') AND (wake_at IS NULL OR wake_a
              " OR (status = 'compensating' AND owner IS NULL AND lease_expires_at IS NULL)"
              f" OR ({_EXECUTING} AND lease_expires_at < ?))")
 # A run in a queue holds one of its places from its start until it ends.
-_HOLDING = "status IN ('running', 'paused', 'retrying', 'compensating')"
+# (A cancelled run holds it until its execution has stopped: owner cleared, or its
+# lease expired. The condition takes the machine's time.)
+_HOLDING = ("(status IN ('running', 'paused', 'retrying', 'compensating') OR "
+            "(status = 'cancelled' AND owner IS NOT NULL AND lease_expires_at > ?))")
 # A run and every run below it (children, their children, ...), nearest first.
 _TREE = ("WITH RECURSIVE tree (run_id, depth) AS (SELECT run_id, 0 FROM {p}runs WHERE "
          "run_id = ? UNION ALL SELECT r.run_id, t.depth + 1 FROM {p}runs r JOIN tree t "
@@ -1452,16 +1455,17 @@ class _Store:
         # left to right and later expressions would see the new status.
         async with self.transaction() as tx:
             now, real = clock(), time.time()
-            where = f"{_RUNNABLE} AND workflow_name IN ({', '.join('?' * len(names))})"
-            params: list = [now, now, real, *names]
+            base = f"{_RUNNABLE} AND workflow_name IN ({', '.join('?' * len(names))})"
+            where, params = base, [now, now, real, *names]
             if run_ids is not None:
                 where += f" AND run_id IN ({', '.join('?' * len(run_ids))})"
-                params += run_ids
             candidates = await tx.fetch(self._claimable(f"{where} AND queue_name IS NULL",
-                                                        "created_at"), (*params, limit))
+                                                        "created_at"),
+                                        (*params, *(run_ids or ()), limit))
             if len(candidates) < limit:
-                candidates += await self._claim_queued(tx, where, params, clock,
-                                                       limit - len(candidates), local or {})
+                candidates += await self._claim_queued(
+                    tx, base, params, None if run_ids is None else set(run_ids), clock,
+                    real, limit - len(candidates), local or {})
                 now = clock()  # after the queues' locks: a start is recorded when it was
             if not candidates:
                 return []
@@ -1499,19 +1503,23 @@ class _Store:
         return self.sql(f"SELECT run_id, status, owner, retry_count FROM {{p}}runs WHERE "
                         f"{where} ORDER BY {order} LIMIT ? {self.dialect.for_update}")
 
-    async def _claim_queued(self, tx, where: str, params: list, clock: Callable[[], float],
-                            limit: int, local: dict) -> list:
-        """The runnable runs in queues that ``claim`` may take, queue by queue (in name
-        order: the locks are always taken in the same order). A run the queue let go
-        already (parked on a timer, retrying, taken over from a lost worker) only needs
-        room on this worker; a new one also a free place in the queue (``concurrency``,
-        and ``key_concurrency`` for its key) and room in the rate limit. Each queue's
-        row is locked first: claimers of one queue count its places one at a time."""
+    async def _claim_queued(self, tx, where: str, params: list, mine: Optional[set],
+                            clock: Callable[[], float], real: float, limit: int,
+                            local: dict) -> list:
+        """The runnable runs in queues that ``claim`` may take (of ``mine`` only, if
+        given), queue by queue (in name order: the locks are always taken in the same
+        order). A run the queue let go already (parked on a timer, retrying, taken over
+        from a lost worker) only needs room on this worker; a new one also a free place
+        in the queue (``concurrency``, and ``key_concurrency`` for its key), room in the
+        rate limit, and its turn: the first waiting runs by priority, then age, start,
+        whoever asks. Each queue's row is locked first: claimers of one queue count its
+        places one at a time."""
+        limited = "" if mine is None else f" AND run_id IN ({', '.join('?' * len(mine))})"
         # Each queue with runs to take, and how many of those it let go already.
         found = dict(await tx.fetch(self.sql(
             "SELECT queue_name, SUM(CASE WHEN status = 'pending' THEN 0 ELSE 1 END) FROM "
-            f"{{p}}runs WHERE {where} AND queue_name IS NOT NULL GROUP BY queue_name"),
-            tuple(params)))
+            f"{{p}}runs WHERE {where}{limited} AND queue_name IS NOT NULL GROUP BY "
+            "queue_name"), (*params, *(mine or ()))))
         if not found:
             return []
         queues = sorted(found)
@@ -1529,15 +1537,16 @@ class _Store:
                 continue
             in_queue, queue_params = f"{where} AND queue_name = ?", (*params, queue)
             if found[queue]:
-                again = await tx.fetch(self._claimable(f"{in_queue} AND status <> 'pending'",
-                                                       "created_at"), (*queue_params, room))
+                again = await tx.fetch(self._claimable(
+                    f"{in_queue}{limited} AND status <> 'pending'", "created_at"),
+                    (*queue_params, *(mine or ()), room))
                 taken += again
                 room -= len(again)
             if room > 0 and (concurrency is not None or rate is not None):
                 held, started = (await tx.fetch(self.sql(
                     f"SELECT (SELECT COUNT(*) FROM {{p}}runs WHERE queue_name = ? AND "
                     f"{_HOLDING}), (SELECT COUNT(*) FROM {{p}}runs WHERE queue_name = ? AND "
-                    "dequeued_at > ?)"), (queue, queue, now - (period or 0))))[0]
+                    "dequeued_at > ?)"), (queue, real, queue, now - (period or 0))))[0]
                 if concurrency is not None:
                     room = min(room, concurrency - held)
                 if rate is not None:
@@ -1546,8 +1555,9 @@ class _Store:
                 continue
             in_queue += " AND status = 'pending'"
             if per_key is None:
-                taken += await tx.fetch(self._claimable(
-                    in_queue, "priority, created_at, run_id"), (*queue_params, room))
+                turn = await tx.fetch(self._claimable(in_queue, "priority, created_at, run_id"),
+                                      (*queue_params, room))
+                taken += [row for row in turn if mine is None or row[0] in mine]
                 continue
             # Per key: the first ones of each key, as many as its key has places free.
             chosen = [run_id for run_id, in await tx.fetch(self.sql(
@@ -1558,12 +1568,12 @@ class _Store:
                 f"{_HOLDING} GROUP BY queue_key) h ON h.queue_key = c.queue_key WHERE "
                 "c.queue_key IS NULL OR c.place + COALESCE(h.held, 0) <= ? "
                 "ORDER BY c.priority, c.created_at, c.run_id LIMIT ?"),
-                (*queue_params, queue, per_key, room))]
-            if chosen:
-                taken += await tx.fetch(self.sql(
-                    "SELECT run_id, status, owner, retry_count FROM {p}runs WHERE run_id IN "
-                    f"({', '.join('?' * len(chosen))}) AND status = 'pending' "
-                    f"{self.dialect.for_update}"), tuple(chosen))
+                (*queue_params, queue, real, per_key, room))
+                if mine is None or run_id in mine]
+            if chosen:  # locked, and checked again (a debounce may have moved one on)
+                taken += await tx.fetch(self._claimable(
+                    f"{in_queue} AND run_id IN ({', '.join('?' * len(chosen))})", "run_id"),
+                    (*queue_params, *chosen, len(chosen)))
         return taken
 
     async def resume_run(self, run_id: str, now: float, retries: int,
@@ -1829,7 +1839,8 @@ class _Store:
             "AND s.status = 'registered')")
         to_cancel = self.sql(
             "UPDATE {p}runs SET status = 'cancelled', completed_at = ?, updated_at = ?, "
-            f"wake_at = NULL, approval_required = NULL WHERE run_id = ? AND {_NOT_TERMINAL}")
+            "wake_at = NULL, approval_required = NULL, debounce_key = NULL "
+            f"WHERE run_id = ? AND {_NOT_TERMINAL}")  # (the key starts a new run again)
         for attempt in range(1, 4):  # a deadlock with a child finishing: again
             try:
                 return await self._cancel_tree(run_id, now, to_compensate, to_cancel)
@@ -1962,12 +1973,12 @@ class _Store:
         where, params = ("WHERE q.name = ? ", (name,)) if name is not None else ("", ())
         return await self.fetch(self.sql(
             "SELECT q.name, q.concurrency, q.worker_concurrency, q.key_concurrency, "
-            "q.rate_limit, q.rate_period, q.updated_at, (SELECT COUNT(*) FROM {p}runs r "
-            "WHERE r.queue_name = q.name AND r.status = 'pending'), (SELECT COUNT(*) FROM "
-            f"{{p}}runs r WHERE r.queue_name = q.name AND r.{_HOLDING}), CASE WHEN "
-            "q.rate_period IS NULL THEN 0 ELSE (SELECT COUNT(*) FROM {p}runs r WHERE "
-            "r.queue_name = q.name AND r.dequeued_at > ? - q.rate_period) END "
-            f"FROM {{p}}queues q {where}ORDER BY q.name"), (now, *params))
+            "q.rate_limit, q.rate_period, q.updated_at, (SELECT COUNT(*) FROM {p}runs "
+            "WHERE queue_name = q.name AND status = 'pending'), (SELECT COUNT(*) FROM "
+            f"{{p}}runs WHERE queue_name = q.name AND {_HOLDING}), CASE WHEN "
+            "q.rate_period IS NULL THEN 0 ELSE (SELECT COUNT(*) FROM {p}runs WHERE "
+            "queue_name = q.name AND dequeued_at > ? - q.rate_period) END "
+            f"FROM {{p}}queues q {where}ORDER BY q.name"), (time.time(), now, *params))
 
     # -- schedules (every write bumps ``revision``: writes based on a read are fenced by it)
     async def add_schedule(self, schedule: dict) -> dict:
@@ -4174,6 +4185,7 @@ class _Engine:
         self._changes: dict[str, set] = {}  # run id -> an event per waiter here
         self.draining: set[str] = set()  # owner tokens whose runs stop before their next step
         self.in_queues: collections.Counter = collections.Counter()  # queue -> claimed here
+        self._claiming = asyncio.Lock()  # one claim at a time: in_queues stays exact
 
     def new_owner(self) -> str:
         """A fencing token: unique per claim, so even this worker's own earlier,
@@ -4181,12 +4193,17 @@ class _Engine:
         return f"{self.worker_id}:{next(self._claims)}"
 
     async def claim(self, *, run_ids: Optional[list] = None, limit: int = 1) -> list:
-        """Claim due runs; each must then be executed (``execute``)."""
-        runs = await self.store.claim(self.new_owner(), self.clock, self.lease,
-                                      names=sorted(_WORKFLOWS), run_ids=run_ids, limit=limit,
-                                      local=self.in_queues)
-        self.in_queues.update(run["queue_name"] for run in runs if run["queue_name"])
+        """Claim due runs; each must then be executed (``execute``) or ``forget``."""
+        async with self._claiming:
+            runs = await self.store.claim(self.new_owner(), self.clock, self.lease,
+                                          names=sorted(_WORKFLOWS), run_ids=run_ids,
+                                          limit=limit, local=self.in_queues)
+            self.in_queues.update(run["queue_name"] for run in runs if run["queue_name"])
         return runs
+
+    def forget(self, runs: list) -> None:
+        """Claimed runs that will not be executed here (their leases run out)."""
+        self.in_queues.subtract(run["queue_name"] for run in runs if run["queue_name"])
 
     async def fire_schedules(self) -> None:
         """Start the runs of the due schedules of the workflows registered here."""
@@ -4563,7 +4580,7 @@ class TinyWorkflowClient:
         self._stopping = asyncio.Event()  # the current worker's; a new worker gets a new one
         self._stop_grace = 10.0
         self._opening = asyncio.Lock()
-        self._queues_stored: set[str] = set()  # queues known to be in the database
+        self._queues_stored: dict = {}  # queue name -> the declaration stored (None: none)
 
     # -- lifecycle
     async def initialize(self) -> None:
@@ -4577,7 +4594,7 @@ class TinyWorkflowClient:
                 await self._store.migrate()
                 for queue in list(_QUEUES.values()):  # the limits as declared in code
                     await self._store.declare_queue(queue._row(self._clock.time()), True)
-                    self._queues_stored.add(queue.name)
+                    self._queues_stored[queue.name] = queue
             except BaseException as exc:
                 await self._store.close()
                 if isinstance(exc, (OSError, sqlite3.Error)):  # the driver's, said our way
@@ -4718,16 +4735,17 @@ class TinyWorkflowClient:
                                "nothing was stored", run_id=existing["run_id"])
 
     async def _use_queue(self, name: str) -> None:
-        """Store the queue if it is not stored yet: as declared, else with no limits."""
-        if name in self._queues_stored:
-            return
+        """Store the queue if it is not stored yet: as declared, else with no limits
+        (a declaration made after a use by name is stored then)."""
         declared = _QUEUES.get(name)
+        if name in self._queues_stored and self._queues_stored[name] is declared:
+            return
         row = declared._row(self._clock.time()) if declared is not None else {
             "name": name, "concurrency": None, "worker_concurrency": None,
             "key_concurrency": None, "rate_limit": None, "rate_period": None,
             "updated_at": self._clock.time()}
         await self._store.declare_queue(row, declared is not None)
-        self._queues_stored.add(name)
+        self._queues_stored[name] = declared
 
     async def _debounce(self, run: dict, events: list, key: str, seconds: float) -> str:
         """Store the run to start ``seconds`` from now, or give the run of ``key`` that
@@ -5297,11 +5315,15 @@ class TinyWorkflowClient:
         engine = await self._ready()
         await engine.fire_schedules()
         runs: list = []
-        while True:  # in batches: one claim binds every id in an IN list
-            claimed = await engine.claim(limit=500)
-            runs += claimed
-            if len(claimed) < 500:
-                break
+        try:
+            while True:  # in batches: one claim binds every id in an IN list
+                claimed = await engine.claim(limit=500)
+                runs += claimed
+                if len(claimed) < 500:
+                    break
+        except BaseException:
+            engine.forget(runs)
+            raise
         await asyncio.gather(*(engine.execute(run) for run in runs))
         return [run["run_id"] for run in runs]
 
