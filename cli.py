@@ -4,6 +4,8 @@
     tinyworkflow --import-workflows examples.workflows start simple_etl --input '{"n": 1}' --wait
     tinyworkflow status <run_id>
     tinyworkflow list --status failed --json
+    tinyworkflow result <run_id> --wait --timeout 60
+    tinyworkflow --import-workflows examples.workflows schedule daily_backup "0 2 * * *"
     tinyworkflow --import-workflows examples.workflows worker --concurrency 20
 
 Run as ``tinyworkflow`` (pip), ``python -m tinyworkflow`` or ``python tinyworkflow.py``;
@@ -26,7 +28,9 @@ import os
 import re
 import signal
 import sys
-from datetime import datetime
+import traceback
+import uuid
+from datetime import datetime, timezone
 from typing import Any, Optional
 
 import tinyworkflow
@@ -35,16 +39,22 @@ _STATUSES = [status.value for status in tinyworkflow.WorkflowStatus]
 _EPILOG = """\
 exit codes:
   0  success
-  1  the operation failed: a run failed (start --wait), an unknown run id, a run that
-     had already finished (cancel, signal), a run not waiting for an approval (approve)
+  1  the operation failed: a run failed (start --wait) or has no result (result), an
+     unknown run or schedule id, a run in the wrong state for it (cancel or signal a
+     finished run, approve a run not waiting, resume a run that has not failed), the
+     database could not be reached
   2  bad usage: an unknown command or option, malformed --input or --payload JSON, an
-     unknown workflow name, a value the library rejects (ValueError, TypeError), no
-     workflow registered (recover, worker)
+     unknown workflow name, a bad cron expression or other value the library rejects,
+     a run id prefix that starts several ids, no workflow registered (recover, worker)
   130, 143  worker: a second Ctrl-C (SIGINT) or SIGTERM ended it without waiting
+
+Run ids: tables show a generated id's first 8 characters; every command takes any
+prefix of 6 or more characters that starts one run id only.
 
 The workflows a command needs must be registered first: pass the module that defines
 them with --import-workflows (a dotted module path such as examples.workflows, resolved
-from the current directory, or a path to a .py file).
+from the current directory, or a path to a .py file). --debug shows the traceback of
+an error.
 """
 
 
@@ -98,6 +108,37 @@ def _time(value: Optional[datetime]) -> str:
     return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _ago(value: Optional[datetime], now: Optional[datetime] = None) -> str:
+    """A time relative to now, as a table shows it: "12s ago", "in 3h", "just now"."""
+    if value is None:
+        return "-"
+    seconds = ((now or datetime.now(timezone.utc)) - value).total_seconds()
+    size = abs(seconds)
+    if size < 1:
+        return "just now"
+    for unit, length in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if size >= length:
+            amount = f"{int(size // length)}{unit}"
+            break
+    return f"in {amount}" if seconds < 0 else f"{amount} ago"
+
+
+def _when(value: Optional[datetime]) -> str:
+    """An absolute time with its relative one, for a record's own page."""
+    return "-" if value is None else f"{_time(value)} UTC ({_ago(value)})"
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+_SHORT = 8  # characters of a generated id a table shows; any unique prefix of 6+ works
+
+
+def _short(identifier: Optional[str]) -> str:
+    """A generated id's first characters (every command takes them); a chosen id whole."""
+    if identifier is None:
+        return "-"
+    return identifier[:_SHORT] if _UUID.match(identifier) else identifier
+
+
 def _seconds(value: Optional[float]) -> str:
     if value is None:
         return "-"
@@ -126,14 +167,17 @@ def _print_run(run: tinyworkflow.WorkflowExecution) -> None:
         ("workflow", run.workflow_name),
         ("workflow id", run.workflow_id),
         ("status", run.status.value),
-        ("created", _time(run.created_at) + " UTC"),
-        ("started", _time(run.started_at) + (" UTC" if run.started_at else "")),
-        ("completed", _time(run.completed_at) + (" UTC" if run.completed_at else "")),
+        ("created", _when(run.created_at)),
+        ("started", _when(run.started_at)),
+        ("completed", _when(run.completed_at)),
         ("duration", _seconds(duration)),
         ("retries", f"{run.retry_count} of {run.max_retries}"),
     ]
     if run.wake_at is not None:
-        fields.append(("next attempt", _time(run.wake_at) + " UTC"))
+        fields.append(("wakes", _when(run.wake_at)))
+    if run.queue_name is not None:
+        fields.append(("queue", run.queue_name + (f" (key {run.queue_key})" if run.queue_key
+                                                  else "") + f", priority {run.priority}"))
     if run.owner is not None:
         fields.append(("owner", run.owner))
     if run.parent_run_id is not None:
@@ -150,12 +194,23 @@ def _print_run(run: tinyworkflow.WorkflowExecution) -> None:
 
 # ---- commands ---------------------------------------------------------------------------
 
+_MIN_PREFIX = 6  # shortest run id prefix a command resolves: fewer could name another run
 
-async def _require_run(client: tinyworkflow.TinyWorkflowClient, run_id: str):
+
+async def _require_run(client: tinyworkflow.TinyWorkflowClient,
+                       run_id: str) -> tinyworkflow.WorkflowExecution:
+    """The run with this id, or with an id starting with it (a short id from a table)."""
     run = await client.get_workflow_status(run_id)
-    if run is None:
-        raise tinyworkflow.RunNotFoundError(f"no run with id {run_id!r}")
-    return run
+    if run is not None:
+        return run
+    if len(run_id) >= _MIN_PREFIX:
+        runs = await client.list_workflow_executions(run_id_prefix=run_id, limit=2)
+        if len(runs) == 1:
+            return runs[0]
+        if runs:
+            raise _UsageError(f"more than one run id starts with {run_id!r}",
+                              "give more of it; 'tinyworkflow list --json' shows whole ids")
+    raise tinyworkflow.RunNotFoundError(f"no run with id {run_id!r}")
 
 
 async def _cmd_workflows(client, args) -> int:
@@ -174,16 +229,54 @@ async def _cmd_workflows(client, args) -> int:
     return 0
 
 
+class _Progress:
+    """Prints a run's steps to stderr as they are recorded (start --wait)."""
+
+    def __init__(self, client: tinyworkflow.TinyWorkflowClient):
+        self.client = client
+        self.shown: set = set()
+
+    async def show(self, run_id: str) -> None:
+        for step in await self.client.get_workflow_steps(run_id):
+            seen = (step.step, step.status, step.attempts)
+            if step.status == "running" or seen in self.shown:
+                continue
+            self.shown.add(seen)
+            attempts = f", {step.attempts} attempts" if step.attempts > 1 else ""
+            print(f"  step {step.step} {step.name}: {step.status} in "
+                  f"{_seconds(step.duration)}{attempts}", file=sys.stderr, flush=True)
+
+    async def follow(self, run_id: str, every: float = 0.25) -> None:
+        while True:
+            await self.show(run_id)
+            await asyncio.sleep(every)
+
+
 async def _cmd_start(client, args) -> int:
-    run_id = await client.start_workflow(args.name, args.input, workflow_id=args.workflow_id,
-                                         wait=args.wait)
+    options = {"workflow_id": args.workflow_id, "idempotency_key": args.idempotency_key,
+               "queue": args.queue, "queue_key": args.queue_key, "priority": args.priority}
     if not args.wait:
+        run_id = await client.start_workflow(args.name, args.input, **options)
         if args.json:
             _print_json({"run_id": run_id})
         else:
             print(run_id)
         return 0
+    # The id is chosen here so that the run's steps can be followed while it executes.
+    args.executing = run_id = str(uuid.uuid4())
+    progress = None if args.json else _Progress(client)
+    follower = progress and asyncio.create_task(progress.follow(run_id))
+    try:
+        run_id = await client.start_workflow(args.name, args.input, wait=True, run_id=run_id,
+                                             **options)
+    finally:
+        if follower:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
     run = await _require_run(client, run_id)
+    if progress:
+        await progress.show(run_id)  # the steps recorded since the last look
     if args.json:
         _print_json(run)
     else:
@@ -195,7 +288,7 @@ async def _cmd_start(client, args) -> int:
     if run.status == tinyworkflow.WorkflowStatus.COMPLETED:
         return 0
     _error(f"run {run_id} {run.status.value}" + (f": {run.error}" if run.error else ""),
-           f"see its steps: tinyworkflow steps {run_id}")
+           f"see its steps: tinyworkflow steps {_short(run_id)}")
     return 1
 
 
@@ -208,6 +301,34 @@ async def _cmd_status(client, args) -> int:
     return 0
 
 
+async def _cmd_result(client, args) -> int:
+    run = await _require_run(client, args.run_id)
+    wait = args.wait or args.timeout is not None
+    outcome: dict = {"run_id": run.run_id}
+    try:
+        result = await client.wait_for_result(run.run_id,
+                                              timeout=args.timeout if wait else 0)
+    except tinyworkflow.WorkflowFailedError as exc:
+        outcome.update(status=exc.status, error=exc.error)
+        failure, hint = str(exc), f"see its steps: tinyworkflow steps {_short(run.run_id)}"
+    except TimeoutError:
+        status = (await _require_run(client, run.run_id)).status.value
+        outcome.update(status=status)
+        failure = (f"run {run.run_id} is still {status} after {args.timeout:g}s" if wait
+                   else f"run {run.run_id} is {status}: it has no result yet")
+        hint = None if wait else f"wait for it: tinyworkflow result {_short(run.run_id)} --wait"
+    else:
+        if args.json:
+            _print_json({**outcome, "status": "completed", "result": result})
+        else:
+            print(json.dumps(_plain(result), indent=2, ensure_ascii=False))
+        return 0
+    if args.json:
+        _print_json(outcome)
+    _error(failure, hint)
+    return 1
+
+
 async def _cmd_list(client, args) -> int:
     runs = await client.list_workflow_executions(status=args.status, workflow_name=args.workflow,
                                                  limit=args.limit, offset=args.offset)
@@ -216,15 +337,16 @@ async def _cmd_list(client, args) -> int:
     elif not runs:
         print("no runs")
     else:
-        _table(["RUN ID", "WORKFLOW", "STATUS", "RETRIES", "CREATED (UTC)", "COMPLETED (UTC)"],
-               [[r.run_id, r.workflow_name, r.status.value, r.retry_count, _time(r.created_at),
-                 _time(r.completed_at)] for r in runs])
+        now = datetime.now(timezone.utc)
+        _table(["RUN ID", "WORKFLOW", "STATUS", "RETRIES", "CREATED", "FINISHED"],
+               [[_short(r.run_id), r.workflow_name, r.status.value, r.retry_count,
+                 _ago(r.created_at, now), _ago(r.completed_at, now)] for r in runs])
     return 0
 
 
 async def _cmd_events(client, args) -> int:
-    await _require_run(client, args.run_id)
-    events = await client.get_workflow_events(args.run_id, limit=args.limit)
+    run = await _require_run(client, args.run_id)
+    events = await client.get_workflow_events(run.run_id, limit=args.limit)
     if args.json:
         _print_json(events)
     else:
@@ -236,8 +358,8 @@ async def _cmd_events(client, args) -> int:
 
 
 async def _cmd_steps(client, args) -> int:
-    await _require_run(client, args.run_id)
-    steps = await client.get_workflow_steps(args.run_id)
+    run = await _require_run(client, args.run_id)
+    steps = await client.get_workflow_steps(run.run_id)
     if args.json:
         _print_json(steps)
     elif not steps:
@@ -256,19 +378,44 @@ async def _cmd_steps(client, args) -> int:
 
 
 async def _cmd_cancel(client, args) -> int:
+    run_id = (await _require_run(client, args.run_id)).run_id
     try:
-        cancelled = await client.cancel_workflow(args.run_id)
+        cancelled = await client.cancel_workflow(run_id)
     except tinyworkflow.RunStateError:  # had already finished: reported below, exit 1
         cancelled = False
-    run = await _require_run(client, args.run_id)
+    run = await _require_run(client, run_id)
     if args.json:
-        _print_json({"run_id": args.run_id, "cancelled": cancelled, "status": run.status})
+        _print_json({"run_id": run_id, "cancelled": cancelled, "status": run.status})
     elif cancelled:
-        print(f"cancelled {args.run_id}" + (" (its compensations run now)"
-                                            if run.status == "compensating" else ""))
+        print(f"cancelled {run_id}" + (" (its compensations run now)"
+                                       if run.status == "compensating" else ""))
     if not cancelled:
-        _error(f"run {args.run_id} had already finished ({run.status.value}); nothing to cancel")
+        _error(f"run {run_id} had already finished ({run.status.value}); nothing to cancel")
         return 1
+    return 0
+
+
+async def _cmd_resume(client, args) -> int:
+    run_id = (await _require_run(client, args.run_id)).run_id
+    try:
+        await client.resume_workflow(run_id)
+    except tinyworkflow.RunStateError as exc:  # not failed or cancelled: nothing changed
+        _error(exc)
+        return 1
+    if args.json:
+        _print_json({"run_id": run_id, "resumed": True})
+    else:
+        print(f"resumed {run_id}: a worker executes it from its failure point")
+    return 0
+
+
+async def _cmd_fork(client, args) -> int:
+    source = (await _require_run(client, args.run_id)).run_id
+    run_id = await client.fork_workflow(source, args.from_step)
+    if args.json:
+        _print_json({"run_id": run_id, "forked_from": source, "from_step": args.from_step})
+    else:
+        print(run_id)
     return 0
 
 
@@ -279,37 +426,40 @@ async def _cmd_approvals(client, args) -> int:
     elif not runs:
         print("no runs are waiting for an approval")
     else:
-        _table(["RUN ID", "WORKFLOW", "APPROVAL", "PAUSED AT (UTC)", "TIMES OUT (UTC)"],
-               [[r.run_id, r.workflow_name, r.approval_required, _time(r.updated_at),
-                 _time(r.wake_at)] for r in runs])
+        now = datetime.now(timezone.utc)
+        _table(["RUN ID", "WORKFLOW", "APPROVAL", "WAITING SINCE", "TIMES OUT"],
+               [[_short(r.run_id), r.workflow_name, r.approval_required,
+                 _ago(r.updated_at, now), _ago(r.wake_at, now)] for r in runs])
     return 0
 
 
 async def _cmd_approve(client, args) -> int:
+    run_id = (await _require_run(client, args.run_id)).run_id
     decide = client.approve_workflow if args.approve else client.reject_workflow
     try:
-        await decide(args.run_id, key=args.key)
+        await decide(run_id, key=args.key)
     except tinyworkflow.RunStateError as exc:  # not waiting: nothing changed, exit 1
         _error(exc, "list the runs waiting for an approval with: tinyworkflow approvals")
         return 1
     decision = "approved" if args.approve else "rejected"
     if args.json:
-        _print_json({"run_id": args.run_id, "decision": decision})
+        _print_json({"run_id": run_id, "decision": decision})
     else:
-        print(f"{decision} {args.run_id}")
+        print(f"{decision} {run_id}")
     return 0
 
 
 async def _cmd_signal(client, args) -> int:
+    run_id = (await _require_run(client, args.run_id)).run_id
     try:
-        await client.send_signal(args.run_id, args.name, args.payload)
+        await client.send_signal(run_id, args.name, args.payload)
     except tinyworkflow.RunStateError as exc:  # finished: nothing stored, exit 1
         _error(exc)
         return 1
     if args.json:
-        _print_json({"run_id": args.run_id, "signal": args.name})
+        _print_json({"run_id": run_id, "signal": args.name})
     else:
-        print(f"sent signal {args.name!r} to {args.run_id}")
+        print(f"sent signal {args.name!r} to {run_id}")
     return 0
 
 
@@ -327,7 +477,7 @@ async def _cmd_recover(client, args) -> int:
         print("no runs were due")
     else:
         _table(["RUN ID", "WORKFLOW", "STATUS"],
-               [[r.run_id, r.workflow_name, r.status.value] for r in runs])
+               [[_short(r.run_id), r.workflow_name, r.status.value] for r in runs])
     return 0
 
 
@@ -337,6 +487,108 @@ async def _cmd_cleanup(client, args) -> int:
         _print_json({"deleted": deleted, "days": args.days})
     else:
         print(f"deleted {deleted} run(s) that finished more than {args.days:g} day(s) ago")
+    return 0
+
+
+def _timing(schedule: tinyworkflow.ScheduleInfo) -> str:
+    if schedule.cron_expression is None:
+        return f"every {schedule.every:g}s"
+    return f"{schedule.cron_expression} ({schedule.timezone})"
+
+
+async def _cmd_schedule(client, args) -> int:
+    schedule_id = await client.schedule_workflow(
+        args.name, args.cron, args.input, every=args.every, timezone=args.timezone,
+        catch_up=args.catch_up, schedule_id=args.schedule_id, workflow_id=args.workflow_id)
+    schedule = await client.get_schedule(schedule_id)
+    if args.json:
+        _print_json(schedule)
+    else:
+        print(schedule_id)
+        print(f"{args.name} {_timing(schedule)}; next run {_when(schedule.next_run_at)}")
+    return 0
+
+
+async def _require_schedule(client, schedule_id: str) -> tinyworkflow.ScheduleInfo:
+    """The schedule with this id, or the one whose id starts with it."""
+    schedule = await client.get_schedule(schedule_id)
+    if schedule is not None:
+        return schedule
+    matches = [s for s in await client.list_schedules() if s.schedule_id.startswith(schedule_id)]
+    if len(matches) == 1 and len(schedule_id) >= _MIN_PREFIX:
+        return matches[0]
+    if len(matches) > 1 and len(schedule_id) >= _MIN_PREFIX:
+        raise _UsageError(f"more than one schedule id starts with {schedule_id!r}",
+                          "give more of it; 'tinyworkflow schedules --json' shows whole ids")
+    raise tinyworkflow.ScheduleNotFoundError(f"no schedule has the id {schedule_id!r}")
+
+
+async def _cmd_schedules(client, args) -> int:
+    action = args.action or "list"
+    if action == "list":
+        schedules = await client.list_schedules()
+        if args.json:
+            _print_json(schedules)
+        elif not schedules:
+            print("no schedules")
+        else:
+            now = datetime.now(timezone.utc)
+            _table(["SCHEDULE", "WORKFLOW", "TIMING", "STATE", "NEXT RUN", "LAST RUN",
+                    "LAST RUN ID"],
+                   [[_short(s.schedule_id), s.workflow_name, _timing(s),
+                     "paused" if s.paused else "active", _ago(s.next_run_at, now),
+                     _ago(s.last_run_at, now), _short(s.last_run_id)] for s in schedules])
+        return 0
+    schedule_id = (await _require_schedule(client, args.schedule_id)).schedule_id
+    if action == "delete":
+        await client.delete_schedule(schedule_id)
+        if args.json:
+            _print_json({"schedule_id": schedule_id, "deleted": True})
+        else:
+            print(f"deleted schedule {schedule_id}; the runs it started stay")
+        return 0
+    change = client.pause_schedule if action == "pause" else client.resume_schedule
+    schedule = await change(schedule_id)
+    if args.json:
+        _print_json(schedule)
+    else:
+        state = "paused" if schedule.paused else "active"
+        print(f"schedule {schedule_id} is {state}"
+              + ("" if schedule.paused else f"; next run {_when(schedule.next_run_at)}"))
+    return 0
+
+
+def _limit(value: Optional[int]) -> str:
+    return "-" if value is None else str(value)
+
+
+async def _cmd_queues(client, args) -> int:
+    queues = await client.list_queues()
+    if args.json:
+        _print_json(queues)
+    elif not queues:
+        print("no queues")
+    else:
+        _table(["QUEUE", "WAITING", "RUNNING", "CONCURRENCY", "PER WORKER", "PER KEY", "RATE",
+                "STARTED IN PERIOD"],
+               [[q.name, q.waiting, q.running, _limit(q.concurrency),
+                 _limit(q.worker_concurrency), _limit(q.key_concurrency),
+                 "-" if q.rate_limit is None else f"{q.rate_limit[0]}/{q.rate_limit[1]:g}s",
+                 "-" if q.rate_limit is None else q.started_recently] for q in queues])
+    return 0
+
+
+async def _cmd_workers(client, args) -> int:
+    workers = await client.list_workers()
+    if args.json:
+        _print_json(workers)
+    elif not workers:
+        print("no live workers")
+    else:
+        now = datetime.now(timezone.utc)
+        _table(["WORKER", "HOST", "PID", "STARTED", "HEARTBEAT", "WORKFLOWS"],
+               [[_short(w.worker_id), w.host, w.pid, _ago(w.started_at, now),
+                 _ago(w.heartbeat_at, now), ", ".join(w.workflows)] for w in workers])
     return 0
 
 
@@ -532,6 +784,9 @@ def _add_global_options(parser: argparse.ArgumentParser, suffix: str = "") -> No
     group.add_argument("--json", dest="json" + suffix, action="store_true",
                        default=flag_default,
                        help="print stable machine-readable JSON")
+    group.add_argument("--debug", dest="debug" + suffix, action="store_true",
+                       default=flag_default,
+                       help="on an error, show the Python traceback too")
 
 
 _COMMANDS: dict = {}
@@ -561,12 +816,30 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("name", metavar="NAME", help="registered workflow name")
     sub.add_argument("--input", type=_json_input, default=None, metavar="JSON",
                      help="the run's input as JSON, e.g. '{\"key\": \"value\"}'")
+    sub.add_argument("--wait", action="store_true",
+                     help="execute the run here until it finishes, showing its steps as they "
+                          "complete; exit 1 if it fails")
     sub.add_argument("--workflow-id", default=None, metavar="ID",
                      help="groups related runs (default: the workflow name)")
-    sub.add_argument("--wait", action="store_true",
-                     help="execute the run here until it finishes; exit 1 if it fails")
+    sub.add_argument("--idempotency-key", default=None, metavar="KEY",
+                     help="start at most one run for this key: again, it prints the same run")
+    sub.add_argument("--queue", default=None, metavar="NAME",
+                     help="start the run within this queue's limits")
+    sub.add_argument("--queue-key", default=None, metavar="KEY",
+                     help="the run's key for the queue's per-key limit (a tenant, a user)")
+    sub.add_argument("--priority", type=int, default=None, metavar="N",
+                     help="its place among the queue's waiting runs: lower first (default 0)")
     sub = command("status", _cmd_status, "show one run")
     sub.add_argument("run_id", metavar="RUN_ID")
+    sub = command("result", _cmd_result,
+                  "print a finished run's result as JSON; exit 1 if it failed or has not "
+                  "finished")
+    sub.add_argument("run_id", metavar="RUN_ID")
+    sub.add_argument("--wait", action="store_true",
+                     help="wait until it finishes (a worker executes it)")
+    sub.add_argument("--timeout", type=_seconds_type(zero_ok=True), default=None, metavar="S",
+                     help="wait at most this long (implies --wait); exit 1 if it has not "
+                          "finished by then")
     sub = command("list", _cmd_list, "list runs, newest first")
     sub.add_argument("--status", choices=_STATUSES, default=None)
     sub.add_argument("--workflow", default=None, metavar="NAME")
@@ -579,6 +852,16 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("run_id", metavar="RUN_ID")
     sub = command("cancel", _cmd_cancel, "cancel a run that has not finished")
     sub.add_argument("run_id", metavar="RUN_ID")
+    sub = command("resume", _cmd_resume,
+                  "run a failed or cancelled run again from its failure point (its completed "
+                  "steps are not executed again); a worker executes it")
+    sub.add_argument("run_id", metavar="RUN_ID")
+    sub = command("fork", _cmd_fork,
+                  "start a new run of the same workflow and input that reuses the steps "
+                  "before --from-step and executes from there; prints its run id")
+    sub.add_argument("run_id", metavar="RUN_ID")
+    sub.add_argument("--from-step", type=_positive_count, required=True, metavar="N",
+                     help="the first step to execute again (see: tinyworkflow steps RUN_ID)")
     command("approvals", _cmd_approvals, "list the runs waiting for an approval")
     sub = command("approve", _cmd_approve,
                   "approve or reject the approval a paused run waits for")
@@ -593,6 +876,39 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("name", metavar="NAME", help="the name its wait_for_signal waits for")
     sub.add_argument("--payload", type=_json_input, default=None, metavar="JSON",
                      help="the signal's payload as JSON (default null)")
+    sub = command("schedule", _cmd_schedule,
+                  "start runs of a workflow on a cron schedule (or --every S seconds), kept in "
+                  "the database and started by the workers that serve it; prints its id")
+    sub.add_argument("name", metavar="NAME", help="the workflow to start")
+    sub.add_argument("cron", metavar="CRON", nargs="?", default=None,
+                     help="minute hour day month weekday, e.g. '0 2 * * *' (a sixth field "
+                          "first: seconds)")
+    sub.add_argument("--every", type=_seconds_type(zero_ok=False), default=None, metavar="S",
+                     help="start a run every S seconds instead of on a cron expression")
+    sub.add_argument("--input", type=_json_input, default=None, metavar="JSON",
+                     help="each run's input as JSON")
+    sub.add_argument("--timezone", default=None, metavar="ZONE",
+                     help="the cron expression's timezone, e.g. Europe/Paris (default UTC)")
+    sub.add_argument("--catch-up", type=_positive_count, default=1, metavar="N",
+                     help="of the times missed while no worker ran, start the latest N "
+                          "(default 1)")
+    sub.add_argument("--id", dest="schedule_id", default=None, metavar="ID",
+                     help="name the schedule: declaring it again updates it (default: a new "
+                          "id)")
+    sub.add_argument("--workflow-id", default=None, metavar="ID",
+                     help="the workflow id of the runs it starts (default: the workflow name)")
+    sub = command("schedules", _cmd_schedules,
+                  "list the schedules, or pause, resume or delete one")
+    actions = sub.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    actions.add_parser("list", help="list the schedules (the default)", parents=[after])
+    for action, text in (("pause", "start no more runs until resumed"),
+                         ("resume", "start runs again from the next due time"),
+                         ("delete", "delete the schedule; the runs it started stay")):
+        one = actions.add_parser(action, help=text, description=text, parents=[after])
+        one.add_argument("schedule_id", metavar="SCHEDULE_ID")
+    command("queues", _cmd_queues,
+            "list the queues: runs waiting and running in each, and their limits")
+    command("workers", _cmd_workers, "list the live workers sharing the database")
     command("recover", _cmd_recover,
             "execute here every due run of the imported workflows (pending, due for a "
             "retry, or left by a crashed process) and print their run ids")
@@ -646,6 +962,7 @@ def main(argv: Optional[list] = None) -> int:
         return 2
     args.db = getattr(args, "db_after", None) or args.db
     args.json = args.json or getattr(args, "json_after", False)
+    args.debug = args.debug or getattr(args, "debug_after", False)
     imports = (args.imports or []) + getattr(args, "imports_after", [])
     client = None
     try:
@@ -654,25 +971,35 @@ def main(argv: Optional[list] = None) -> int:
         client = tinyworkflow.TinyWorkflowClient(args.db, **_client_options(args))
         return asyncio.run(_run(client, args))
     except _UsageError as exc:
-        _error(exc, exc.hint)
-        return 2
+        return _failed(args, 2, exc, exc.hint)
     except (ValueError, TypeError) as exc:  # the library rejected an argument
         hint = None
-        if client is not None and args.command == "start" \
+        if client is not None and args.command in ("start", "schedule") \
                 and args.name not in client.list_registered_workflows():
             hint = "pass the module that defines it: --import-workflows MODULE_OR_FILE"
-        _error(exc, hint)
-        return 2
+        return _failed(args, 2, exc, hint)
     except (LookupError, tinyworkflow.TinyWorkflowError) as exc:
         hint = None
         if isinstance(exc, tinyworkflow.RunNotFoundError):
             hint = "list the runs with: tinyworkflow list"
-        _error(exc, hint)
-        return 1
+        return _failed(args, 1, exc, hint)
     except KeyboardInterrupt:
-        _error("interrupted", "a run left executing resumes once its lease expires, with "
-                              "'tinyworkflow recover' or a worker")
-        return 130
+        executing = getattr(args, "executing", None)
+        return _failed(args, 130, "interrupted",
+                       f"run {executing} resumes once its lease expires, in a worker or with "
+                       "'tinyworkflow recover'" if executing else None)
+    except Exception as exc:  # the database unreachable, a bug in an imported module...
+        return _failed(args, 1, f"{type(exc).__name__}: {exc}",
+                       None if args.debug else "run again with --debug to see where")
+
+
+def _failed(args: argparse.Namespace, code: int, message: Any, hint: Optional[str]) -> int:
+    """Report a failure on stderr (with the traceback under --debug); the exit code."""
+    if args.debug:
+        traceback.print_exc()
+    _error(message, hint)
+    return code
+
 
 if __name__ == "__main__":
     sys.exit(main())

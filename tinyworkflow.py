@@ -1892,7 +1892,7 @@ class _Store:
         return dict(zip(_RUN_COLUMNS, rows[0])) if rows else None
 
     async def list_runs(self, status: Optional[str], name: Optional[str], limit: int,
-                        offset: int) -> list:
+                        offset: int, prefix: Optional[str] = None) -> list:
         where, params = [], []
         if status is not None:
             where.append("status = ?")
@@ -1900,6 +1900,9 @@ class _Store:
         if name is not None:
             where.append("workflow_name = ?")
             params.append(name)
+        if prefix:
+            where.append("run_id LIKE ? ESCAPE '!'")
+            params.append(re.sub(r"([!%_])", r"!\1", prefix) + "%")
         clause = f"WHERE {' AND '.join(where)} " if where else ""
         rows = await self.fetch(self.sql(f"SELECT {', '.join(_RUN_COLUMNS)} FROM {{p}}runs "
                                          f"{clause}ORDER BY created_at DESC, run_id "
@@ -4840,8 +4843,13 @@ class TinyWorkflowClient:
 
     async def list_workflow_executions(self, status: Any = None,
                                        workflow_name: Optional[str] = None, limit: int = 100,
-                                       offset: int = 0) -> list[WorkflowExecution]:
-        """Runs, newest first, optionally of one status and/or one workflow."""
+                                       offset: int = 0, *, run_id_prefix: Optional[str] = None
+                                       ) -> list[WorkflowExecution]:
+        """Runs, newest first, optionally of one status and/or one workflow, and/or
+        whose run id starts with ``run_id_prefix`` (what a short id shown by the
+        command line or the web page gives)."""
+        if run_id_prefix is not None and not isinstance(run_id_prefix, str):
+            raise TypeError(f"run_id_prefix must be a string, got {run_id_prefix!r}")
         if status is not None:
             try:
                 status = WorkflowStatus(status).value
@@ -4851,7 +4859,8 @@ class TinyWorkflowClient:
         for label, value in (("limit", limit), ("offset", offset)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{label} must be a whole number >= 0, got {value!r}")
-        rows = await (await self._ready()).store.list_runs(status, workflow_name, limit, offset)
+        rows = await (await self._ready()).store.list_runs(status, workflow_name, limit, offset,
+                                                              run_id_prefix)
         return [_execution(row) for row in rows]
 
     async def get_workflow_events(self, run_id: str, limit: int = 100) -> list[WorkflowEvent]:
@@ -5311,7 +5320,9 @@ class TinyWorkflowClient:
     async def recover_workflows(self) -> list[str]:
         """Execute here every run that is due: pending, due for a retry, left by an
         executor whose lease expired (a crashed process), or started now by a due
-        schedule. Returns their run ids once each has finished or been rescheduled."""
+        schedule. Returns their run ids once each has finished or been rescheduled.
+        Runs in a queue start as far as its limits allow now; the others wait for the
+        next call or a worker."""
         engine = await self._ready()
         await engine.fire_schedules()
         runs: list = []

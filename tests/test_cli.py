@@ -35,9 +35,12 @@ _spec.loader.exec_module(cli)
 # Written to tmp_path under a unique module name with unique workflow names: the
 # registry is process-global.
 WORKFLOWS = '''
-from tinyworkflow import workflow, activity, RetryPolicy
+import os
+
+from tinyworkflow import workflow, activity, Queue, RetryPolicy
 
 NO_RETRY = RetryPolicy(max_retries=0)
+Queue("q_SFX", concurrency=2, rate_limit=(5, 60))
 
 
 @activity(name="greet_SFX")
@@ -59,6 +62,26 @@ async def hello(ctx):
 async def fail(ctx):
     await ctx.execute_activity(greet, "x")
     await ctx.execute_activity(boom, "kaput")
+
+
+@activity(name="count_SFX", retry_policy=NO_RETRY)
+def count(path):
+    with open(path, "a") as f:
+        f.write("x")
+    return "counted"
+
+
+@activity(name="flag_SFX", retry_policy=NO_RETRY)
+def flag(path):
+    if not os.path.exists(path):
+        raise RuntimeError("no flag yet")
+    return "flag found"
+
+
+@workflow(name="flaky_SFX", retry_policy=NO_RETRY)
+async def flaky(ctx):
+    first = await ctx.execute_activity(count, ctx.get_input("count"))
+    return [first, await ctx.execute_activity(flag, ctx.get_input("flag"))]
 '''
 
 
@@ -73,7 +96,7 @@ def env(tmp_path, monkeypatch, db_url):
     monkeypatch.delenv("TINYWORKFLOW_DATABASE_URL", raising=False)
     return SimpleNamespace(tmp=tmp_path, db=db_url, module=module, file=str(path),
                            hello=f"hello_{sfx}", fail=f"fail_{sfx}", greet=f"greet_{sfx}",
-                           boom=f"boom_{sfx}")
+                           boom=f"boom_{sfx}", flaky=f"flaky_{sfx}", queue=f"q_{sfx}")
 
 
 @pytest.fixture
@@ -86,7 +109,7 @@ def run(env, capsys):
         capsys.readouterr()
         code = cli.main([*head, *argv])
         out, err = capsys.readouterr()
-        assert "Traceback" not in err
+        assert ("Traceback" in err) == ("--debug" in argv)
         return code, out, err
 
     return run
@@ -111,7 +134,7 @@ def test_start_then_recover_then_status_completed(env, run):
     assert json.loads(out)["status"] == "pending"
 
     code, out, _ = run("recover")
-    assert code == 0 and run_id in out and "completed" in out
+    assert code == 0 and run_id[:8] in out and run_id not in out and "completed" in out
 
     code, out, _ = run("status", run_id)
     assert code == 0
@@ -244,8 +267,12 @@ def test_tables(env, run):
 
     code, out, _ = run("list")
     assert code == 0
-    assert out.splitlines()[0].startswith("RUN ID")
-    assert run_id in out and "failed" in out
+    header, row = out.splitlines()
+    assert header.split() == ["RUN", "ID", "WORKFLOW", "STATUS", "RETRIES", "CREATED",
+                              "FINISHED"]
+    assert row.split()[:4] == [run_id[:8], env.fail, "failed", "0"]
+    assert re.fullmatch(r"(just now|\d+s ago)\s+(just now|\d+s ago)",
+                        row.split(None, 4)[4]), row
 
     code, out, _ = run("workflows")
     assert code == 0 and env.hello in out and env.greet in out
@@ -377,7 +404,7 @@ def test_python_dash_m_sees_the_imported_workflows(env):
     done = _subprocess(["-m", "tinyworkflow", "--import-workflows", env.module, "--db", env.db,
                         "workflows", "--json"], cwd=env.tmp)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["workflows"] == [env.fail, env.hello]
+    assert json.loads(done.stdout)["workflows"] == [env.fail, env.flaky, env.hello]
 
 
 @sqlite_only
@@ -516,6 +543,11 @@ def test_worker_executes_runs_started_elsewhere_then_stops_on_a_signal(
     assert [status(r)["output_data"] for r in run_ids] == [
         {"result": {"greeting": f"hello n{i}"}} for i in range(6)]
     assert status(failing)["error"] == "RuntimeError: kaput"
+    (live,) = json.loads(run("workers", "--json")[1])
+    assert live["pid"] == worker.proc.pid and env.hello in live["workflows"]
+    code, out, _ = run("workers")
+    assert code == 0 and str(worker.proc.pid) in out
+    assert re.search(r"(just now|\d+s ago)", out.splitlines()[1])
 
     code, took = worker.signal(stop_signal)
     assert code == 0, worker.stderr()
@@ -523,6 +555,7 @@ def test_worker_executes_runs_started_elsewhere_then_stops_on_a_signal(
     log = worker.stderr()
     assert f"{signal.Signals(stop_signal).name}: stopping" in log
     assert "worker stopped" in log
+    assert json.loads(run("workers", "--json")[1]) == []  # it retired
     assert f"run {failing} failed" in log  # the library's log, with the run id
     assert "Traceback" not in log
     assert all(re.match(_LOG_LINE, line) for line in log.splitlines()), log
@@ -635,7 +668,8 @@ def test_approvals_approve_and_signal(env, run):
     assert code == 0 and "no runs are waiting" in out
     call("recover")  # runs until it pauses
     code, out, _ = call("approvals")
-    assert code == 0 and run_id in out and "manager" in out and "APPROVAL" in out
+    assert code == 0 and run_id[:8] in out and "manager" in out and "APPROVAL" in out
+    assert re.search(r"(just now|\d+s ago)\s+in 59m$", out.splitlines()[1])  # in an hour
     [pending] = json.loads(call("approvals", "--json")[1])
     assert (pending["run_id"], pending["approval_required"]) == (run_id, "manager")
 
@@ -658,3 +692,324 @@ def test_approvals_approve_and_signal(env, run):
     assert code == 1 and "takes no more signals" in err
     code, _, err = call("signal", "no-such-run", "note")
     assert code == 1 and "no run with id" in err
+
+
+# ---- short ids, progress, results ---------------------------------------------------------
+
+
+def test_a_unique_prefix_of_six_or_more_names_a_run(env, run):
+    run_id = run("start", env.hello)[1].strip()
+    for given in (run_id, run_id[:8], run_id[:6]):
+        code, out, err = run("status", given, "--json")
+        assert code == 0, err
+        assert json.loads(out)["run_id"] == run_id
+    code, out, err = run("status", run_id[:5])  # too short to be taken as a prefix
+    assert code == 1 and out == "" and "no run with id" in err
+    code, out, err = run("cancel", run_id[:8])
+    assert code == 0 and out.strip() == f"cancelled {run_id}", err
+
+
+def test_an_ambiguous_prefix_is_refused_and_like_patterns_are_literal(env, run):
+    run("workflows")  # imports the module: its workflows register
+
+    async def seed():
+        async with tinyworkflow.TinyWorkflowClient(env.db) as client:
+            for run_id in ("order-7001", "order-7002", "a_b%c-1"):
+                await client.start_workflow(env.hello, run_id=run_id)
+            return [[r.run_id for r in await client.list_workflow_executions(
+                        run_id_prefix=prefix)] for prefix in ("order-700", "a_b%c", "aXbYc",
+                                                              "a!b")]
+    order, literal, wildcard, escape = dbutil.run_sync(seed())
+    assert sorted(order) == ["order-7001", "order-7002"]
+    assert (literal, wildcard, escape) == (["a_b%c-1"], [], [])
+
+    code, out, err = run("cancel", "order-700")
+    assert code == 2 and out == ""
+    assert "more than one run id starts with 'order-700'" in err and "hint:" in err
+    assert {r["status"] for r in runs_in(run)} == {"pending"}  # nothing cancelled
+    code, out, _ = run("status", "order-7002", "--json")
+    assert code == 0 and json.loads(out)["run_id"] == "order-7002"
+    code, out, _ = run("list")  # a chosen id is shown whole
+    assert "order-7001" in out and "a_b%c-1" in out
+
+
+def test_start_wait_shows_each_step_as_it_completes(env, run):
+    code, out, err = run("start", env.fail, "--wait")
+    assert code == 1
+    progress = [line for line in err.splitlines() if line.startswith("  step ")]
+    assert [line.split(" in ")[0] for line in progress] == [
+        f"  step 1 {env.greet}: completed", f"  step 2 {env.boom}: failed"]
+    code, out, err = run("start", env.hello, "--wait", "--json")
+    assert code == 0 and "step" not in err  # --json: only the JSON
+
+
+def test_start_options_pass_through(env, run):
+    first = run("start", env.hello, "--idempotency-key", "k-1", "--input", '{"name": "A"}')
+    again = run("start", env.hello, "--idempotency-key", "k-1", "--input", '{"name": "A"}')
+    assert first[0] == again[0] == 0 and first[1] == again[1]
+    code, _, err = run("start", env.hello, "--idempotency-key", "k-1", "--input", '{"x": 1}')
+    assert code == 2 and "idempotency key 'k-1' already names run" in err
+    code, out, _ = run("start", env.hello, "--queue", env.queue, "--queue-key", "tenant-1",
+                       "--priority", "3")
+    queued = json.loads(run("status", out.strip(), "--json")[1])
+    assert (queued["queue_name"], queued["queue_key"], queued["priority"]) == (
+        env.queue, "tenant-1", 3)
+    code, out, _ = run("status", out.strip())
+    assert f"queue:       {env.queue} (key tenant-1), priority 3" in out
+    code, _, err = run("start", env.hello, "--queue", "")
+    assert code == 2 and err.startswith("error: queue is a non-empty string")
+    assert len(runs_in(run)) == 2
+
+
+def test_result(env, run):
+    done = run("start", env.hello, "--wait", "--input", '{"name": "Ed"}')[1].splitlines()[0]
+    code, out, err = run("result", done[:8])
+    assert code == 0, err
+    assert json.loads(out) == {"greeting": "hello Ed"}
+    code, out, _ = run("result", done, "--json")
+    assert json.loads(out) == {"run_id": done, "status": "completed",
+                               "result": {"greeting": "hello Ed"}}
+
+    failed = run("start", env.fail, "--wait")[1].splitlines()[0]
+    code, out, err = run("result", failed)
+    assert code == 1 and out == ""
+    assert "failed: RuntimeError: kaput" in err and "tinyworkflow steps" in err
+    code, out, _ = run("result", failed, "--json")
+    assert code == 1 and json.loads(out) == {"run_id": failed, "status": "failed",
+                                             "error": "RuntimeError: kaput"}
+
+    pending = run("start", env.hello)[1].strip()
+    code, out, err = run("result", pending)
+    assert code == 1 and out == ""
+    assert "is pending: it has no result yet" in err and "--wait" in err
+    started = time.monotonic()
+    code, out, err = run("result", pending, "--timeout", "0.3", "--json")
+    assert code == 1 and time.monotonic() - started >= 0.3
+    assert json.loads(out) == {"run_id": pending, "status": "pending"}
+    assert "still pending after 0.3s" in err
+    code, _, err = run("result", "no-such-run", "--wait")
+    assert code == 1 and "no run with id" in err
+
+
+def test_result_wait_sees_a_run_finish_in_another_process(env, run):
+    pending = run("start", env.hello, "--input", '{"name": "Flo"}')[1].strip()
+    environ = {**os.environ, "PYTHONPATH": str(ROOT)}
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "tinyworkflow", "--db", env.db, "result", pending, "--wait",
+         "--timeout", "60"], cwd=env.tmp, env=environ, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        assert waiting.poll() is None  # still waiting
+        assert run("recover")[0] == 0
+        out, err = waiting.communicate(timeout=30)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+    assert waiting.returncode == 0, err
+    assert json.loads(out) == {"greeting": "hello Flo"}
+
+
+def test_resume_and_fork_do_not_repeat_completed_steps(env, run):
+    counter, flag = env.tmp / "count.txt", env.tmp / "flag"
+    given = json.dumps({"count": str(counter), "flag": str(flag)})
+    code, out, _ = run("start", env.flaky, "--input", given, "--wait")
+    assert code == 1
+    run_id = out.splitlines()[0]
+    assert counter.read_text() == "x"
+
+    code, _, err = run("resume", run_id)  # failed: resumed, but it would fail again...
+    assert code == 0, err
+    assert json.loads(run("status", run_id, "--json")[1])["status"] == "pending"
+    flag.touch()  # ...unless what it lacked is there by the time a worker executes it
+    assert run("recover")[0] == 0
+    code, out, _ = run("result", run_id)
+    assert code == 0 and json.loads(out) == ["counted", "flag found"]
+    assert counter.read_text() == "x"  # step 1 was not executed again
+
+    code, _, err = run("resume", run_id)
+    assert code == 1 and "only a failed or cancelled run can be resumed" in err
+
+    code, out, err = run("fork", run_id[:8], "--from-step", "2", "--json")
+    assert code == 0, err
+    forked = json.loads(out)
+    assert forked["forked_from"] == run_id and forked["from_step"] == 2
+    run("recover")
+    assert json.loads(run("result", forked["run_id"])[1]) == ["counted", "flag found"]
+    assert counter.read_text() == "x"  # reused, not executed
+    code, out, _ = run("fork", run_id, "--from-step", "1")
+    run("recover")
+    assert counter.read_text() == "xx"  # from step 1: executed again, in the new run
+    assert out.strip() != run_id
+
+    code, _, err = run("fork", run_id, "--from-step", "0")
+    assert code == 2 and "argument --from-step" in err
+    code, _, err = run("fork", "no-such-run", "--from-step", "1")
+    assert code == 1 and "no run with id" in err
+
+
+# ---- schedules, queues, workers ----------------------------------------------------------
+
+
+def test_schedule_and_schedules(env, run):
+    code, out, err = run("schedule", env.hello, "*/5 * * * *", "--input", '{"name": "Gus"}')
+    assert code == 0, err
+    schedule_id = out.splitlines()[0]
+    assert f"{env.hello} */5 * * * * (UTC); next run " in out
+    code, out, _ = run("schedule", env.hello, "--every", "90", "--id", "every-90", "--json")
+    assert code == 0
+    every = json.loads(out)
+    assert (every["schedule_id"], every["every"], every["paused"]) == ("every-90", 90.0, False)
+
+    code, out, _ = run("schedules")
+    header, *rows = out.splitlines()
+    assert header.split()[:3] == ["SCHEDULE", "WORKFLOW", "TIMING"]
+    assert rows[0].split()[:2] == [schedule_id[:8], env.hello]
+    assert "every 90s" in rows[1] and "active" in rows[1]
+    listed = json.loads(run("schedules", "list", "--json")[1])
+    assert [s["schedule_id"] for s in listed] == [schedule_id, "every-90"]
+    assert listed[0]["input_data"] == {"name": "Gus"}
+
+    code, out, err = run("schedules", "pause", schedule_id[:8])
+    assert code == 0 and out.strip() == f"schedule {schedule_id} is paused", err
+    code, out, _ = run("schedules", "resume", schedule_id, "--json")
+    assert code == 0 and json.loads(out)["paused"] is False
+    code, out, _ = run("schedules", "delete", "every-90")
+    assert code == 0 and "deleted schedule every-90" in out
+    assert [s["schedule_id"] for s in json.loads(run("schedules", "--json")[1])] == [
+        schedule_id]
+    code, _, err = run("schedules", "delete", "every-90")
+    assert code == 1 and "no schedule has the id 'every-90'" in err
+    code, _, err = run("schedules", "pause")
+    assert code == 2 and "SCHEDULE_ID" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["0 2 * *"], "invalid cron expression '0 2 * *'"),
+    (["61 * * * *"], "invalid cron expression"),
+    ([], "a schedule takes a cron expression or every=<seconds>"),
+    (["0 2 * * *", "--every", "60"], "not both"),
+    (["0 2 * * *", "--timezone", "Mars/Olympus"], "Mars/Olympus"),
+    (["0 2 * * *", "--input", "{oops"], "not valid JSON"),
+    (["--every", "0"], "argument --every"),
+])
+def test_schedule_bad_input_exits_2_and_stores_nothing(env, run, argv, message):
+    code, out, err = run("schedule", env.hello, *argv)
+    assert code == 2 and out == ""
+    assert "error:" in err and message in err
+    assert json.loads(run("schedules", "--json")[1]) == []
+
+
+def test_schedule_of_an_unregistered_workflow_hints_at_imports(env, run):
+    code, _, err = run("schedule", "nobody_" + env.hello, "0 2 * * *", imports=False)
+    assert code == 2 and "--import-workflows" in err
+
+
+def test_queues(env, run):
+    for priority in ("1", "2", "3"):
+        assert run("start", env.hello, "--queue", env.queue, "--priority", priority)[0] == 0
+    code, out, _ = run("queues")
+    assert code == 0
+    header = out.splitlines()[0].split()
+    assert header[:5] == ["QUEUE", "WAITING", "RUNNING", "CONCURRENCY", "PER"]
+    (row,) = [line.split() for line in out.splitlines() if line.startswith(env.queue + " ")]
+    assert row == [env.queue, "3", "0", "2", "-", "-", "5/60s", "0"]
+    run("recover")  # the two the queue lets start...
+    run("recover")  # ...then the third
+    (queue,) = [q for q in json.loads(run("queues", "--json")[1]) if q["name"] == env.queue]
+    assert queue == {"name": env.queue, "concurrency": 2, "worker_concurrency": None,
+                     "key_concurrency": None, "rate_limit": [5, 60.0], "waiting": 0,
+                     "running": 0, "started_recently": 3,
+                     "updated_at": queue["updated_at"]}
+
+
+# ---- errors and --debug ------------------------------------------------------------------
+
+
+def test_debug_shows_the_traceback_of_an_error(env, run):
+    code, out, err = run("status", "no-such-run", "--debug")
+    assert code == 1 and out == ""
+    assert "Traceback (most recent call last)" in err and "RunNotFoundError" in err
+    assert err.rstrip().splitlines()[-2] == "error: no run with id 'no-such-run'"
+
+
+@sqlite_only
+def test_an_unexpected_error_is_one_line_unless_debug(env, run):
+    (env.tmp / "broken_mod.py").write_text("raise RuntimeError('broken at import')\n")
+    code, out, err = run("--import-workflows", "broken_mod", "workflows", imports=False)
+    assert code == 1 and out == ""
+    assert err.splitlines() == ["error: RuntimeError: broken at import",
+                                "hint: run again with --debug to see where"]
+    code, _, err = run("--import-workflows", "broken_mod", "workflows", "--debug",
+                       imports=False)
+    assert code == 1 and 'broken_mod.py", line 1' in err
+
+
+# ---- every command through the real entry point ------------------------------------------
+
+
+@sqlite_only
+def test_every_command_through_python_dash_m(env):
+    """Each command once in its own `python -m tinyworkflow` process: exit codes, --json
+    parsed, errors on stderr without a traceback."""
+    sfx = env.hello.split("_")[1]
+    (env.tmp / f"cliapp_{sfx}.py").write_text(APPROVALS.replace("SFX", sfx))
+    expense = f"cli_expense_{sfx}"
+
+    def tw(*argv, code=0):
+        done = _subprocess(["-m", "tinyworkflow", "--db", env.db, "--import-workflows",
+                            env.module, "--import-workflows", f"cliapp_{sfx}", *argv],
+                           cwd=env.tmp)
+        assert done.returncode == code, (argv, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr
+        if code == 0 and "--json" in argv:
+            return json.loads(done.stdout)
+        return done
+
+    assert expense in tw("workflows", "--json")["workflows"]
+    done = tw("start", env.hello, "--input", '{"name": "Io"}', "--wait")
+    run_id = done.stdout.splitlines()[0]
+    assert f"step 1 {env.greet}: completed" in done.stderr
+    assert tw("status", run_id[:8], "--json")["status"] == "completed"
+    assert tw("result", run_id, "--json")["result"] == {"greeting": "hello Io"}
+    assert [r["run_id"] for r in tw("list", "--json")] == [run_id]
+    assert tw("events", run_id, "--json")[-1]["event_type"] == "workflow_completed"
+    assert [s["name"] for s in tw("steps", run_id, "--json")] == [env.greet]
+    failed = tw("start", env.fail, "--wait", code=1).stdout.splitlines()[0]
+    tw("result", failed, code=1)
+    assert tw("resume", failed, "--json") == {"run_id": failed, "resumed": True}
+    assert tw("fork", run_id, "--from-step", "1", "--json")["forked_from"] == run_id
+    assert len(tw("recover", "--json")) == 2  # the resumed run and the fork
+
+    waiting = tw("start", expense, "--json")["run_id"]
+    tw("recover")  # until it waits for the approval
+    assert [r["run_id"] for r in tw("approvals", "--json")] == [waiting]
+    assert tw("approve", waiting, "--approve", "--json")["decision"] == "approved"
+    assert tw("signal", waiting, "note", "--payload", '"ok"', "--json")["signal"] == "note"
+    tw("recover")
+    assert tw("result", waiting, "--json")["result"] == {"approved": True, "note": "ok"}
+
+    pending = tw("start", env.hello, "--queue", env.queue, "--json")["run_id"]
+    (queue,) = [q for q in tw("queues", "--json") if q["name"] == env.queue]
+    assert queue["waiting"] == 1
+    assert tw("cancel", pending, "--json")["cancelled"] is True
+    assert tw("workers", "--json") == []
+
+    schedule_id = tw("schedule", env.hello, "0 2 * * *", "--json")["schedule_id"]
+    assert tw("schedules", "pause", schedule_id, "--json")["paused"] is True
+    assert tw("schedules", "resume", schedule_id, "--json")["paused"] is False
+    assert tw("schedules", "delete", schedule_id, "--json")["deleted"] is True
+    assert tw("schedules", "--json") == []
+    assert tw("cleanup", "--days", "0", "--json")["deleted"] == 5  # every run had ended
+    assert tw("list", "--json") == []
+
+    # The error paths: exit codes, and a message that points at the problem.
+    done = tw("start", env.hello, "--input", '{"name": Io}', code=2)
+    assert "not valid JSON (Expecting value: line 1 column 10 (char 9))" in done.stderr
+    done = tw("signal", run_id, "note", "--payload", "[1,", code=2)
+    assert "not valid JSON" in done.stderr
+    done = tw("schedule", env.hello, "0 2 * *", code=2)
+    assert done.stderr.startswith("error: invalid cron expression")
+    assert tw("schedules", "--json") == []
+    done = tw("status", "feedbeef-0000", code=1)
+    assert done.stderr.startswith("error: no run with id 'feedbeef-0000'")
