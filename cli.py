@@ -622,27 +622,60 @@ def _logging_to_stderr(verbose: bool):
 
 
 async def _cmd_worker(client, args) -> int:
-    workflows = client.list_registered_workflows()
-    if not workflows:
+    if not client.list_registered_workflows():
         _error("no workflows are registered, so there is nothing this worker can execute",
                "pass the module that defines them: --import-workflows MODULE_OR_FILE")
         return 2
+    return await _serve(client, args, page=False)
+
+
+async def _cmd_server(client, args) -> int:
+    return await _serve(client, args, page=True)
+
+
+async def _serve(client, args, page: bool) -> int:
+    """The worker, and with ``page`` the web page beside it, until SIGTERM or Ctrl-C."""
+    workflows = client.list_registered_workflows()
+    webui = tinyworkflow._companion("webui") if page else None
+    token = (getattr(args, "token", None) or os.environ.get("TINYWORKFLOW_UI_TOKEN")) or None
     with _logging_to_stderr(args.verbose), _stop_signals(args.grace) as stopping:
         async with client:  # opened only now: a refused worker leaves no database behind
             if stopping.is_set():  # a signal while the database was opening
                 return 0
-            await client.start_worker()
+            ui = None
+            if page:
+                try:
+                    ui = await webui.serve(client, args.host, args.port, token)
+                except OSError as exc:
+                    _error(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
+                           "pick another --port, or stop what uses this one")
+                    return 1
+            if workflows:
+                await client.start_worker()
             database = _masked(client.database_url)
+            started = {"worker": "started" if workflows else "not started",
+                       "workflows": workflows, "database": database}
+            if ui is not None:
+                started = {"server": "started", "url": ui.url, **started}
             if args.json:
-                print(json.dumps({"worker": "started", "workflows": workflows,
-                                  "database": database}), flush=True)
+                print(json.dumps(started), flush=True)
+            elif ui is not None:
+                print(f"serving {ui.url} with a worker for {len(workflows)} workflow(s) "
+                      f"from {database}; Ctrl-C or SIGTERM stops it", flush=True)
             else:
                 print(f"worker started: serving {len(workflows)} workflow(s) "
                       f"({', '.join(workflows)}) from {database}; Ctrl-C or SIGTERM stops it",
                       flush=True)
+            if page and not workflows:
+                _wlog.warning("no workflows are registered: the page shows the database, but "
+                              "no run executes in this process (pass --import-workflows "
+                              "MODULE_OR_FILE)")
             await stopping.wait()
-            await client.stop_worker(grace=args.grace)
-        _wlog.info("worker stopped")
+            if ui is not None:
+                await ui.stop()
+            if workflows:
+                await client.stop_worker(grace=args.grace)
+        _wlog.info("server stopped" if page else "worker stopped")
     return 0
 
 
@@ -763,6 +796,13 @@ def _number(cast: type, least: float, *, strict: bool = False, what: str = "a wh
 _count = _number(int, 0)
 _positive_count = _number(int, 1)
 _days = _number(float, 0, what="a number of days")
+
+
+def _port(text: str) -> int:
+    value = _number(int, 0, what="a port number")(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number up to 65535, got {text!r}")
+    return value
 
 
 def _seconds_type(zero_ok: bool):
@@ -920,6 +960,25 @@ def _parser() -> argparse.ArgumentParser:
                   "runs started elsewhere with wait=False, and runs left by a crashed worker "
                   "once their lease expires; logs to stderr",
                   needs_db=False)  # opens it itself, once it knows it will serve
+    _add_worker_options(sub)
+    sub = command("server", _cmd_server,
+                  "serve the web page (dashboard, runs, start form, approvals, schedules) "
+                  "and its JSON API, with a worker for the imported workflows beside it, "
+                  "until SIGTERM or Ctrl-C",
+                  needs_db=False)
+    sub.add_argument("--host", default="127.0.0.1",
+                     help="address to listen on (default 127.0.0.1: this machine only); "
+                          "another needs --token")
+    sub.add_argument("--port", type=_port, default=8080,
+                     help="port (default 8080; 0 picks a free one)")
+    sub.add_argument("--token", default=None, metavar="TOKEN",
+                     help="require this token on every request (default "
+                          "$TINYWORKFLOW_UI_TOKEN); open the page as /?token=TOKEN")
+    _add_worker_options(sub)
+    return parser
+
+
+def _add_worker_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--concurrency", type=_positive_count, default=None, metavar="N",
                      help="runs executed at once (default 100)")
     sub.add_argument("--lease-seconds", type=_seconds_type(zero_ok=False), default=None,
@@ -932,7 +991,6 @@ def _parser() -> argparse.ArgumentParser:
                      help="on SIGTERM or Ctrl-C, how long steps in flight may take to finish "
                           "before their runs are released to other workers (default 10)")
     sub.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
-    return parser
 
 
 def _client_options(args: argparse.Namespace) -> dict:

@@ -1891,23 +1891,49 @@ class _Store:
                                          "WHERE run_id = ?"), (run_id,))
         return dict(zip(_RUN_COLUMNS, rows[0])) if rows else None
 
-    async def list_runs(self, status: Optional[str], name: Optional[str], limit: int,
-                        offset: int, prefix: Optional[str] = None) -> list:
+    @staticmethod
+    def _run_filter(filters: dict) -> tuple:
+        """The WHERE clause and parameters of list_runs/count_runs: equal columns, and
+        ``prefix`` for the start of the run id (LIKE with its wildcards escaped)."""
         where, params = [], []
-        if status is not None:
-            where.append("status = ?")
-            params.append(status)
-        if name is not None:
-            where.append("workflow_name = ?")
-            params.append(name)
-        if prefix:
-            where.append("run_id LIKE ? ESCAPE '!'")
-            params.append(re.sub(r"([!%_])", r"!\1", prefix) + "%")
-        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        for column, value in filters.items():
+            if value is None:
+                continue
+            if column == "prefix":
+                where.append("run_id LIKE ? ESCAPE '!'")
+                value = re.sub(r"([!%_])", r"!\1", value) + "%"
+            else:
+                where.append(f"{column} = ?")
+            params.append(value)
+        return (f"WHERE {' AND '.join(where)} " if where else ""), params
+
+    async def list_runs(self, filters: dict, limit: int, offset: int) -> list:
+        clause, params = self._run_filter(filters)
         rows = await self.fetch(self.sql(f"SELECT {', '.join(_RUN_COLUMNS)} FROM {{p}}runs "
                                          f"{clause}ORDER BY created_at DESC, run_id "
                                          "LIMIT ? OFFSET ?"), (*params, limit, offset))
         return [dict(zip(_RUN_COLUMNS, row)) for row in rows]
+
+    async def count_runs(self, filters: dict) -> int:
+        clause, params = self._run_filter(filters)
+        rows = await self.fetch(self.sql(f"SELECT COUNT(*) FROM {{p}}runs {clause}"), params)
+        return int(rows[0][0])
+
+    async def status_counts(self) -> dict:
+        rows = await self.fetch(self.sql("SELECT status, COUNT(*) FROM {p}runs GROUP BY status"),
+                                ())
+        return {status: int(count) for status, count in rows}
+
+    async def created_per_minute(self, start: float, minutes: int) -> list:
+        """Runs created in each minute from ``start``, oldest first (the created_at index
+        finds them; the database counts them)."""
+        rows = await self.fetch(self.sql(
+            "SELECT ROUND((created_at - ?) / 60 - 0.5), COUNT(*) FROM {p}runs "
+            "WHERE created_at >= ? GROUP BY 1"), (start, start))
+        counts = [0] * minutes
+        for minute, count in rows:
+            counts[min(max(int(minute), 0), minutes - 1)] += int(count)
+        return counts
 
     async def get_run_by_key(self, key: str) -> Optional[dict]:
         rows = await self.fetch(self.sql(f"SELECT {', '.join(_RUN_COLUMNS)} FROM {{p}}runs "
@@ -2066,6 +2092,23 @@ def _wake_local(key: str) -> None:
 def _signal_came(key: str, run_id: str) -> None:
     for event in _SIGNAL_WAITERS.get((key, run_id), ()):
         event.set()
+
+
+def _run_filters(status: Any, workflow_name: Any, run_id_prefix: Any,
+                 parent_run_id: Any) -> dict:
+    """The checked filters of list/count_workflow_executions, as run columns."""
+    if status is not None:
+        try:
+            status = WorkflowStatus(status).value
+        except ValueError:
+            raise ValueError(f"unknown status {status!r}; statuses: "
+                             f"{', '.join(s.value for s in WorkflowStatus)}") from None
+    for what, value in (("workflow_name", workflow_name), ("run_id_prefix", run_id_prefix),
+                        ("parent_run_id", parent_run_id)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{what} must be a string, got {value!r}")
+    return {"status": status, "workflow_name": workflow_name, "prefix": run_id_prefix or None,
+            "parent_run_id": parent_run_id}
 
 
 def _check_name(what: str, name: Any) -> None:
@@ -4843,25 +4886,40 @@ class TinyWorkflowClient:
 
     async def list_workflow_executions(self, status: Any = None,
                                        workflow_name: Optional[str] = None, limit: int = 100,
-                                       offset: int = 0, *, run_id_prefix: Optional[str] = None
+                                       offset: int = 0, *, run_id_prefix: Optional[str] = None,
+                                       parent_run_id: Optional[str] = None
                                        ) -> list[WorkflowExecution]:
-        """Runs, newest first, optionally of one status and/or one workflow, and/or
-        whose run id starts with ``run_id_prefix`` (what a short id shown by the
-        command line or the web page gives)."""
-        if run_id_prefix is not None and not isinstance(run_id_prefix, str):
-            raise TypeError(f"run_id_prefix must be a string, got {run_id_prefix!r}")
-        if status is not None:
-            try:
-                status = WorkflowStatus(status).value
-            except ValueError:
-                raise ValueError(f"unknown status {status!r}; statuses: "
-                                 f"{', '.join(s.value for s in WorkflowStatus)}") from None
+        """Runs, newest first, optionally of one status and/or one workflow, whose run id
+        starts with ``run_id_prefix`` (what a short id shown by the command line or the
+        web page gives), or started by ``parent_run_id`` (its child runs)."""
         for label, value in (("limit", limit), ("offset", offset)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{label} must be a whole number >= 0, got {value!r}")
-        rows = await (await self._ready()).store.list_runs(status, workflow_name, limit, offset,
-                                                              run_id_prefix)
+        filters = _run_filters(status, workflow_name, run_id_prefix, parent_run_id)
+        rows = await (await self._ready()).store.list_runs(filters, limit, offset)
         return [_execution(row) for row in rows]
+
+    async def count_workflow_executions(self, status: Any = None,
+                                        workflow_name: Optional[str] = None, *,
+                                        run_id_prefix: Optional[str] = None,
+                                        parent_run_id: Optional[str] = None) -> int:
+        """How many runs ``list_workflow_executions`` with these filters would list without
+        its limit (the total a page of runs is part of)."""
+        filters = _run_filters(status, workflow_name, run_id_prefix, parent_run_id)
+        return await (await self._ready()).store.count_runs(filters)
+
+    async def get_statistics(self, minutes: int = 60) -> dict:
+        """For a dashboard: ``{"by_status": {status: runs}, "total": runs,
+        "created_per_minute": [runs created in each of the last ``minutes`` minutes,
+        oldest first]}`` (every status is listed, 0 included)."""
+        if isinstance(minutes, bool) or not isinstance(minutes, int) or not 1 <= minutes <= 1440:
+            raise ValueError(f"minutes must be a whole number from 1 to 1440, got {minutes!r}")
+        engine = await self._ready()
+        counts = await self._store.status_counts()
+        start = (math.floor(engine.clock() / 60) + 1 - minutes) * 60  # whole minutes
+        return {"by_status": {s.value: counts.get(s.value, 0) for s in WorkflowStatus},
+                "total": sum(counts.values()),
+                "created_per_minute": await self._store.created_per_minute(start, minutes)}
 
     async def get_workflow_events(self, run_id: str, limit: int = 100) -> list[WorkflowEvent]:
         """The run's audit trail, oldest first (empty for an unknown run id)."""

@@ -19,7 +19,7 @@ def test_wheel_contents(tmp_path):
     (wheel,) = tmp_path.glob("tinyworkflow-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names}
-    assert "tinyworkflow.py" in top and "tinyworkflow_cli.py" in top
+    assert {"tinyworkflow.py", "tinyworkflow_cli.py", "tinyworkflow_webui.py"} <= top
     assert not {"cli.py", "webui.py", "cli", "webui", "tests", "examples", "bench"} & top
     meta = next(n for n in names if n.endswith("entry_points.txt"))
     assert "tinyworkflow = tinyworkflow:_main" in zipfile.ZipFile(wheel).read(meta).decode()
