@@ -567,6 +567,7 @@ button:disabled { opacity: .5; cursor: default; }
 .chart { display: flex; align-items: flex-end; gap: 2px; height: 70px; background: #fff;
   border: 1px solid var(--line); border-radius: 8px; padding: 6px; }
 .chart div { flex: 1; background: var(--accent); min-height: 1px; opacity: .75; }
+.pair { display: grid; grid-template-columns: 1fr 1fr; gap: 16px; }
 .pager { display: flex; gap: 10px; align-items: center; margin: 8px 0; }
 #toast { position: fixed; bottom: 16px; right: 16px; background: var(--fg); color: #fff;
   padding: 8px 14px; border-radius: 6px; display: none; }
@@ -766,8 +767,6 @@ async function runPage(id) {
         d.waiting_for_signal ? [h("b", {}, "Waiting for"),
           h("span", {}, "signal " + d.waiting_for_signal)] : []),
       r.error ? [h("h2", {}, "Error"), h("pre", {class: "error"}, r.error)] : [],
-      h("h2", {}, "Input"), pretty(r.input_data),
-      h("h2", {}, "Output"), pretty(r.output_data),
       h("h2", {}, `Steps (${d.steps.length})`),
       d.steps.length ? h("div", {class: "timeline", id: "steps"},
         d.steps.map(s => [h("span", {class: "muted"}, s.step),
@@ -778,6 +777,8 @@ async function runPage(id) {
           h("span", {}, seconds(s.duration)),
           h("span", {class: "muted"}, s.attempts + (s.attempts === 1 ? " try" : " tries"))]))
         : h("p", {class: "muted"}, "no steps recorded yet"),
+      h("div", {class: "pair"}, h("div", {}, h("h2", {}, "Input"), pretty(r.input_data)),
+        h("div", {}, h("h2", {}, "Output"), pretty(r.output_data))),
       d.children.length ? [h("h2", {}, "Child runs"), runsTable(d.children)] : [],
       h("h2", {}, "Audit trail"),
       table(["#", "Time", "Event", "Data"], d.events.map(e => [e.id,
