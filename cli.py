@@ -248,7 +248,10 @@ class _Progress:
 
     async def follow(self, run_id: str, every: float = 0.25) -> None:
         while True:
-            await self.show(run_id)
+            try:
+                await self.show(run_id)
+            except Exception as exc:  # progress is a courtesy: the run's outcome decides
+                _wlog.debug("progress of run %s not read: %s", run_id, exc)
             await asyncio.sleep(every)
 
 
@@ -262,13 +265,15 @@ async def _cmd_start(client, args) -> int:
         else:
             print(run_id)
         return 0
-    # The id is chosen here so that the run's steps can be followed while it executes.
-    args.executing = run_id = str(uuid.uuid4())
+    # The id is chosen here so that the run's steps can be followed while it executes
+    # (with an idempotency key, the run may be one stored before: shown once it ends).
     progress = None if args.json else _Progress(client)
-    follower = progress and asyncio.create_task(progress.follow(run_id))
+    follower = None
+    if args.idempotency_key is None:
+        args.executing = options["run_id"] = str(uuid.uuid4())
+        follower = progress and asyncio.create_task(progress.follow(args.executing))
     try:
-        run_id = await client.start_workflow(args.name, args.input, wait=True, run_id=run_id,
-                                             **options)
+        run_id = await client.start_workflow(args.name, args.input, wait=True, **options)
     finally:
         if follower:
             follower.cancel()
@@ -312,6 +317,8 @@ async def _cmd_result(client, args) -> int:
         outcome.update(status=exc.status, error=exc.error)
         failure, hint = str(exc), f"see its steps: tinyworkflow steps {_short(run.run_id)}"
     except TimeoutError:
+        if wait and args.timeout is None:
+            raise  # not ours: the database's
         status = (await _require_run(client, run.run_id)).status.value
         outcome.update(status=status)
         failure = (f"run {run.run_id} is still {status} after {args.timeout:g}s" if wait

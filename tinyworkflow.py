@@ -1894,14 +1894,15 @@ class _Store:
     @staticmethod
     def _run_filter(filters: dict) -> tuple:
         """The WHERE clause and parameters of list_runs/count_runs: equal columns, and
-        ``prefix`` for the start of the run id (LIKE with its wildcards escaped)."""
+        ``prefix`` for the start of the run id (LIKE with its wildcards escaped, which
+        SQLite compares ignoring case, and substr, which compares exactly)."""
         where, params = [], []
         for column, value in filters.items():
             if value is None:
                 continue
-            if column == "prefix":
-                where.append("run_id LIKE ? ESCAPE '!'")
-                value = re.sub(r"([!%_])", r"!\1", value) + "%"
+            if column == "prefix":  # LIKE can use an index; substr is exact in SQLite too
+                where.append("run_id LIKE ? ESCAPE '!' AND substr(run_id, 1, ?) = ?")
+                params += [re.sub(r"([!%_])", r"!\1", value) + "%", len(value)]
             else:
                 where.append(f"{column} = ?")
             params.append(value)

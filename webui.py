@@ -35,6 +35,7 @@ import tinyworkflow
 
 MAX_BODY = 256 * 1024  # bytes of a request body: starting a run with a large input is for code
 PAGE_SIZE, PAGE_LIMIT = 50, 200
+EVENT_LIMIT = 1000  # of a run's audit trail, the oldest events its page shows
 _COOKIE = "tinyworkflow_token"
 log = logging.getLogger("tinyworkflow.webui")
 
@@ -153,7 +154,12 @@ class WebUI:
 
     def call(self, coro: Any) -> Any:
         """Run a client call on the event loop and wait for it (from a request thread)."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=60)
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout=60)
+        except TimeoutError:
+            future.cancel()
+            raise HTTPError(503, "the database did not answer within 60 s") from None
 
     # ---- the API: (method, path pattern, handler(match, query, body)) ----------------
 
@@ -174,7 +180,7 @@ class WebUI:
             ("GET", r"/api/queues", self.queues),
         ]
 
-    def stats(self, match, query, body) -> dict:
+    def stats(self, ids, query, body) -> dict:
         client = self.client
 
         async def gather() -> dict:
@@ -185,7 +191,7 @@ class WebUI:
             return stats
         return self.call(gather())
 
-    def runs(self, match, query, body) -> dict:
+    def runs(self, ids, query, body) -> dict:
         limit = _number(query, "limit", PAGE_SIZE, PAGE_LIMIT)
         offset = _number(query, "offset", 0, 10 ** 9)
         filters = {"status": query.get("status", [None])[-1] or None,
@@ -200,66 +206,67 @@ class WebUI:
                     "offset": offset}
         return self.call(gather())
 
-    def run(self, match, query, body) -> dict:
-        run_id, client = match.group(1), self.client
+    def run(self, ids, query, body) -> dict:
+        run_id, client = ids[0], self.client
 
         async def gather() -> dict:
             run = await client.get_workflow_status(run_id)
             if run is None:
                 raise HTTPError(404, f"no run with id {run_id!r}")
-            events = await client.get_workflow_events(run_id, limit=1000)
-            waiting = None
-            if events and events[-1].event_type == "signal_waiting" and run.status in (
-                    "running", "pending", "retrying"):
+            events = await client.get_workflow_events(run_id, limit=EVENT_LIMIT + 1)
+            more, events = len(events) > EVENT_LIMIT, events[:EVENT_LIMIT]
+            waiting = None  # known from the latest event, when the trail is all here
+            if not more and events and events[-1].event_type == "signal_waiting" \
+                    and run.status in ("running", "pending", "retrying"):
                 waiting = (events[-1].event_data or {}).get("name")
             return {"run": run, "steps": await client.get_workflow_steps(run_id),
-                    "events": events, "waiting_for_signal": waiting,
+                    "events": events, "more_events": more, "waiting_for_signal": waiting,
                     "children": [_summary(r) for r in await client.list_workflow_executions(
                         parent_run_id=run_id, limit=100)]}
         return self.call(gather())
 
-    def start_run(self, match, query, body) -> tuple:
+    def start_run(self, ids, query, body) -> tuple:
         name = _text(body, "workflow")
         workflow_id = _text(body, "workflow_id", required=False)
         run_id = self.call(self.client.start_workflow(name, body.get("input"),
                                                       workflow_id=workflow_id))
         return 201, {"run_id": run_id}
 
-    def change_run(self, match, query, body) -> dict:
-        run_id, action = match.groups()
+    def change_run(self, ids, query, body) -> dict:
+        run_id, action = ids
         if action == "cancel":
             return {"run_id": run_id, "cancelled": self.call(self.client.cancel_workflow(run_id))}
         self.call(self.client.resume_workflow(run_id))
         return {"run_id": run_id, "resumed": True}
 
-    def approve(self, match, query, body) -> dict:
+    def approve(self, ids, query, body) -> dict:
         decision = body.get("approve")
         if not isinstance(decision, bool):
             raise HTTPError(400, "approve must be true or false")
         key = _text(body, "key", required=False)
         decide = self.client.approve_workflow if decision else self.client.reject_workflow
-        self.call(decide(match.group(1), key=key))
-        return {"run_id": match.group(1), "decision": "approved" if decision else "rejected"}
+        self.call(decide(ids[0], key=key))
+        return {"run_id": ids[0], "decision": "approved" if decision else "rejected"}
 
-    def signal(self, match, query, body) -> dict:
+    def signal(self, ids, query, body) -> dict:
         name = _text(body, "name")
-        self.call(self.client.send_signal(match.group(1), name, body.get("payload")))
-        return {"run_id": match.group(1), "signal": name}
+        self.call(self.client.send_signal(ids[0], name, body.get("payload")))
+        return {"run_id": ids[0], "signal": name}
 
-    def approvals(self, match, query, body) -> dict:
+    def approvals(self, ids, query, body) -> dict:
         return {"runs": [_summary(r) for r in self.call(self.client.get_pending_approvals())]}
 
-    def workflows(self, match, query, body) -> dict:
+    def workflows(self, ids, query, body) -> dict:
         workers = self.call(self.client.list_workers())
         served = sorted({name for w in workers for name in w.workflows})
         return {"workflows": self.client.list_registered_workflows(),
                 "activities": self.client.list_registered_activities(),
                 "served_by_workers": served, "workers": workers}
 
-    def schedules(self, match, query, body) -> dict:
+    def schedules(self, ids, query, body) -> dict:
         return {"schedules": self.call(self.client.list_schedules())}
 
-    def add_schedule(self, match, query, body) -> tuple:
+    def add_schedule(self, ids, query, body) -> tuple:
         every = body.get("every")
         if every is not None and (isinstance(every, bool) or not isinstance(every, (int, float))):
             raise HTTPError(400, "every must be a number of seconds")
@@ -268,15 +275,15 @@ class WebUI:
             every=every, timezone=_text(body, "timezone", required=False)))
         return 201, {"schedule": self.call(self.client.get_schedule(schedule_id))}
 
-    def change_schedule(self, match, query, body) -> dict:
-        schedule_id, action = match.groups()
+    def change_schedule(self, ids, query, body) -> dict:
+        schedule_id, action = ids
         if action == "delete":
             self.call(self.client.delete_schedule(schedule_id))
             return {"schedule_id": schedule_id, "deleted": True}
         change = self.client.pause_schedule if action == "pause" else self.client.resume_schedule
         return {"schedule": self.call(change(schedule_id))}
 
-    def queues(self, match, query, body) -> dict:
+    def queues(self, ids, query, body) -> dict:
         return {"queues": self.call(self.client.list_queues())}
 
 
@@ -293,8 +300,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
+    timeout = 30  # seconds a connection may stay silent (idle keep-alive, a short body)
+
     def do_GET(self) -> None:
         self._answer("GET")
+
+    def do_HEAD(self) -> None:
+        self._answer("GET")  # _send leaves the body out
+
+    def do_OPTIONS(self) -> None:
+        self._answer("OPTIONS")
+
+    def do_PATCH(self) -> None:
+        self._answer("PATCH")
 
     def do_POST(self) -> None:
         self._answer("POST")
@@ -325,7 +343,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._send(200, _INDEX.encode(), "text/html; charset=utf-8")
             else:
                 raise HTTPError(404, "no such page")
-        except HTTPError as exc:
+        except Exception as exc:
+            if not isinstance(exc, HTTPError):
+                log.exception("%s %s failed", method, path)
+                exc = HTTPError(500, "internal error: see the server's log")
+            # A body this request did not read would be taken for the next request on
+            # the connection (and pass its checks): the connection ends with the answer.
+            self.close_connection = True
             if api or method != "GET":
                 self._json(exc.status, {"error": str(exc)})
             else:
@@ -351,7 +375,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if not hmac.compare_digest(given.encode(), self.ui.token.encode()):
             raise HTTPError(401, "wrong token")
         self.send_response(303)
-        self.send_header("Location", path)
+        self.send_header("Location", "/" + path.lstrip("/\\"))
         self.send_header("Set-Cookie", f"{_COOKIE}={urllib.parse.quote(given)}; Path=/; "
                                        "HttpOnly; SameSite=Strict")
         self.send_header("Content-Length", "0")
@@ -404,7 +428,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         raw = self.rfile.read(length)
         try:
             body = json.loads(raw, parse_constant=_not_json)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise HTTPError(400, f"malformed JSON: {exc}") from None
         if not isinstance(body, dict):
             raise HTTPError(400, "the body must be a JSON object")
@@ -428,18 +452,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 body = {}
             status, answer = 200, None
             try:
-                answer = handler(match, query, body)
+                answer = handler([urllib.parse.unquote(g) for g in match.groups()], query,
+                                 body)
             except HTTPError:
                 raise
             except (tinyworkflow.RunStateError, tinyworkflow.IdempotencyError) as exc:
                 raise HTTPError(409, str(exc)) from None
-            except LookupError as exc:  # RunNotFoundError, ScheduleNotFoundError...
-                raise HTTPError(404, str(exc).strip("'\"")) from None
+            except (tinyworkflow.RunNotFoundError, tinyworkflow.ScheduleNotFoundError,
+                    tinyworkflow.QueueNotFoundError) as exc:
+                raise HTTPError(404, str(exc)) from None
             except (ValueError, TypeError) as exc:  # the library refused a value
                 raise HTTPError(400, str(exc)) from None
-            except Exception:
-                log.exception("%s %s failed", method, path)
-                raise HTTPError(500, "internal error: see the server's log") from None
             if isinstance(answer, tuple):
                 status, answer = answer
             self._json(status, answer)
@@ -627,6 +650,7 @@ function short(id) {
   return /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(id) ?
     id.slice(0, 8) : id;
 }
+const enc = encodeURIComponent;
 function status(s) { return h("span", {class: "status " + s}, s); }
 function runLink(id) { return h("a", {class: "mono", href: "/runs/" + encodeURIComponent(id)},
   short(id)); }
@@ -649,7 +673,7 @@ function render(...nodes) { fill(main, ...nodes); }
 function live(load) {
   const tick = async () => {
     try { if (document.visibilityState === "visible") await load(); }
-    catch (e) { render(h("p", {class: "error"}, e.message)); }
+    catch (e) { toast("Could not refresh: " + e.message); }
     timer = setTimeout(tick, 2000);
   };
   tick();
@@ -780,7 +804,7 @@ async function runPage(id) {
       h("div", {class: "pair"}, h("div", {}, h("h2", {}, "Input"), pretty(r.input_data)),
         h("div", {}, h("h2", {}, "Output"), pretty(r.output_data))),
       d.children.length ? [h("h2", {}, "Child runs"), runsTable(d.children)] : [],
-      h("h2", {}, "Audit trail"),
+      h("h2", {}, "Audit trail" + (d.more_events ? " (the first 1000 events)" : "")),
       table(["#", "Time", "Event", "Data"], d.events.map(e => [e.id,
         when(e.timestamp), e.event_type, h("span", {class: "mono"},
           e.event_data && Object.keys(e.event_data).length ? JSON.stringify(e.event_data) :
@@ -797,9 +821,9 @@ function runActions(r, d) {
     .includes(r.status);
   if (r.approval_required) {
     out.push(h("div", {class: "panel"}, h("b", {}, `Approval "${r.approval_required}": `),
-      h("button", {class: "primary", onclick: () => act(`runs/${id}/approve`,
+      h("button", {class: "primary", onclick: () => act(`runs/${enc(id)}/approve`,
         {approve: true}, "Approved")}, "Approve"), " ",
-      h("button", {class: "danger", onclick: () => act(`runs/${id}/approve`,
+      h("button", {class: "danger", onclick: () => act(`runs/${enc(id)}/approve`,
         {approve: false}, "Rejected")}, "Reject")));
   }
   if (!finished) {
@@ -807,16 +831,16 @@ function runActions(r, d) {
     const name = h("input", {name: "name", placeholder: "signal name", required: true,
       value: d.waiting_for_signal || ""});
     out.push(h("form", {onsubmit: e => { e.preventDefault(); const p = payload.parse();
-        if (p.ok) act(`runs/${id}/signal`, {name: name.value, payload: p.value},
+        if (p.ok) act(`runs/${enc(id)}/signal`, {name: name.value, payload: p.value},
           "Signal sent"); }},
       h("b", {}, "Send a signal "), name, payload.area, payload.note,
       h("button", {class: "primary"}, "Send")));
     out.push(h("button", {class: "danger", onclick: () => {
-      if (confirm("Cancel this run?")) act(`runs/${id}/cancel`, {}, "Cancelled"); }},
+      if (confirm("Cancel this run?")) act(`runs/${enc(id)}/cancel`, {}, "Cancelled"); }},
       "Cancel run"));
   }
   if (r.status === "failed" || r.status === "cancelled") {
-    out.push(h("button", {class: "primary", onclick: () => act(`runs/${id}/resume`, {},
+    out.push(h("button", {class: "primary", onclick: () => act(`runs/${enc(id)}/resume`, {},
       "Resumed: a worker executes it")}, "Resume from the failure point"));
   }
   return out;
@@ -854,9 +878,9 @@ async function approvalsPage() {
       ["Run", "Workflow", "Approval", "Waiting since", ""],
       d.runs.map(r => [runLink(r.run_id), r.workflow_name, r.approval_required,
         when(r.created_at), h("span", {},
-          h("button", {class: "primary", onclick: () => act(`runs/${r.run_id}/approve`,
+          h("button", {class: "primary", onclick: () => act(`runs/${enc(r.run_id)}/approve`,
             {approve: true}, "Approved")}, "Approve"), " ",
-          h("button", {class: "danger", onclick: () => act(`runs/${r.run_id}/approve`,
+          h("button", {class: "danger", onclick: () => act(`runs/${enc(r.run_id)}/approve`,
             {approve: false}, "Rejected")}, "Reject"))]),
       "no run is waiting for an approval"));
   });
@@ -891,11 +915,11 @@ async function schedulesPage() {
           `every ${s.every} s`, s.paused ? "paused" : "active",
         s.next_run_at ? h("span", {title: s.next_run_at}, ago(s.next_run_at)) : "-",
         s.last_run_id ? runLink(s.last_run_id) : "-",
-        h("span", {}, h("button", {onclick: () => act(`schedules/${s.schedule_id}/` +
+        h("span", {}, h("button", {onclick: () => act(`schedules/${enc(s.schedule_id)}/` +
           (s.paused ? "resume" : "pause"), {}, s.paused ? "Resumed" : "Paused")},
           s.paused ? "Resume" : "Pause"), " ",
           h("button", {class: "danger", onclick: () => { if (confirm("Delete it?"))
-            act(`schedules/${s.schedule_id}/delete`, {}, "Deleted"); }}, "Delete"))]),
+            act(`schedules/${enc(s.schedule_id)}/delete`, {}, "Deleted"); }}, "Delete"))]),
       "no schedules"));
   });
 }
@@ -931,7 +955,7 @@ const pages = {"/": dashboard, "/runs": runsPage, "/start": startPage,
   "/approvals": approvalsPage, "/schedules": schedulesPage, "/queues": queuesPage,
   "/workflows": workflowsPage};
 const page = path.startsWith("/runs/") ?
-  () => runPage(decodeURIComponent(path.slice(6))) : pages[path];
+  async () => runPage(decodeURIComponent(path.slice(6))) : pages[path];
 page().catch(e => render(h("p", {class: "error"}, e.message)));
 """
 

@@ -718,10 +718,10 @@ def test_an_ambiguous_prefix_is_refused_and_like_patterns_are_literal(env, run):
                 await client.start_workflow(env.hello, run_id=run_id)
             return [[r.run_id for r in await client.list_workflow_executions(
                         run_id_prefix=prefix)] for prefix in ("order-700", "a_b%c", "aXbYc",
-                                                              "a!b")]
-    order, literal, wildcard, escape = dbutil.run_sync(seed())
+                                                              "a!b", "ORDER-700")]
+    order, literal, wildcard, escape, case = dbutil.run_sync(seed())
     assert sorted(order) == ["order-7001", "order-7002"]
-    assert (literal, wildcard, escape) == (["a_b%c-1"], [], [])
+    assert (literal, wildcard, escape, case) == (["a_b%c-1"], [], [], [])  # exact, SQLite too
 
     code, out, err = run("cancel", "order-700")
     assert code == 2 and out == ""

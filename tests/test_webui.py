@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -353,6 +354,49 @@ def test_status_codes_for_bad_requests(server):
                                   headers={"Origin": server.url,
                                            "Sec-Fetch-Site": "same-origin"})
     assert status == 201
+
+
+def test_a_refused_request_cannot_smuggle_another_in_its_body(server):
+    """A cross-site POST whose body is a whole second request (what a page of another
+    site can send): refused, and the connection ends, so the body is never taken for a
+    request of its own."""
+    host = server.url.split("//")[1]
+    inner = (f"POST /api/runs HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+             "Content-Length: 24\r\n\r\n" + '{"workflow":"web_hello"}').encode()
+    outer = (f"POST /api/runs HTTP/1.1\r\nHost: {host}\r\nOrigin: http://evil.example\r\n"
+             f"Sec-Fetch-Site: cross-site\r\nContent-Type: text/plain\r\n"
+             f"Content-Length: {len(inner)}\r\n\r\n").encode() + inner
+    before = server.get("/api/runs")[1]["total"]
+    address = host.rsplit(":", 1)
+    with socket.create_connection((address[0], int(address[1])), timeout=10) as sock:
+        sock.sendall(outer)
+        answers = b""
+        while chunk := sock.recv(65536):
+            answers += chunk
+    assert answers.startswith(b"HTTP/1.1 403 ") and answers.count(b"HTTP/1.1") == 1
+    assert b"Connection: close" in answers
+    time.sleep(0.2)
+    assert server.get("/api/runs")[1]["total"] == before
+
+
+def test_odd_requests_get_short_answers(server, tmp_path):
+    deep = b"[" * 100_000 + b"]" * 100_000
+    status, data, _ = server.post("/api/runs", raw=deep)
+    assert status == 400 and "malformed JSON" in data["error"]
+    status, data, headers = server.request("OPTIONS", "/api/runs")
+    assert status == 405 and set(data) == {"error"} and headers["X-Frame-Options"] == "DENY"
+    status, text, headers = server.request("HEAD", "/")
+    assert status == 200 and text == "" and "Content-Security-Policy" in headers
+
+    async def store():  # a chosen run id with a space, a slash and a non-ASCII letter
+        db = server.started["database"]
+        async with tinyworkflow.TinyWorkflowClient(db) as client:
+            await client.start_workflow("web_seed", run_id="order 1/\u00e9")
+    asyncio.run(store())
+    status, data, _ = server.get("/api/runs/order%201%2F%C3%A9")
+    assert status == 200 and data["run"]["run_id"] == "order 1/\u00e9"
+    status, data, _ = server.post("/api/runs/order%201%2F%C3%A9/cancel")
+    assert (status, data) == (200, {"run_id": "order 1/\u00e9", "cancelled": True})
 
 
 def test_a_token_is_required_on_every_request(tmp_path):
