@@ -95,6 +95,7 @@ from typing import Any, Awaitable, Callable, NamedTuple, NoReturn, Optional
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 _log = logging.getLogger("tinyworkflow")
+_log.addHandler(logging.NullHandler())  # a library logs; the application shows it, or not
 
 _DEFAULT_URL = "sqlite+aiosqlite:///tinyworkflow.db"
 _DEFAULT_PREFIX = "tinyworkflow_"

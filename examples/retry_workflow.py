@@ -7,8 +7,7 @@ inside its step after 0.1, 0.2 and 0.4 s (each moved by up to 10 % of jitter), a
 run completes: the step's record keeps the attempt count, and each failed attempt is a
 `step_failed` event with its error and the delay before the next one. Then
 "unreachable_api" fails every call: after its retries the step fails, and so does the
-run, with the activity's error (expected here: the example checks it and exits 0;
-the library logs that failure as a warning on stderr).
+run, with the activity's error (expected here: the example checks it and exits 0).
 
 Runs on the default SQLite file ./tinyworkflow.db (or $TINYWORKFLOW_DATABASE_URL).
 """
