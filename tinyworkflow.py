@@ -26,8 +26,9 @@ stored result without running, and the run carries on where it stopped.
 
 Sections, in dependency order (grep for "# ---- "): statuses and models,
 errors, helpers, retry policy, time, storage (URLs, dialect, store, SQLite),
-registry and decorators, workflow context (replay), engine, client,
-command-line hand-off.
+registry and decorators, the workflow loop (each run's own deterministic event
+loop, which replays its steps' outcomes in their recorded order), workflow context,
+engine, client, command-line hand-off.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ __all__ = [
     "RunNotFoundError",
     "WorkflowNotFoundError",
     "RunStateError",
+    "WorkflowLoopError",
     "IdempotencyError",
     "WorkflowFailedError",
     "WorkerInfo",
@@ -347,6 +349,11 @@ class WorkflowFailedError(TinyWorkflowError):
         self.run_id, self.status, self.error = run_id, status, error
 
 
+class WorkflowLoopError(TinyWorkflowError, RuntimeError):
+    """Workflow code asked its deterministic loop for what it cannot do (I/O, threads,
+    subprocesses): do that in an activity."""
+
+
 class _Released(BaseException):
     """The worker is stopping: the run stops before its next step and is given back."""
 
@@ -358,19 +365,9 @@ class _StoreFailed(BaseException):
     workflow's own ``except Exception`` cannot swallow it."""
 
 
-class _Suspended(BaseException):
-    """The workflow waits for a timer longer than is worth holding in memory, for a
-    signal or for an approval: the execution stops and the run is parked until
-    ``wake_at`` (None: until a signal or the decision comes). Waiting for the approval
-    ``approval``, it is parked as ``paused``."""
-
-    def __init__(self, wake_at: Optional[float], approval: Optional[str] = None):
-        super().__init__(wake_at)
-        self.wake_at, self.approval = wake_at, approval
-
-
 class _ContinuedAsNew(BaseException):
-    """``ctx.continue_as_new``: the run ends and a successor with this input starts."""
+    """``ctx.continue_as_new``: the run ends and a successor with this input starts (the
+    execution knows already; this only leaves the workflow's code)."""
 
     def __init__(self, input_text: str):
         super().__init__(input_text)
@@ -1226,6 +1223,16 @@ _MIGRATIONS: list[list[str]] = [
         "ALTER TABLE {p}runs ADD COLUMN debounce_key {key}",
         "CREATE UNIQUE INDEX {p}runs_debounce ON {p}runs (debounce_key)",
     ],
+    [
+        # The order in which a run's steps' outcomes reached its workflow (a replay
+        # delivers them in that order), and the deadline of a wait (a decision that
+        # comes after it is refused).
+        "ALTER TABLE {p}steps ADD COLUMN seq {int}",
+        "ALTER TABLE {p}steps ADD COLUMN deadline {float}",
+        # Counts what came for a run (signals, decisions, children's ends): a run parks
+        # only if nothing came since it last looked.
+        "ALTER TABLE {p}runs ADD COLUMN inbox {int} NOT NULL DEFAULT 0",
+    ],
 ]
 
 _RUN_COLUMNS = (
@@ -1233,11 +1240,12 @@ _RUN_COLUMNS = (
     "retry_count", "max_retries", "timeout", "created_at", "started_at", "completed_at",
     "updated_at", "wake_at", "deadline_at", "owner", "lease_expires_at", "parent_run_id",
     "approval_required", "schedule_id", "scheduled_for", "idempotency_key", "queue_name",
-    "queue_key", "priority", "dequeued_at", "debounce_key",
+    "queue_key", "priority", "dequeued_at", "debounce_key", "inbox",
 )
 _STEP_TYPES = {"run_id": "key", "step": "int", "name": "key", "kind": "key", "status": "key",
                "input": "text", "output": "text", "error": "text", "attempts": "int",
-               "run_attempt": "int", "started_at": "float", "completed_at": "float"}
+               "run_attempt": "int", "started_at": "float", "completed_at": "float",
+               "seq": "int", "deadline": "float"}
 _STEP_COLUMNS = tuple(_STEP_TYPES)
 _WAITING = ("(status IN ('pending', 'retrying') "
             "OR (status IN ('running', 'paused') AND owner IS NULL))")
@@ -1386,20 +1394,14 @@ class _Store:
         ops += [self._event(run["run_id"], kind, data, run["created_at"]) for kind, data in events]
         await self.batch(ops + self._wake_ops(run["run_id"]))
 
-    async def start_child(self, parent: str, owner: str, now: float, step: dict,
-                          event: tuple, child: dict) -> bool:
-        """Record the parent's child step and insert the child run, in one transaction
-        fenced by the parent's owner token: a child exists exactly when its step does."""
-        return await self.batch([
-            (self._step_upsert_sql(),
-             (*(step[c] for c in _STEP_COLUMNS), parent, owner, "running")),
-            self._event(parent, *event, now),
-            self._insert(child),
-            self._event(child["run_id"], "workflow_created", {
-                "workflow_name": child["workflow_name"], "parent_run_id": parent,
-                "parent_step": step["step"]}, now),
-            *self._wake_ops(child["run_id"]),
-        ], fence=True)
+    def child_ops(self, parent: str, step: int, child: dict) -> list:
+        """Statements inserting a child run, to add to the write of its parent's step: a
+        child exists exactly when its step does."""
+        return [self._insert(child),
+                self._event(child["run_id"], "workflow_created", {
+                    "workflow_name": child["workflow_name"], "parent_run_id": parent,
+                    "parent_step": step}, child["created_at"]),
+                *self._wake_ops(child["run_id"])]
 
     async def continue_run(self, run_id: str, owner: str, now: float, successor: dict) -> bool:
         """End the run as ``continued`` and insert its successor, in one transaction;
@@ -1480,7 +1482,7 @@ class _Store:
                 "WHEN status = 'pending' AND queue_name IS NOT NULL THEN ? ELSE dequeued_at "
                 "END, status = CASE WHEN status = 'compensating' THEN status ELSE 'running' "
                 "END, owner = ?, lease_expires_at = ?, started_at = COALESCE(started_at, ?), "
-                "updated_at = ?, wake_at = NULL, approval_required = NULL, debounce_key = NULL "
+                "updated_at = ?, wake_at = NULL, debounce_key = NULL "
                 f"WHERE run_id IN ({marks})"),
                 (now, now, owner, real + lease, now, now, *ids))
             events = [self._event(run_id, *(
@@ -1677,44 +1679,82 @@ class _Store:
     # owner token is the run's and the run is running, so an executor that was cancelled
     # or lost its lease cannot write.
     async def suspend_run(self, run_id: str, owner: str, now: float,
-                          wake_at: Optional[float], approval: Optional[str] = None) -> bool:
-        """The run waits (a timer, a signal): it stays running but nobody holds it
-        (nothing in memory) until ``wake_at`` or, without one, a signal; then any
-        worker claims it and replays it. Waiting for the approval ``approval``, it is
-        ``paused`` with ``approval_required`` set until the decision or ``wake_at``."""
+                          wake_at: Optional[float], approval: Optional[str] = None,
+                          inbox: Optional[int] = None) -> bool:
+        """The run waits (timers, signals, approvals, children): it stays running but
+        nobody holds it (nothing in memory) until ``wake_at`` or something it waits for
+        comes; then any worker claims it and replays it. Waiting for an approval (the
+        first, ``approval``), it is ``paused``. With ``inbox`` (the count its executor
+        last looked at), only if nothing came for it since."""
         return await self.batch([
-            # A signal sent since the claim marked the run due (wake_at): it stays due,
-            # unless the run waits for an approval (wake_at is then exactly its deadline).
-            (self.sql("UPDATE {p}runs SET owner = NULL, lease_expires_at = NULL, wake_at = "
-                      + ("CASE WHEN wake_at IS NOT NULL AND wake_at <= ? THEN wake_at ELSE ? END"
-                         if approval is None else "?") +
-                      ", status = ?, approval_required = ?, updated_at = ? "
-                      "WHERE run_id = ? AND owner = ? AND status = 'running'"),
-             ((now, wake_at, "running") if approval is None else (wake_at, "paused"))
-             + (approval, now, run_id, owner)),
+            (self.sql("UPDATE {p}runs SET owner = NULL, lease_expires_at = NULL, wake_at = ?, "
+                      "status = ?, approval_required = ?, updated_at = ? WHERE run_id = ? AND "
+                      "owner = ? AND status = 'running'"
+                      + ("" if inbox is None else " AND inbox = ?")),
+             (wake_at, "running" if approval is None else "paused", approval, now, run_id,
+              owner) + (() if inbox is None else (inbox,))),
             self._event(run_id, "workflow_waiting" if approval is None else "workflow_paused",
                         {"wake_at": wake_at} if approval is None else
                         {"approval_required": approval, "wake_at": wake_at}, now),
             *self._wake_ops(run_id),  # other workers learn when it is due
         ], fence=True)
 
+    async def inbox(self, run_id: str) -> Optional[int]:
+        """How many things (signals, decisions, children's ends) came for the run."""
+        rows = await self.fetch(self.sql("SELECT inbox FROM {p}runs WHERE run_id = ?"),
+                                (run_id,))
+        return int(rows[0][0]) if rows else None
+
     async def decide_approval(self, run_id: str, key: str, approved: bool, now: float) -> bool:
-        """Record the decision on the approval ``key`` a paused run waits for, as the
-        result of its approval step, and make the run due; False (nothing written) if
-        the run is not paused waiting for ``key``, or its time is up (``wake_at``)."""
-        return await self.batch([
-            (self.sql("UPDATE {p}runs SET status = 'running', approval_required = NULL, "
-                      "wake_at = ?, updated_at = ? WHERE run_id = ? AND status = 'paused' "
-                      "AND approval_required = ? AND (wake_at IS NULL OR wake_at > ?)"),
-             (now, now, run_id, key, now)),
-            (self.sql("UPDATE {p}steps SET status = 'completed', output = ?, completed_at = ? "
-                      "WHERE run_id = ? AND kind = 'approval' AND name = ? "
-                      "AND status = 'waiting'"),
-             (_json(approved), now, run_id, key)),
-            self._event(run_id, "approval_granted" if approved else "approval_rejected",
-                        {"key": key}, now),
-            *self._wake_ops(run_id),
-        ], fence=True)
+        """Record the decision on the approval ``key`` the run waits for, as the result
+        of its approval step, and make the run due; False (nothing written) if the run
+        does not wait for ``key`` (not any more), or the wait's deadline has passed."""
+        async with self.transaction() as tx:
+            # The run's row first: the order every writer of a run's steps locks in.
+            if not await tx.fetch(self.sql(f"SELECT 1 FROM {{p}}runs WHERE run_id = ? AND "
+                                           f"status IN ('running', 'paused') "
+                                           f"{self.dialect.lock_update}"), (run_id,)):
+                return False
+            if not await tx.execute(self.sql(
+                    "UPDATE {p}steps SET status = 'completed', output = ?, completed_at = ? "
+                    "WHERE run_id = ? AND kind = 'approval' AND name = ? AND status = "
+                    "'waiting' AND (deadline IS NULL OR deadline > ?)"),
+                    (_json(approved), now, run_id, key, now)):
+                return False
+            await tx.execute(self.sql("UPDATE {p}runs SET status = 'running', inbox = inbox + "
+                                      "1, wake_at = ?, updated_at = ? WHERE run_id = ?"),
+                             (now, now, run_id))
+            await tx.execute(self.sql(_NEXT_APPROVAL), (run_id, run_id))
+            await tx.execute(*self._event(run_id, "approval_granted" if approved else
+                                          "approval_rejected", {"key": key}, now))
+            for op in self._wake_ops(run_id):
+                await tx.execute(*op)
+        return True
+
+    async def approval_steps(self, run_id: str, key: str) -> list:
+        """The statuses of the run's approval steps for ``key``, in step order."""
+        return [status for status, in await self.fetch(self.sql(
+            "SELECT status FROM {p}steps WHERE run_id = ? AND kind = 'approval' AND name = ? "
+            "ORDER BY step"), (run_id, key))]
+
+    async def time_out_approval(self, run_id: str, owner: str, now: float, row: dict,
+                                event: tuple) -> Optional[bool]:
+        """Record the approval step ``row`` as timed out unless a decision came first
+        (False); None if the run is no longer ``owner``'s."""
+        async with self.transaction() as tx:
+            if not await tx.fetch(self.sql(f"SELECT 1 FROM {{p}}runs WHERE run_id = ? AND "
+                                           f"owner = ? AND status = 'running' "
+                                           f"{self.dialect.lock_update}"), (run_id, owner)):
+                return None
+            if not await tx.execute(self.sql(
+                    "UPDATE {p}steps SET status = 'failed', error = ?, completed_at = ?, "
+                    "seq = ?, run_attempt = ? WHERE run_id = ? AND step = ? AND status = "
+                    "'waiting'"), (row["error"], now, row["seq"], row["run_attempt"], run_id,
+                                   row["step"])):
+                return False
+            await tx.execute(self.sql(_NEXT_APPROVAL), (run_id, run_id))
+            await tx.execute(*self._event(run_id, *event, now))
+        return True
 
     async def send_signal(self, run_id: str, name: str, payload: str, now: float) -> bool:
         """Store a signal for a run that is not finished (False if there is no such
@@ -1722,10 +1762,11 @@ class _Store:
         return await self.batch([
             # First, locking the run row: a run continuing as new meanwhile either passes
             # this signal on or has ended before (then the client sends to its successor).
-            # Marks a running run due: parked, it wakes; still executing, it will not park.
-            (self.sql("UPDATE {p}runs SET wake_at = CASE WHEN status = 'running' THEN ? "
-                      f"ELSE wake_at END, updated_at = ? WHERE run_id = ? AND {_NOT_TERMINAL}"),
-             (now, now, run_id)),
+            # Marks a waiting run due: parked, it wakes; still executing, it will not park
+            # (its inbox count changed).
+            (self.sql("UPDATE {p}runs SET wake_at = CASE WHEN status IN ('running', 'paused') "
+                      "THEN ? ELSE wake_at END, inbox = inbox + 1, updated_at = ? "
+                      f"WHERE run_id = ? AND {_NOT_TERMINAL}"), (now, now, run_id)),
             (self.sql("INSERT INTO {p}signals (run_id, name, payload, created_at) "
                       "VALUES (?, ?, ?, ?)"), (run_id, name, payload, now)),
             self._event(run_id, "signal_received", {"name": name}, now),
@@ -1749,17 +1790,13 @@ class _Store:
             if not rows:
                 return False, None
             signal_id, payload = rows[0]
-            row = {**step, "status": "completed", "output": payload, "error": None,
-                   "completed_at": now}
+            row = {**step, "output": payload}
             await tx.execute(self.sql("UPDATE {p}signals SET consumed_step = ? WHERE id = ?"),
                              (step["step"], signal_id))
             await tx.execute(self._step_upsert_sql(),
                              (*(row[c] for c in _STEP_COLUMNS), run_id, owner, "running"))
             await tx.execute(*self._event(run_id, "step_completed", {
                 "step": step["step"], "name": name, "kind": "signal"}, now))
-            # Consumed: the mark of its arrival goes (a later signal marks again).
-            await tx.execute(self.sql("UPDATE {p}runs SET wake_at = NULL WHERE run_id = ?"),
-                             (run_id,))
             return True, payload
 
     async def renew_lease(self, run_id: str, owner: str, now: float, lease_until: float,
@@ -1771,12 +1808,25 @@ class _Store:
             "owner = ?" + (" AND status = ?" if status else "")),
             (lease_until, now, run_id, owner, *((status,) if status else ())))], fence=True)
 
+    async def record_steps(self, run_id: str, owner: str, now: float, items: list,
+                           status: str = "running", extra: Optional[list] = None) -> bool:
+        """Record steps, each ``(row, event)``, and ``extra`` statements, in one
+        transaction, while the run is ``owner``'s and in ``status`` (running, or
+        compensating for a compensation)."""
+        if len(items) == 1 and not extra:
+            return await self.record_step(run_id, owner, now, *items[0], status)
+        ops = []
+        for row, event in items:
+            ops.append((self._step_upsert_sql(),
+                        (*(row[c] for c in _STEP_COLUMNS), run_id, owner, status)))
+            ops.append(self._event(run_id, *event, now))
+        return await self.batch(ops + (extra or []), fence=True)
+
     async def record_step(self, run_id: str, owner: str, now: float, step: dict,
                           event: tuple, status: str = "running") -> bool:
-        """Record a step of the run while it is ``owner``'s and in ``status`` (running,
-        or compensating for a compensation)."""
-        # The step row is selected *from* the run row that proves ownership, so the
-        # hot path writes no run row (the heartbeat renews the lease).
+        """Record one step (see ``record_steps``)."""
+        # The step row is selected *from* the run row that proves ownership, so the hot
+        # path writes no run row (the heartbeat renews the lease).
         return await self.batch([
             (self._step_upsert_sql(),
              (*(step[c] for c in _STEP_COLUMNS), run_id, owner, status)),
@@ -1807,8 +1857,9 @@ class _Store:
 
     def _wake_parent(self, parent: str, now: float) -> list:
         """Statements that make a parent waiting for its child due (as a signal does)."""
-        return [(self.sql("UPDATE {p}runs SET wake_at = ?, updated_at = ? "
-                          "WHERE run_id = ? AND status = 'running'"), (now, now, parent)),
+        return [(self.sql("UPDATE {p}runs SET wake_at = ?, inbox = inbox + 1, updated_at = ? "
+                          "WHERE run_id = ? AND status IN ('running', 'paused')"),
+                 (now, now, parent)),
                 *self._wake_ops(parent)]
 
     async def retry_run(self, run_id: str, owner: str, now: float, wake_at: float,
@@ -1960,8 +2011,9 @@ class _Store:
 
     async def pending_approvals(self) -> list:
         rows = await self.fetch(self.sql(f"SELECT {', '.join(_RUN_COLUMNS)} FROM {{p}}runs "
-                                         "WHERE status = 'paused' AND approval_required IS NOT "
-                                         "NULL ORDER BY updated_at, run_id"))
+                                         "WHERE status IN ('running', 'paused') AND "
+                                         "approval_required IS NOT NULL "
+                                         "ORDER BY updated_at, run_id"))
         return [dict(zip(_RUN_COLUMNS, row)) for row in rows]
 
     async def latest_event(self, run_id: str, key: str) -> Optional[tuple]:
@@ -1971,9 +2023,11 @@ class _Store:
             "AND status = 'completed' ORDER BY step DESC LIMIT 1"), (run_id, key))
         return (rows[0][0],) if rows else None
 
-    async def load_steps(self, run_id: str) -> dict:
+    async def load_steps(self, run_id: str, step: Optional[int] = None) -> dict:
+        """The run's steps (or only ``step``) by number."""
+        where, params = ("", (run_id,)) if step is None else (" AND step = ?", (run_id, step))
         rows = await self.fetch(self.sql(f"SELECT {', '.join(_STEP_COLUMNS)} FROM {{p}}steps "
-                                         "WHERE run_id = ? ORDER BY step"), (run_id,))
+                                         f"WHERE run_id = ?{where} ORDER BY step"), params)
         return {row[1]: dict(zip(_STEP_COLUMNS, row)) for row in rows}
 
     async def events(self, run_id: str, limit: int) -> list:
@@ -2123,22 +2177,6 @@ def _check_timeout(what: str, timeout: Any) -> None:
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                 or not math.isfinite(timeout) or timeout < 0):
         raise ValueError(f"{what} timeout must be None or seconds >= 0, got {timeout!r}")
-
-
-async def _signal_comes(key: str, run_id: str, wait: Callable, seconds: Optional[float],
-                        real: float) -> bool:
-    """Wait (``Clock.wait``) up to ``seconds`` and ``real`` seconds for a signal to this run
-    sent from this process (or, on PostgreSQL, notified from another); True if one
-    came."""
-    event = asyncio.Event()
-    waiters = _SIGNAL_WAITERS.setdefault((key, run_id), set())
-    waiters.add(event)
-    try:
-        return await wait(event, seconds, real)
-    finally:
-        waiters.discard(event)
-        if not waiters:
-            _SIGNAL_WAITERS.pop((key, run_id), None)
 
 
 class _SQLiteStore(_Store):
@@ -3579,7 +3617,16 @@ def _parallel_call(call: Any) -> tuple:
     )
 
 
-# ---- workflow context (replay) ----------------------------------------------------------
+# ---- the workflow loop ------------------------------------------------------------------
+#
+# Workflow code does not run on the application's event loop: each execution of a run
+# gets a small event loop of its own (_WorkflowLoop), stepped by the engine from the real
+# loop. Steps are futures on it. Whatever asyncio composes from them -- gather, wait,
+# wait_for, timeout, TaskGroup, as_completed, Event -- sees their outcomes one at a time,
+# in the order recorded with them (each outcome's ``seq``), with the loop run until idle
+# in between (an *activation*). A replay delivers the recorded outcomes in that order,
+# so every race takes the branch it took the first time. The loop's time is the
+# recorded time of the activation; its timers are durable timers.
 
 
 class ActivityInfo(NamedTuple):
@@ -3612,21 +3659,191 @@ def activity_info() -> ActivityInfo:
             from None
 
 
+class _WorkflowLoop(asyncio.AbstractEventLoop):
+    """The event loop one execution's workflow code runs on. Only what a deterministic
+    program needs: ready callbacks run in FIFO order (``run_until_idle``), the time is
+    the activation's recorded time, and ``call_at``/``call_later`` are durable timers
+    (steps of the run). Everything that would reach outside -- sockets, threads,
+    subprocesses, signals -- is refused with an error that says to use an activity."""
+
+    def __init__(self, execution: "_Execution", now: float):
+        self._execution = execution
+        self._ready: collections.deque = collections.deque()
+        self._now = now
+        self._closed = False
+        self._exception_handler: Optional[Callable] = None
+
+    def run_until_idle(self) -> None:
+        """Run ready callbacks, with this loop as the running loop, until none is left."""
+        real = asyncio._get_running_loop()
+        asyncio._set_running_loop(self)
+        try:
+            while self._ready:
+                handle, callback, args, context = self._ready.popleft()
+                if handle.cancelled():
+                    continue
+                try:
+                    context.run(callback, *args)
+                except (SystemExit, Exception) as exc:  # a task stored it already
+                    self.call_exception_handler({"message": "workflow callback failed",
+                                                 "exception": exc, "handle": handle})
+        finally:
+            asyncio._set_running_loop(real)
+
+    # -- what asyncio calls
+    def time(self) -> float:
+        return self._now
+
+    def call_soon(self, callback: Callable, *args: Any, context=None) -> asyncio.Handle:
+        context = context if context is not None else contextvars.copy_context()
+        handle = asyncio.Handle(callback, args, self, context)
+        if not self._closed:
+            self._ready.append((handle, callback, args, context))
+        return handle
+
+    def call_at(self, when: float, callback: Callable, *args: Any,
+                context=None) -> asyncio.TimerHandle:
+        return self._execution.timer(when, callback, args, context)
+
+    def call_later(self, delay: float, callback: Callable, *args: Any,
+                   context=None) -> asyncio.TimerHandle:
+        return self.call_at(self._now + delay, callback, *args, context=context)
+
+    def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
+        self._execution.timer_cancelled(handle)
+
+    def create_future(self) -> asyncio.Future:
+        return asyncio.Future(loop=self)
+
+    def create_task(self, coro, *, name=None, context=None) -> asyncio.Task:
+        options = {} if context is None else {"context": context}
+        return asyncio.Task(coro, loop=self, name=name, **options)
+
+    def is_running(self) -> bool:
+        return asyncio._get_running_loop() is self
+
+    def is_closed(self) -> bool:
+        return self._closed
+
+    def get_debug(self) -> bool:
+        return False
+
+    def set_debug(self, enabled: bool) -> None:
+        pass
+
+    def set_exception_handler(self, handler: Optional[Callable]) -> None:
+        self._exception_handler = handler
+
+    def get_exception_handler(self) -> Optional[Callable]:
+        return self._exception_handler
+
+    def default_exception_handler(self, context: dict) -> None:
+        exc = context.get("exception")
+        _log.debug("run %s: %s", self._execution.run_id, context.get("message"),
+                   exc_info=None if exc is None else (type(exc), exc, exc.__traceback__))
+
+    def call_exception_handler(self, context: dict) -> None:
+        if self._closed:  # a torn-down execution's tasks and futures: nothing to say
+            return
+        if self._exception_handler is not None:
+            self._exception_handler(self, context)
+        else:
+            self.default_exception_handler(context)
+
+
+def _refused(name: str) -> Callable:
+    def refuse(self: _WorkflowLoop, *args: Any, **kwargs: Any) -> NoReturn:
+        raise self._execution.refuse(name)
+    refuse.__name__ = name
+    return refuse
+
+
+for _name in ("run_in_executor", "set_default_executor", "getaddrinfo", "getnameinfo",
+              "create_connection", "create_server", "create_unix_connection",
+              "create_unix_server", "create_datagram_endpoint", "connect_accepted_socket",
+              "sendfile", "start_tls", "sock_recv", "sock_recv_into", "sock_recvfrom",
+              "sock_recvfrom_into", "sock_sendall", "sock_sendto", "sock_connect",
+              "sock_accept", "sock_sendfile", "add_reader", "remove_reader", "add_writer",
+              "remove_writer", "connect_read_pipe", "connect_write_pipe", "subprocess_exec",
+              "subprocess_shell", "add_signal_handler", "remove_signal_handler",
+              "call_soon_threadsafe", "run_forever", "run_until_complete", "stop", "close",
+              "shutdown_asyncgens", "shutdown_default_executor", "set_task_factory"):
+    setattr(_WorkflowLoop, _name, _refused(_name))
+
+
+class _Step(asyncio.Future):
+    """The outcome of a step, on its run's workflow loop (and awaitable only there)."""
+
+    def __await__(self):
+        if asyncio._get_running_loop() is not self.get_loop():
+            raise RunStateError(
+                f"a step of run {self.get_loop()._execution.run_id} was awaited outside "
+                "that run's workflow (from another run, an activity or the application); "
+                "await a step only in the workflow that called it")
+        return (yield from super().__await__())
+
+
+def _settle_future(future: asyncio.Future, value: Any) -> None:
+    if future.done():
+        return
+    if isinstance(value, BaseException):
+        future.set_exception(value)
+    else:
+        future.set_result(value)
+
+
+async def _shielded(awaitable: Awaitable) -> Any:
+    """Await a write that must not be cut off halfway: a cancellation waits for it to
+    end (its outcome stands), then propagates."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        while not task.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({task})
+        _retrieve(task)
+        raise
+
+
+class _Notify:
+    """An execution's wake-up: ``set`` by a signal, a decision or a child's end that
+    concerns it (``came``), and by its own steps' outcomes (``event`` only)."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.came = True  # at the start: whatever came while it was parked
+
+    def set(self) -> None:
+        self.came = True
+        self.event.set()
+
+
+@dataclasses.dataclass
+class _Wait:
+    """A durable wait of the workflow: a timer, a signal, an approval or a child's end."""
+
+    kind: str
+    step: int
+    name: str
+    deadline: Optional[float]
+    target: Any  # the future (signal, approval, child) or the timer's handle
+    row: Optional[dict] = None  # its 'waiting' row, if one is recorded
+    child_id: Optional[str] = None
+
+
 class ChildWorkflowHandle:
     """A child run started by ``ctx.start_child_workflow``: ``run_id`` and
     ``workflow_name`` name it, ``await handle`` gives its result (or raises
     ``WorkflowFailedError``); awaiting it again gives the same outcome."""
 
-    def __init__(self, ctx: "WorkflowContext", row: dict):
-        self.run_id: str = _loads(row["output"])["run_id"]
-        self.workflow_name: str = row["name"]
-        self._ctx, self._row = ctx, row
-        self._outcome: Optional[asyncio.Future] = None
+    def __init__(self, run_id: str, workflow_name: str, outcome: asyncio.Future):
+        self.run_id, self.workflow_name, self._outcome = run_id, workflow_name, outcome
 
     def __await__(self):
-        if self._outcome is None:
-            self._outcome = asyncio.ensure_future(self._ctx._join(self._row))
-            self._ctx._joins.add(self._outcome)
+        if asyncio._get_running_loop() is not self._outcome.get_loop():
+            raise RunStateError(f"child run {self.run_id} was awaited outside the workflow "
+                                "that started it; await a handle only there")
         # Shielded: one awaiter given up on (a wait_for timing out) leaves it for others.
         return asyncio.shield(self._outcome).__await__()
 
@@ -3634,24 +3851,852 @@ class ChildWorkflowHandle:
         return f"<ChildWorkflowHandle {self.workflow_name!r} run_id={self.run_id!r}>"
 
 
+class _Execution:
+    """One execution of a run: its workflow loop, the history it replays, its steps in
+    flight, and the driver (``drive``) that steps the loop from the real one.
+
+    Outcomes reach the workflow one at a time, in ``seq`` order: first those recorded
+    (a replay), then new ones, each only once its record is durable. A step that only
+    writes (an event, a compensation, a patch marker, a child's start, a wait's row) is
+    written after the activation that called it, before anything else is delivered.
+    The run leaves memory only when nothing is in flight and all it awaits is durable.
+    """
+
+    def __init__(self, engine: "_Engine", run: dict, history: dict):
+        self.engine, self.store, self.run, self.history = engine, engine.store, run, history
+        self.run_id, self.owner, self.attempt = run["run_id"], run["owner"], run["retry_count"]
+        self.real = asyncio.get_running_loop()
+        started = run["started_at"] if run["started_at"] is not None else engine.clock()
+        self.loop = _WorkflowLoop(self, started)
+        self.random = random.Random(self.run_id)  # str seeds are hashed stably (sha512)
+        self.next_step = 1
+        self.last_recorded = max(history, default=0)
+        self.seq = max((row["seq"] or 0 for row in history.values()), default=0)
+        self.recorded: list = []  # heap of (seq, step): recorded outcomes of called steps
+        self.unsequenced: list = []  # called steps with an outcome recorded but no seq yet
+        self.arrived: list = []  # heap of (seq, step, row, exception): new outcomes, durable
+        self.unsettled: set = set()  # seqs whose record is being written
+        self.targets: dict = {}  # step -> (kind, what its outcome goes to)
+        self.waits: dict[int, _Wait] = {}  # durable waits not over yet
+        self.unchecked: set = set()  # waits to look at the next check
+        self.timers: dict[int, int] = {}  # id(timer handle) -> step
+        self.inflight: dict[int, asyncio.Task] = {}  # step -> its activity's task
+        self.abandoned: set = set()  # steps the workflow cancelled while in flight
+        self.writes: list = []  # (row, event, extra) to record after this activation
+        self.markers: list = []  # (row, event) of patch markers, for the next write
+        self.resolutions: list = []  # (future, value) settled after those writes
+        self.flushing: Optional[asyncio.Future] = None
+        self.fatal: Optional[BaseException] = None  # fails the attempt, whatever is caught
+        self.stop: Optional[BaseException] = None  # ends the execution (not the run)
+        self.closing = False  # the workflow ended: nothing new starts
+        self.torn_down = False
+        self.successor: Optional[str] = None  # continue_as_new's input
+        self.notify = _Notify()
+        self.inbox: Optional[int] = None  # the run's inbox count at the last check
+        self.waited = False  # waited in memory since the last outcome
+        self.main: Optional[asyncio.Task] = None
+        self.ctx = WorkflowContext(self, run)
+
+    # -- numbering and history
+    def peek(self) -> int:
+        """The next step number (runs recorded by older versions had ``value`` steps for
+        ctx.now() and the like: they are passed over)."""
+        step = self.next_step
+        while step in self.history and self.history[step]["kind"] == "value":
+            step += 1
+        return step
+
+    def new_step(self) -> int:
+        step = self.peek()
+        self.next_step = step + 1
+        return step
+
+    def usable(self) -> None:
+        """Refuse a ctx call made outside this run's workflow code, or after it ended."""
+        if asyncio._get_running_loop() is not self.loop:
+            raise RunStateError(
+                f"the context of run {self.run_id} ({self.run['workflow_name']!r}) is used "
+                + ("after its execution ended" if self.loop.is_closed() else
+                   "outside its workflow code (from another run, an activity or the "
+                   "application)") + "; use ctx only inside the workflow it was given to",
+                run_id=self.run_id, status="ended" if self.loop.is_closed() else "")
+
+    def refuse(self, what: str) -> BaseException:
+        error = WorkflowLoopError(
+            f"workflow code of run {self.run_id} ({self.run['workflow_name']!r}) called "
+            f"loop.{what}(): a workflow runs on a deterministic loop that does no I/O, "
+            "threads or subprocesses; do that in an activity (ctx.execute_activity)")
+        self.fatal = self.fatal or error
+        return error
+
+    def check_replay(self, step: int, record: dict, kind: str, name: str) -> None:
+        if record["kind"] == kind and (kind == "timer" or record["name"] == name):
+            return
+        error = NonDeterminismError(
+            f"step {step} of run {self.run_id} (workflow {self.run['workflow_name']!r}) was "
+            f"recorded as {record['kind']} {record['name']!r} but the code now calls "
+            f"{kind} {name!r}; a workflow must call its steps in the same order every "
+            "time it runs: branch new code with `if ctx.patched(\"change-id\"):` so "
+            "that runs started with the old code keep its path, or let them finish "
+            "(or cancel them) before reordering, adding or removing steps",
+            run_id=self.run_id, step=step, recorded=record["name"], requested=name)
+        self.fatal = self.fatal or error
+        raise error
+
+    def expect(self, step: int, record: dict) -> None:
+        """The recorded outcome of a called step reaches the workflow in its turn."""
+        if record["seq"] is not None:
+            heapq.heappush(self.recorded, (record["seq"], step))
+        else:  # decided by an approver, or recorded by an older version
+            self.unsequenced.append(step)
+
+    def row(self, step: int, name: str, kind: str, status: str, **columns: Any) -> dict:
+        return {"run_id": self.run_id, "step": step, "name": name, "kind": kind,
+                "status": status, "input": None, "output": None, "error": None,
+                "attempts": 1, "run_attempt": self.attempt, "started_at": self.loop.time(),
+                "completed_at": None, "seq": None, "deadline": None, **columns}
+
+    def blocked(self) -> bool:
+        """Whether a new step that works (an activity, a child) may not start now."""
+        if self.closing:
+            return True
+        if self.owner in self.engine.draining:  # the worker stops: give the run back
+            self.stop = self.stop or _Released(self.run_id)
+            return True
+        return False
+
+    # -- steps
+    def activity(self, definition: _ActivityDef, args: tuple, kwargs: dict) -> _Step:
+        step, future = self.new_step(), _Step(loop=self.loop)
+        self.targets[step] = ("activity", future)
+        record, attempts = self.history.get(step), 0
+        if record is not None:
+            self.check_replay(step, record, "activity", definition.name)
+            # A failure in an earlier attempt of the run runs again (that is what a
+            # workflow retry means); any other outcome is the step's.
+            if record["status"] == "completed" or (record["status"] in ("failed", "cancelled")
+                                                  and record["run_attempt"] == self.attempt):
+                self.expect(step, record)
+                return future
+            if record["run_attempt"] == self.attempt:
+                attempts = record["attempts"]  # crashed while retrying: keep counting
+        if self.blocked():
+            return future
+        self.inflight[step] = asyncio.Task(
+            self.activity_task(step, definition, args, kwargs, attempts), loop=self.real)
+        future.add_done_callback(lambda f: self.abandon(step, f))
+        return future
+
+    def abandon(self, step: int, future: asyncio.Future) -> None:
+        """The workflow cancelled a step in flight: its activity is cancelled too."""
+        task = self.inflight.get(step)
+        if future.cancelled() and task is not None and not task.done():
+            self.abandoned.add(step)
+            task.cancel()
+
+    def timer(self, when: float, callback: Callable, args: tuple, context: Any,
+              name: str = "timer", future: Optional[asyncio.Future] = None
+              ) -> asyncio.TimerHandle:
+        """A durable timer: a step recorded when it fires (``ctx.sleep``'s also when set).
+        Its deadline is the workflow's time plus the delay, the same on every replay."""
+        self.usable()
+        step, record = self.new_step(), None
+        record = self.history.get(step)
+        context = context if context is not None else contextvars.copy_context()
+        if record is not None:
+            self.check_replay(step, record, "timer", name)
+            if record["status"] != "completed":
+                when = _recorded_deadline(record, when)
+        handle = asyncio.TimerHandle(when, callback, args, self.loop, context)
+        self.targets[step] = ("timer", (handle, callback, args, context))
+        if record is not None and record["status"] == "completed":
+            self.expect(step, record)
+            return handle
+        wait = _Wait("timer", step, name, when, handle)
+        if record is not None:
+            wait.row = record
+        elif future is not None:  # ctx.sleep: the timer is set as a step of its own
+            wait.row = self.row(step, name, "timer", "waiting", output=_json(when),
+                                deadline=when, input=_json({"until": when}))
+            self.writes.append((wait.row, ("timer_set", {
+                "step": step, "wake_at": when, "at": _dt(when).isoformat()}), ()))
+        self.waits[step] = wait
+        self.timers[id(handle)] = step
+        return handle
+
+    def timer_cancelled(self, handle: asyncio.TimerHandle) -> None:
+        step = self.timers.pop(id(handle), None)
+        wait = self.waits.pop(step, None) if step is not None else None
+        if wait is not None:
+            self.forget(wait)
+
+    def forget(self, wait: _Wait) -> None:
+        """A wait the workflow gave up before it ended: its row says so."""
+        self.unchecked.discard(wait.step)
+        if wait.row is not None and wait.row["status"] == "waiting" and not self.torn_down:
+            wait.row = {**wait.row, "status": "cancelled"}
+            extra = ()
+            if wait.kind == "approval":
+                extra = ((self.store.sql(_NEXT_APPROVAL), (self.run_id, self.run_id)),)
+            self.writes.append((wait.row, ("step_cancelled", {
+                "step": wait.step, "name": wait.name, "kind": wait.kind}), extra))
+
+    def wait(self, kind: str, name: str, timeout: Optional[float], event: str) -> _Step:
+        """A signal or approval wait: its row is recorded with the deadline, then a check
+        (a signal stored already is taken at once) or a decision ends it."""
+        step, future = self.new_step(), _Step(loop=self.loop)
+        self.targets[step] = (kind, future)
+        record = self.history.get(step)
+        if record is not None:
+            self.check_replay(step, record, kind, name)
+            if record["status"] in ("completed", "failed"):
+                self.expect(step, record)
+                return future
+            deadline = _recorded_deadline(record, None)
+            row = record
+        else:
+            deadline = None if timeout is None else self.loop.time() + timeout
+            row = self.row(step, name, kind, "waiting", deadline=deadline, output=_json(deadline),
+                           input=_json({"timeout": timeout, "deadline": deadline}))
+            extra = ((self.store.sql("UPDATE {p}runs SET approval_required = COALESCE("
+                                     "approval_required, ?) WHERE run_id = ?"),
+                      (name, self.run_id)),) if kind == "approval" else ()
+            self.writes.append((row, (event, {"step": step, "name" if kind == "signal"
+                                              else "key": name, "timeout": timeout}), extra))
+        wait = _Wait(kind, step, name, deadline, future, row)
+        self.waits[step] = wait
+        if kind == "signal" or record is not None:
+            self.unchecked.add(step)
+        future.add_done_callback(lambda f: f.cancelled() and self.waits.pop(step, None)
+                                 and self.forget(wait))
+        return future
+
+    def start_child(self, workflow_name: str, input_text: Optional[str],
+                    workflow_id: Optional[str], record: Optional[dict], step: int) -> _Step:
+        future = _Step(loop=self.loop)
+        if record is not None:
+            self.resolutions.append((future, self.child_handle(step, record)))
+        elif not self.blocked():
+            row = self.row(step, workflow_name, "child", "waiting", input=input_text)
+            self.writes.append((row, None, (workflow_name, input_text, workflow_id, future)))
+        return future
+
+    def child_handle(self, step: int, record: dict) -> ChildWorkflowHandle:
+        child_id = _loads(record["output"])["run_id"]
+        outcome = _Step(loop=self.loop)
+        self.targets[step] = ("child", outcome)
+        if record["status"] in ("completed", "failed"):
+            self.expect(step, record)
+        else:
+            self.waits[step] = _Wait("child", step, record["name"], None, outcome, record,
+                                     child_id)
+            self.unchecked.add(step)
+        return ChildWorkflowHandle(child_id, record["name"], outcome)
+
+    # -- outcomes
+    def allocate(self) -> int:
+        self.seq += 1
+        self.unsettled.add(self.seq)
+        return self.seq
+
+    def arrive(self, step: int, row: dict, exc: Optional[BaseException] = None) -> None:
+        self.unsettled.discard(row["seq"])
+        heapq.heappush(self.arrived, (row["seq"], step, row, exc))
+        self.notify.event.set()
+
+    def deliver(self, step: int, row: dict, exc: Optional[BaseException] = None) -> None:
+        """Hand a step's outcome to the workflow (an activation follows)."""
+        self.loop._now = max(self.loop._now, row["completed_at"] or self.loop._now)
+        self.waited = False
+        kind, target = self.targets[step]
+        if kind == "timer":
+            handle, callback, args, context = target
+            self.timers.pop(id(handle), None)
+            self.waits.pop(step, None)
+            if not handle.cancelled():
+                self.loop.call_soon(callback, *args, context=context)
+            return
+        self.waits.pop(step, None)
+        if target.done():  # given up by the workflow (a race it lost, a timeout)
+            return
+        status = row["status"]
+        if status == "cancelled":
+            target.cancel()
+        elif status == "completed":
+            value = _loads(row["output"])
+            target.set_result(value["result"] if kind == "child" else value)
+        elif exc is not None:
+            target.set_exception(exc)
+        else:
+            error = _loads(row["error"])
+            if kind in ("signal", "approval"):
+                target.set_exception(TimeoutError(error["message"]))
+            elif kind == "child":
+                target.set_exception(WorkflowFailedError(
+                    error["message"], run_id=error["run_id"], status=error["status"],
+                    error=error["error"]))
+            else:
+                target.set_exception(_rebuild_error(error, self.run_id, step))
+
+    async def record(self, row: dict, event: Optional[tuple], fence: str = "running",
+                     extra: tuple = ()) -> None:
+        """Record a step, fenced by this execution's owner token and the run's status
+        (``fence``: running, or compensating for a compensation: once a run compensates,
+        what is left of its forward execution can record nothing)."""
+        await self.write([(row, event)], fence, extra)
+
+    async def write(self, items: list, fence: str = "running", extra: tuple = ()) -> None:
+        """Record steps in one transaction, with the patch markers not recorded yet: a
+        marker matters only to a replay that finds steps recorded after it, so it goes
+        with the next write, and every later write waits until it is in."""
+        while self.flushing is not None and not self.flushing.done():
+            await asyncio.wait({self.flushing})
+        markers, self.markers = self.markers, []
+        if markers:
+            self.flushing = self.real.create_future()
+            items = markers + items
+        try:
+            await self.write_now(items, fence, extra)
+        finally:
+            if markers:
+                self.flushing.set_result(None)
+
+    async def write_now(self, items: list, fence: str, extra: tuple) -> None:
+        now = self.engine.clock()
+        for row, _ in items:
+            if row["completed_at"] is None and row["status"] not in ("waiting", "registered"):
+                row["completed_at"] = now
+        try:
+            ours = await self.store.record_steps(self.run_id, self.owner, now, items, fence,
+                                                 list(extra))
+        except Exception as exc:
+            if self.store.transient(exc):  # the database's trouble, not the workflow's
+                raise _StoreFailed(self.run_id, exc) from exc
+            # The database refuses this value (too large for it, say): it always will.
+            row = items[0][0]
+            error = SerializationError(
+                f"step {row['step']} ({row['name']}) of run {self.run_id} could not be "
+                f"stored: {type(exc).__name__}: {exc}")
+            self.fatal = self.fatal or error
+            raise error from exc
+        if not ours:
+            raise _LostOwnership(self.run_id)
+
+    async def record_outcome(self, step: int, row: dict, event: tuple,
+                             exc: Optional[BaseException] = None) -> None:
+        """Record a new outcome with the next seq; it reaches the workflow in that order."""
+        row["seq"] = self.allocate()
+        try:
+            await self.record(row, event)
+        except BaseException:
+            self.unsettled.discard(row["seq"])
+            raise
+        self.arrive(step, row, exc)
+
+    async def activity_task(self, step: int, definition: _ActivityDef, args: tuple,
+                            kwargs: dict, attempts: int) -> None:
+        """An activity step on the real loop: its attempts, its outcome recorded, then
+        handed to the workflow. A failure to record stops the execution."""
+        try:
+            row, exc = await self.run_activity(step, definition, args, kwargs, attempts)
+            self.arrive(step, row, exc)
+        except (_StoreFailed, _LostOwnership, _Released) as stop:
+            self.stop = self.stop or stop
+        except (asyncio.CancelledError, SerializationError):  # stopping; or fatal
+            pass
+        except Exception as exc:  # a bug of ours: the attempt fails, visibly
+            _log.exception("run %s: step %d could not be completed", self.run_id, step)
+            self.fatal = self.fatal or exc
+        finally:
+            self.inflight.pop(step, None)
+            self.notify.event.set()
+
+    async def run_activity(self, step: int, definition: _ActivityDef, args: tuple,
+                           kwargs: dict, attempts: int, kind: str = "activity") -> tuple:
+        """Attempt the activity with its retry policy and record its outcome: (row,
+        exception or None). A workflow's step gets the next seq; a compensation none."""
+        engine, policy = self.engine, definition.retry_policy
+        started = engine.clock()
+        arguments = _dumps_lenient({"args": args, "kwargs": kwargs})
+        fence = "compensating" if kind == "compensation" else "running"
+        while True:
+            if attempts and self.owner in engine.draining:
+                raise _Released(self.run_id)  # between attempts: the failures are recorded
+            attempts += 1
+            row = {**self.row(step, definition.name, kind, "", input=arguments,
+                              attempts=attempts, started_at=started)}
+            token = _CURRENT_ACTIVITY.set(ActivityInfo(
+                self.run_id, self.run["workflow_id"], self.run["workflow_name"], step,
+                definition.name, attempts))
+            _WORK.count += 1  # in flight until it returns or its timeout abandons it
+            error: Optional[BaseException] = None
+            try:
+                result = await _with_timeout(
+                    definition.call(args, kwargs), definition.timeout,
+                    lambda: ActivityTimeoutError(
+                        f"activity {definition.name!r} (step {step} of run {self.run_id}) "
+                        f"timed out after {definition.timeout} s"), settle=False)
+                output = _dumps(result, f"the result of activity {definition.name!r} "
+                                        f"(step {step} of run {self.run_id})")
+            except asyncio.CancelledError as exc:
+                if step not in self.abandoned:
+                    raise
+                error = exc
+            except Exception as exc:
+                error = exc
+            finally:
+                _WORK.count -= 1
+                _CURRENT_ACTIVITY.reset(token)
+            if isinstance(error, asyncio.CancelledError):  # the workflow gave it up
+                row.update(status="cancelled", error=_dumps_lenient(_error_record(error)))
+                return await self.final(row, ("step_cancelled", {
+                    "step": step, "name": definition.name, "kind": kind}), fence), None
+            if error is None:
+                row.update(status="completed", output=output)
+                return await self.final(row, ("step_completed", {
+                    "step": step, "name": definition.name, "attempts": attempts,
+                    "duration_ms": round((engine.clock() - started) * 1000, 3)}), fence), None
+            retry = attempts <= policy.max_retries and not isinstance(error, SerializationError)
+            delay = policy.calculate_delay(attempts - 1) if retry else None
+            row.update(status="retrying" if retry else "failed",
+                       error=_dumps_lenient(_error_record(error)))
+            event = ("step_failed", {"step": step, "name": definition.name,
+                                     "attempt": attempts, "error": _error_text(error),
+                                     "retry_in": delay})
+            if not retry:
+                return await self.final(row, event, fence), error
+            await self.record(row, event, fence)
+            _log.info("run %s step %d (%s) attempt %d failed, retrying in %.2fs: %s",
+                      self.run_id, step, definition.name, attempts, delay, _error_text(error))
+            try:
+                await engine.sleep(delay)
+            except asyncio.CancelledError:
+                if step not in self.abandoned:
+                    raise
+                row.update(status="cancelled")
+                return await self.final(row, ("step_cancelled", {
+                    "step": step, "name": definition.name, "kind": kind}), fence), None
+
+    async def final(self, row: dict, event: tuple, fence: str) -> dict:
+        """Record an activity's outcome, whole even if the workflow gives the step up
+        meanwhile (with the next seq for a workflow's step)."""
+        if fence == "running":
+            row["seq"] = self.allocate()
+        try:
+            await _shielded(self.record(row, event, fence))
+        except asyncio.CancelledError:
+            if row["step"] not in self.abandoned:
+                self.unsettled.discard(row["seq"])
+                raise
+        except BaseException:
+            self.unsettled.discard(row["seq"])
+            raise
+        return row
+
+    # -- the driver
+    async def drive(self, definition: _WorkflowDef) -> tuple:
+        """Step the workflow until it ends (("completed", output), ("failed", error),
+        ("continued", input)) or is parked (("parked",)). Raises what stops the
+        execution but not the run (_StoreFailed, _LostOwnership, _Released, a
+        cancellation from outside); steps in flight are stopped first."""
+        waiters = _SIGNAL_WAITERS.setdefault((self.store.key, self.run_id), set())
+        waiters.add(self.notify)
+        try:
+            self.main = self.loop.create_task(definition.fn(self.ctx))
+            return await self.step()
+        except BaseException:
+            await self.halt(abandon=False)
+            raise
+        finally:
+            waiters.discard(self.notify)
+            if not waiters:
+                _SIGNAL_WAITERS.pop((self.store.key, self.run_id), None)
+            self.teardown()
+
+    async def step(self) -> tuple:
+        engine, loop, deadline = self.engine, self.loop, self.run["deadline_at"]
+        while True:
+            self.notify.event.clear()  # before looking: nothing set from here on is missed
+            loop.run_until_idle()
+            if self.stop is not None:
+                if isinstance(self.stop, _Released) and self.inflight:
+                    await asyncio.wait(list(self.inflight.values()))  # the grace period
+                raise self.stop
+            if self.writes or self.resolutions:
+                await self.flush()
+                continue
+            if self.fatal is not None or self.main.done() or self.successor is not None:
+                return await self.end()
+            now = engine.clock()
+            if deadline is not None and now >= deadline:
+                return await self.end(timed_out=True)
+            if self.recorded:  # a replay: the recorded outcomes first, in their order
+                self.deliver_recorded()
+                continue
+            if self.unsequenced:
+                await self.sequence(self.unsequenced.pop(0))
+                continue
+            if self.deliver_arrived():
+                continue
+            due = min(((w.deadline, w.step) for w in self.waits.values()
+                       if w.deadline is not None), default=None)
+            if due is not None and due[0] <= now:
+                await self.expire(self.waits.pop(due[1]))
+                continue
+            # (Not while an outcome awaits its turn: a signal taken now would go to a
+            # wait that outcome may make the workflow give up.)
+            if not self.unsettled and not self.arrived and (self.unchecked or (
+                    self.notify.came and any(w.kind != "timer" for w in self.waits.values()))):
+                self.notify.came = False
+                await self.check()
+                continue
+            wake = min((t for t in (due and due[0], deadline) if t is not None), default=None)
+            if self.inflight or self.unsettled or self.arrived:
+                # Working: until an outcome, a deadline, or (another process may send
+                # a signal or decide) a look at the run's inbox now and then.
+                polls = any(w.kind != "timer" for w in self.waits.values())
+                if not await engine.wait(self.notify.event, None if wake is None else
+                                         wake - now, _SLEEP_IN_MEMORY if polls else None):
+                    self.notify.came = self.notify.came or polls
+                continue
+            if await self.quiescent(now, wake):
+                return ("parked",)
+
+    def deliver_arrived(self) -> bool:
+        """Deliver the next new outcome, if every one before it is recorded."""
+        if not self.arrived or (self.unsettled and self.arrived[0][0] > min(self.unsettled)):
+            return False
+        _, step, row, exc = heapq.heappop(self.arrived)
+        self.deliver(step, row, exc)
+        return True
+
+    def deliver_recorded(self) -> None:
+        step = heapq.heappop(self.recorded)[1]
+        self.deliver(step, self.history[step])
+
+    async def flush(self) -> None:
+        """Record what the last activation wrote (one transaction), then settle the
+        futures of the steps that only wrote, in call order."""
+        writes, self.writes = self.writes, []
+        resolutions, self.resolutions = self.resolutions, []
+        items, extra, children = [], [], []
+        for row, event, more in writes:
+            if event is None:  # a child's start: its row, the child run, its handle
+                name, input_text, workflow_id, future = more
+                try:
+                    options = await _workflow_options(self.store, name)
+                except WorkflowNotFoundError as exc:
+                    resolutions.append((future, exc))
+                    continue
+                except Exception as exc:  # reading the live workers failed
+                    raise _StoreFailed(self.run_id, exc) from exc
+                child = _new_run(name, input_text, workflow_id, options,
+                                 self.engine.clock(), parent_run_id=self.run_id)
+                row["output"] = _json({"run_id": child["run_id"]})
+                items.append((row, ("child_started", {
+                    "step": row["step"], "workflow_name": name,
+                    "child_run_id": child["run_id"]})))
+                extra += self.store.child_ops(self.run_id, row["step"], child)
+                children.append((future, row))
+            else:
+                items.append((row, event))
+                extra += more
+        if items:
+            await self.write(items, extra=extra)
+        for future, row in children:
+            resolutions.append((future, self.child_handle(row["step"], row)))
+            self.unchecked.discard(row["step"])  # just started: its end notifies
+        if children:
+            _wake_local(self.store.key)  # this process's workers take them at once
+        if items:
+            self.engine.changed(self.run_id)  # get_event, start_workflow(wait=True)
+        for future, value in resolutions:
+            _settle_future(future, value)
+
+    async def sequence(self, step: int) -> None:
+        """An outcome recorded without a seq (an approver's decision; a row of an older
+        version) gets the next one before it reaches the workflow."""
+        row = {**self.history[step]}
+        await self.record_outcome(step, row, ("step_sequenced", {"step": step}))
+
+    async def expire(self, wait: _Wait) -> None:
+        """A wait's deadline has come: a timer fires, a signal or approval wait times out."""
+        step, now = wait.step, self.engine.clock()
+        self.unchecked.discard(step)
+        if wait.kind == "timer":
+            self.timers.pop(id(wait.target), None)
+            row = wait.row or self.row(step, wait.name, "timer", "waiting",
+                                       deadline=wait.deadline, output=_json(wait.deadline))
+            row = {**row, "status": "completed", "completed_at": None,
+                   "run_attempt": self.attempt}
+            return await self.record_outcome(step, row, ("timer_fired", {
+                "step": step, "late_ms": round((now - wait.deadline) * 1000, 3)}))
+        what = "signal" if wait.kind == "signal" else "decision on approval"
+        error = TimeoutError(f"no {what} {wait.name!r} came within "
+                             f"{_loads(wait.row['input'])['timeout']} s (step {step} of "
+                             f"run {self.run_id})")
+        row = {**wait.row, "status": "failed", "error": _dumps_lenient(_error_record(error)),
+               "completed_at": None, "run_attempt": self.attempt}
+        key = "name" if wait.kind == "signal" else "key"
+        event = (f"{wait.kind}_timed_out", {"step": step, key: wait.name,
+                                            "timeout": _loads(wait.row["input"])["timeout"]})
+        if wait.kind == "signal":
+            return await self.record_outcome(step, row, event, error)
+        # An approval: only while no decision has come (the approver writes the row).
+        row["seq"] = self.allocate()
+        try:
+            timed_out = await self.store.time_out_approval(self.run_id, self.owner, now, row,
+                                                           event)
+        except Exception as exc:
+            self.unsettled.discard(row["seq"])
+            raise _StoreFailed(self.run_id, exc) from exc
+        if timed_out is None:
+            self.unsettled.discard(row["seq"])
+            raise _LostOwnership(self.run_id)
+        if timed_out:
+            return self.arrive(step, {**row, "completed_at": now}, error)
+        self.unsettled.discard(row["seq"])
+        self.waits[step] = wait  # decided just in time: the check takes the decision
+        wait.deadline = None
+        self.unchecked.add(step)
+        self.notify.came = True
+
+    async def check(self) -> None:
+        """Look for what the waits wait for: a stored signal (taken now), a decision, a
+        child's end. The inbox count read first tells the park whether something came
+        after this look."""
+        try:
+            inbox = await self.store.inbox(self.run_id)
+        except Exception as exc:
+            raise _StoreFailed(self.run_id, exc) from exc
+        if inbox is None:
+            raise _LostOwnership(self.run_id)
+        steps = (self.waits.keys() if inbox != self.inbox else self.unchecked)
+        self.inbox = inbox
+        waits = [self.waits[s] for s in sorted(steps) if s in self.waits]
+        self.unchecked.clear()
+        for wait in waits:
+            if wait.kind == "timer" or wait.target.done() or wait.step not in self.waits:
+                continue
+            if wait.kind == "signal":
+                await self.take_signal(wait)
+            elif wait.kind == "approval":
+                await self.take_decision(wait)
+            else:
+                await self.take_child(wait)
+
+    async def take_signal(self, wait: _Wait) -> None:
+        now, seq = self.engine.clock(), self.allocate()
+        row = {**wait.row, "status": "completed", "completed_at": now, "seq": seq,
+               "run_attempt": self.attempt}
+        try:
+            taken = await self.store.consume_signal(self.run_id, self.owner, now, wait.name, row)
+        except Exception as exc:
+            self.unsettled.discard(seq)
+            raise _StoreFailed(self.run_id, exc) from exc
+        if taken is None:
+            self.unsettled.discard(seq)
+            raise _LostOwnership(self.run_id)
+        if not taken[0]:
+            self.unsettled.discard(seq)
+            return
+        del self.waits[wait.step]
+        self.arrive(wait.step, {**row, "output": taken[1]})
+
+    async def take_decision(self, wait: _Wait) -> None:
+        try:
+            record = (await self.store.load_steps(self.run_id, wait.step)).get(wait.step)
+        except Exception as exc:
+            raise _StoreFailed(self.run_id, exc) from exc
+        if record is not None and record["status"] == "completed":
+            del self.waits[wait.step]
+            await self.record_outcome(wait.step, {**record, "run_attempt": self.attempt},
+                                      ("step_sequenced", {"step": wait.step}))
+
+    async def take_child(self, wait: _Wait) -> None:
+        try:
+            child = await self.store.get_run(wait.child_id)
+            while child is not None and child["status"] == "continued":
+                child = await self.store.get_run(_loads(child["output_data"])["continued_as"])
+        except Exception as exc:
+            raise _StoreFailed(self.run_id, exc) from exc
+        if child is not None and child["status"] not in _TERMINAL:
+            return
+        del self.waits[wait.step]
+        child_id, step = wait.child_id, wait.step
+        row = {**wait.row, "run_attempt": self.attempt, "completed_at": None}
+        if child is not None and child["status"] == "completed":
+            row.update(status="completed", output=_json(
+                {"run_id": child_id, "result": _loads(child["output_data"])["result"]}))
+            return await self.record_outcome(step, row, ("child_completed", {
+                "step": step, "child_run_id": child_id}))
+        status, error = ("deleted", "") if child is None else (child["status"],
+                                                               child["error"] or "")
+        failure = WorkflowFailedError(
+            f"child run {child_id} of workflow {wait.name!r} "
+            + {"cancelled": "was cancelled", "deleted": "no longer exists"}.get(status, status)
+            + (f": {error}" if error else ""), run_id=child_id, status=status, error=error)
+        row.update(status="failed", error=_dumps_lenient({
+            **_error_record(failure), "run_id": child_id, "status": status, "error": error}))
+        await self.record_outcome(step, row, ("child_failed", {
+            "step": step, "child_run_id": child_id, "status": status}), failure)
+
+    async def quiescent(self, now: float, wake: Optional[float]) -> bool:
+        """Nothing in flight, nothing to deliver: wait here a moment, or park the run
+        (True) until its earliest deadline or something it waits for comes."""
+        engine = self.engine
+        kinds = {w.kind for w in self.waits.values()}
+        # A stopping worker holds nothing; and people take longer than is worth holding
+        # in memory: a run waiting for an approval parks at once.
+        park_now = self.owner in engine.draining or "approval" in kinds
+        if not park_now and wake is not None and wake - now <= _SLEEP_IN_MEMORY:
+            await engine.wait(self.notify.event, wake - now, None)
+            return False
+        if not park_now and not self.waited and kinds & {"signal", "child"}:
+            # A signal or a child's end soon after is taken without parking and
+            # replaying the run.
+            self.waited = True
+            await engine.wait(self.notify.event, None if wake is None else wake - now,
+                              _SLEEP_IN_MEMORY)
+            self.notify.came = True  # look once more (another process may have sent)
+            return False
+        approvals = sorted((w.step, w.name) for w in self.waits.values()
+                           if w.kind == "approval")
+        if not self.waits and wake is None:
+            _log.warning("run %s waits for nothing durable (no step, timer, signal, approval "
+                         "or child): it is parked until a signal comes or it is cancelled",
+                         self.run_id)
+        try:
+            parked = await self.store.suspend_run(self.run_id, self.owner, now, wake,
+                                                  approvals[0][1] if approvals else None,
+                                                  self.inbox if kinds - {"timer"} else None)
+            run = None if parked else await self.store.get_run(self.run_id)
+        except Exception as exc:
+            raise _StoreFailed(self.run_id, exc) from exc
+        if parked:
+            return True
+        if run is None or run["owner"] != self.owner or run["status"] != "running":
+            raise _LostOwnership(self.run_id)
+        self.notify.came = True  # something came after the last look: look again
+        return False
+
+    async def end(self, timed_out: bool = False) -> tuple:
+        """The workflow ended (returned, raised, continued as new, failed for good, or
+        its time is up). A failure lets the steps in flight finish (their outcomes still
+        reach the workflow, so a saga registers their compensations); otherwise they
+        are cancelled. Either way the run's outcome is recorded only after they end."""
+        self.closing = True
+        main = self.main
+        if timed_out:
+            await self.halt(abandon=True)
+            return ("failed", WorkflowTimeoutError(
+                f"workflow {self.run['workflow_name']!r} (run {self.run_id}) timed out after "
+                f"{self.run['timeout']:g} s"))
+        error = self.fatal
+        if error is None and self.successor is None and main.done():
+            error = main.exception() if not main.cancelled() else RunStateError(
+                f"the workflow of run {self.run_id} cancelled its own main task",
+                run_id=self.run_id)
+        if error is not None:
+            await self.settle()
+            return ("failed", self.fatal or error)
+        await self.halt(abandon=True)
+        await self.settle()
+        if self.successor is not None:
+            return ("continued", self.successor)
+        try:
+            return ("completed", _dumps({"result": main.result()},
+                                        f"the result of workflow {self.run['workflow_name']!r}"))
+        except SerializationError as exc:
+            return ("failed", exc)
+
+    async def settle(self) -> None:
+        """Until no step is in flight: their outcomes recorded and delivered."""
+        while True:
+            self.notify.event.clear()
+            self.loop.run_until_idle()
+            if self.stop is not None:
+                raise self.stop
+            if self.writes or self.resolutions:
+                await self.flush()
+                continue
+            if self.deliver_arrived():
+                continue
+            if not self.inflight and not self.unsettled:
+                return
+            await self.notify.event.wait()
+
+    async def halt(self, abandon: bool) -> None:
+        """Stop the activities in flight and wait until they have (a thread ends when
+        its function returns). ``abandon``: the workflow gives them up (each is recorded
+        as cancelled, if it did not finish first); else the execution stops."""
+        tasks = list(self.inflight.values())
+        if abandon:
+            self.abandoned.update(self.inflight)
+        for task in tasks:
+            task.cancel()
+        while tasks and not all(task.done() for task in tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait(tasks)
+
+    def teardown(self) -> None:
+        """Close what is left of the workflow's tasks. Their ``finally`` blocks run;
+        whatever they try is ignored (nothing starts, nothing is recorded)."""
+        self.torn_down = self.closing = True
+        self.writes.clear()
+        real = asyncio._get_running_loop()
+        asyncio._set_running_loop(self.loop)
+        try:
+            for task in list(asyncio.all_tasks(self.loop)):
+                with contextlib.suppress(BaseException):
+                    task.get_coro().close()
+        finally:
+            asyncio._set_running_loop(real)
+            self.loop._ready.clear()
+            self.loop._closed = True
+            self.waits.clear()
+
+
+def _recorded_deadline(record: dict, default: Optional[float]) -> Optional[float]:
+    """The deadline a wait's row recorded (rows of older versions: in its output or
+    input)."""
+    if record.get("deadline") is not None:
+        return record["deadline"]
+    if record["kind"] == "approval":
+        return (_loads(record["input"]) or {}).get("deadline", default)
+    value = _loads(record["output"])
+    return value if isinstance(value, (int, float)) else default
+
+
+# The next approval a run waits for (after one was decided or given up).
+_NEXT_APPROVAL = ("UPDATE {p}runs SET approval_required = (SELECT name FROM {p}steps WHERE "
+                  "run_id = ? AND kind = 'approval' AND status = 'waiting' ORDER BY step "
+                  "LIMIT 1) WHERE run_id = ?")
+
+
+# ---- workflow context ---------------------------------------------------------------------
+
+
 class WorkflowContext:
     """What a workflow function receives: its input and its durable operations.
 
-    Steps are numbered when they are *called*, so a replay matches its history even
-    when parallel branches finish in another order than they did the first time.
+    You await what waits -- activities, timers, signal and approval waits, child
+    results -- and they are steps: numbered when *called* (an activity starts right
+    then), recorded with their outcome, replayed from the record after a crash. What
+    only records or reads is a plain call: ``now()``, ``uuid4()``, ``random()``,
+    ``patched()``, ``set_event()``, ``add_compensation()``, ``continue_as_new()``.
+    Any asyncio composition of steps (gather, wait, wait_for, timeout, TaskGroup,
+    as_completed, Event, asyncio.sleep) is exact and durable: the workflow runs on a
+    deterministic loop of its own whose timers are durable timers.
     """
 
-    def __init__(self, engine: "_Engine", run: dict, owner: str, history: dict):
+    def __init__(self, execution: _Execution, run: dict):
         self.run_id: str = run["run_id"]
         self.workflow_id: str = run["workflow_id"]
         self.workflow_name: str = run["workflow_name"]
         self.input_data: Any = _loads(run["input_data"])
         self.retry_count: int = run["retry_count"]
-        self._engine, self._owner, self._history = engine, owner, history
-        self._next_step = 1
-        self._fatal: Optional[BaseException] = None  # survives `except Exception` in user code
-        self._markers: list = []  # patch markers not yet written (see patched)
-        self._joins: set = set()  # waits for children (tasks), stopped with the execution
+        self._x = execution
 
     def get_input(self, key: str, default: Any = None) -> Any:
         """``input_data[key]``, or ``default`` when the key (or the whole input) is missing."""
@@ -3662,189 +4707,101 @@ class WorkflowContext:
                             f"{type(self.input_data).__name__}, not a dict; read ctx.input_data")
         return self.input_data.get(key, default)
 
-    def execute_activity(self, fn: Any, *args: Any, **kwargs: Any) -> Awaitable[Any]:
-        """Run an activity as the next step and return its (recorded) result.
+    # -- activities
+    def execute_activity(self, fn: Any, *args: Any, **kwargs: Any) -> "asyncio.Future[Any]":
+        """Start an activity as the next step; await it for its (recorded) result.
 
-        ``await ctx.execute_activity(fetch_user, user_id)``. A step recorded as done
-        returns its stored value without running. The result is the JSON round-trip
-        of what the activity returned, on the first run and on every replay alike.
+        ``await ctx.execute_activity(fetch_user, user_id)``. It starts when called, so
+        ``asyncio.gather(ctx.execute_activity(a), ctx.execute_activity(b))`` runs both at
+        once. A step recorded as done returns its stored value without running. The
+        result is the JSON round-trip of what the activity returned, on the first run
+        and on every replay alike; a failure (after the activity's retries) is raised.
         """
-        definition = _activity_def(fn)
-        return self._activity_step(self._step(), definition, args, kwargs)
+        self._x.usable()
+        return self._x.activity(_activity_def(fn), args, kwargs)
 
-    async def execute_parallel(self, *calls: Any) -> list:
-        """Run activities concurrently, one step each, and return their results in order.
+    def execute_parallel(self, *calls: Any) -> "asyncio.Future[list]":
+        """Run activities concurrently, one step each; await it for their results in order.
 
         ``a, b = await ctx.execute_parallel((fetch_a, (x,), {}), (fetch_b, (y,), {}))``.
         Every branch finishes (and is recorded) before the first error, in call order,
         is raised.
         """
-        awaitables = [self.execute_activity(fn, *args, **kwargs)
-                      for fn, args, kwargs in map(_parallel_call, calls)]
-        results = await asyncio.gather(*awaitables, return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        # A stop beats a failure; of several timers, the earliest wakes the run.
-        for error in sorted(errors, key=lambda e: (isinstance(e, Exception),
-                                                   getattr(e, "wake_at", 0) or math.inf)):
-            raise error
-        return results
+        self._x.usable()
+        branches = [self.execute_activity(fn, *args, **kwargs)
+                    for fn, args, kwargs in map(_parallel_call, calls)]
+
+        async def every_branch() -> list:
+            results = await asyncio.gather(*branches, return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            return results
+        return self._x.loop.create_task(every_branch())
 
     # -- durable timers
-    def sleep(self, seconds: float) -> Awaitable[None]:
-        """Wait ``seconds`` as a step: the deadline is recorded when first reached, so
-        a run resumed after a crash or a restart wakes at the original deadline, and a
-        timer that fired does not wait again. A wait longer than ``_SLEEP_IN_MEMORY``
-        holds nothing in memory: the run is parked in the database until then (a
-        workflow may sleep for days)."""
+    def sleep(self, seconds: float) -> "asyncio.Future[None]":
+        """Wait ``seconds`` as a step: the timer is recorded, so a run resumed after a
+        crash or a restart wakes at the original deadline, and a timer that fired does
+        not wait again. A wait longer than a second holds nothing in memory: the run is
+        parked in the database until then (a workflow may sleep for days).
+        ``asyncio.sleep`` in a workflow is just as durable; this is the explicit
+        spelling, recorded as a step as soon as it is set."""
         if (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
                 or not math.isfinite(seconds) or seconds < 0):
             raise ValueError(f"sleep needs a finite number of seconds >= 0, got {seconds!r}")
-        return self._timer(self._step(), lambda now: now + seconds, {"seconds": seconds})
+        self._x.usable()
+        return self._sleep(self._x.loop.time() + seconds)
 
-    def sleep_until(self, when: datetime) -> Awaitable[None]:
+    def sleep_until(self, when: datetime) -> "asyncio.Future[None]":
         """Wait until ``when`` (a timezone-aware datetime) as a step; see ``sleep``."""
         if not isinstance(when, datetime) or when.tzinfo is None:
             raise ValueError(f"sleep_until needs a timezone-aware datetime, got {when!r}")
-        return self._timer(self._step(), lambda now: when.timestamp(),
-                           {"until": when.isoformat()})
+        self._x.usable()
+        return self._sleep(when.timestamp())
 
-    async def _timer(self, step: int, deadline_of: Callable[[float], float],
-                     arguments: dict) -> None:
-        engine, record = self._engine, self._history.get(step)
-        row = {"run_id": self.run_id, "step": step, "name": "sleep", "kind": "timer",
-               "input": _dumps(arguments, "the timer"), "attempts": 1,
-               "run_attempt": self.retry_count}
-        if record is not None:
-            self._check_replay(step, record, "timer", "sleep")
-            if record["status"] == "completed":
-                return
-            deadline, row["started_at"] = _loads(record["output"]), record["started_at"]
-        else:
-            if self._owner in engine.draining:
-                raise _Released(self.run_id)
-            now = engine.clock()
-            deadline, row["started_at"] = deadline_of(now), now
-            await self._record(row, "waiting", _dumps(deadline, "the deadline"), None,
-                               "timer_set", {"step": step, "wake_at": deadline,
-                                             "at": _dt(deadline).isoformat()})
-        remaining = deadline - engine.clock()
-        if remaining > _SLEEP_IN_MEMORY:
-            raise _Suspended(deadline)
-        if remaining > 0:
-            await engine.sleep(remaining)
-        await self._record(row, "completed", _dumps(deadline, "the deadline"), None,
-                           "timer_fired", {"step": step, "late_ms": round(
-                               (engine.clock() - deadline) * 1000, 3)})
+    def _sleep(self, deadline: float) -> "asyncio.Future[None]":
+        future = _Step(loop=self._x.loop)
+        handle = self._x.timer(deadline, _settle_future, (future, None), None, "sleep", future)
+        future.add_done_callback(lambda f: f.cancelled() and handle.cancel())
+        return future
 
     # -- signals
-    def wait_for_signal(self, name: str, timeout: Optional[float] = None) -> Awaitable[Any]:
+    def wait_for_signal(self, name: str, timeout: Optional[float] = None) -> "asyncio.Future[Any]":
         """The payload of the next signal ``name`` sent to this run
         (``client.send_signal``), as a step. Signals are stored: one sent before the
         workflow waits is not lost, several are received in the order sent, each by one
         wait. While none is there the run is parked (nothing in memory) until one comes
-        or ``timeout`` seconds have passed since the wait began; then ``TimeoutError``
-        (recorded: a replay raises it again)."""
+        or ``timeout`` seconds (of workflow time) have passed since the wait began; then
+        ``TimeoutError`` (recorded: a replay raises it again). A wait the workflow gives
+        up (cancelled, a race lost) takes no signal."""
         _check_name("a signal name", name)
         _check_timeout("wait_for_signal", timeout)
-        return self._signal(self._step(), name, timeout)
-
-    async def _signal(self, step: int, name: str, timeout: Optional[float]) -> Any:
-        engine, record = self._engine, self._history.get(step)
-        row = {"run_id": self.run_id, "step": step, "name": name, "kind": "signal",
-               "input": _dumps({"timeout": timeout}, "the signal wait"), "attempts": 1,
-               "run_attempt": self.retry_count}
-        if record is not None:
-            self._check_replay(step, record, "signal", name)
-            if record["status"] == "completed":
-                return _loads(record["output"])
-            if record["status"] == "failed":
-                raise TimeoutError(_loads(record["error"])["message"])
-            deadline, row["started_at"] = _loads(record["output"]), record["started_at"]
-        else:
-            if self._owner in engine.draining:
-                raise _Released(self.run_id)
-            now = engine.clock()
-            deadline = None if timeout is None else now + timeout
-            row["started_at"] = now
-            await self._record(row, "waiting", _dumps(deadline, "the deadline"), None,
-                               "signal_waiting", {"step": step, "name": name,
-                                                  "timeout": timeout})
-        waited = False
-        while True:
-            try:
-                taken = await engine.store.consume_signal(self.run_id, self._owner,
-                                                          engine.clock(), name, row)
-            except Exception as exc:
-                raise _StoreFailed(self.run_id, exc) from exc
-            if taken is None:
-                raise _LostOwnership(self.run_id)
-            if taken[0]:
-                return _loads(taken[1])
-            left = math.inf if deadline is None else deadline - engine.clock()
-            if left <= 0:
-                error = TimeoutError(f"no signal {name!r} came within {timeout} s "
-                                     f"(step {step} of run {self.run_id})")
-                await self._record(row, "failed", _dumps(deadline, "the deadline"),
-                                   _dumps_lenient(_error_record(error)), "signal_timed_out",
-                                   {"step": step, "name": name, "timeout": timeout})
-                raise error
-            # Wait here a moment first: a signal soon after is taken without parking
-            # and replaying the run. Then park (a signal wakes it, or the deadline).
-            if waited or self._owner in engine.draining or not await _signal_comes(
-                    engine.store.key, self.run_id, engine.wait,
-                    None if deadline is None else left, _SLEEP_IN_MEMORY):
-                if deadline is not None and deadline - engine.clock() <= 0:
-                    continue  # timed out while waiting here: record it
-                raise _Suspended(deadline)
-            waited = True
+        self._x.usable()
+        return self._x.wait("signal", name, timeout, "signal_waiting")
 
     # -- approvals
-    def wait_for_approval(self, key: str, timeout: Optional[float] = None) -> Awaitable[bool]:
+    def wait_for_approval(self, key: str, timeout: Optional[float] = None
+                          ) -> "asyncio.Future[bool]":
         """Wait for a person to approve or reject the run, as a step: True once
         ``client.approve_workflow(run_id)`` is called, False for ``reject_workflow``.
-        Meanwhile the run is ``paused`` with ``approval_required = key`` (listed by
-        ``client.get_pending_approvals()``) and holds nothing in memory; the decision
-        is stored, so it survives any restart. With no decision ``timeout`` seconds
-        after the wait began: ``TimeoutError`` (recorded: a replay raises it again)."""
+        Meanwhile ``approval_required`` is ``key`` (listed by
+        ``client.get_pending_approvals()``) and, once nothing else is in flight, the
+        run is ``paused`` and holds nothing in memory; the decision is stored, so it
+        survives any restart. With no decision ``timeout`` seconds after the wait
+        began: ``TimeoutError`` (recorded: a replay raises it again)."""
         _check_name("an approval key", key)
         _check_timeout("wait_for_approval", timeout)
-        return self._approval(self._step(), key, timeout)
-
-    async def _approval(self, step: int, key: str, timeout: Optional[float]) -> bool:
-        engine, record = self._engine, self._history.get(step)
-        if record is not None:
-            self._check_replay(step, record, "approval", key)
-            if record["status"] == "completed":  # the decision, written by the approver
-                return _loads(record["output"])
-            if record["status"] == "failed":
-                raise TimeoutError(_loads(record["error"])["message"])
-            row, deadline = record, _loads(record["input"])["deadline"]
-        else:
-            if self._owner in engine.draining:
-                raise _Released(self.run_id)
-            now = engine.clock()
-            deadline = None if timeout is None else now + timeout
-            row = {"run_id": self.run_id, "step": step, "name": key, "kind": "approval",
-                   "input": _dumps({"timeout": timeout, "deadline": deadline}, "the approval"),
-                   "attempts": 1, "run_attempt": self.retry_count, "started_at": now}
-            await self._record(row, "waiting", None, None, "approval_requested",
-                               {"step": step, "key": key, "timeout": timeout})
-        if deadline is not None and deadline <= engine.clock():
-            error = TimeoutError(f"no decision on approval {key!r} came within {timeout} s "
-                                 f"(step {step} of run {self.run_id})")
-            await self._record(row, "failed", None, _dumps_lenient(_error_record(error)),
-                               "approval_timed_out", {"step": step, "key": key,
-                                                      "timeout": timeout})
-            raise error
-        # People take longer than is worth holding in memory: park the run at once.
-        raise _Suspended(deadline, approval=key)
+        self._x.usable()
+        return self._x.wait("approval", key, timeout, "approval_requested")
 
     # -- child workflows
-    async def start_child_workflow(self, workflow_name: str, input_data: Any = None,
-                                   workflow_id: Optional[str] = None) -> "ChildWorkflowHandle":
+    def start_child_workflow(self, workflow_name: str, input_data: Any = None,
+                             workflow_id: Optional[str] = None
+                             ) -> "asyncio.Future[ChildWorkflowHandle]":
         """Start a run of ``workflow_name`` as this run's child (its ``parent_run_id``
-        is this run) and return its handle at once; ``await handle`` is its result.
-        Starting is a step: the child's run id is recorded with it, in the same
+        is this run); await it for the child's handle, and ``await handle`` for its
+        result. Starting is a step: the child's run id is recorded with it, in the same
         transaction as the child run, so a replay gets the same child and a crash
         never starts it twice. Fan out by starting several, then awaiting them::
 
@@ -3857,85 +4814,29 @@ class WorkflowContext:
         if not isinstance(workflow_name, str) or not workflow_name:
             raise TypeError(f"start_child_workflow takes a workflow name, got {workflow_name!r}")
         _check_workflow_id(workflow_id)
-        step, engine = self._step(), self._engine
-        record = self._history.get(step)
+        x = self._x
+        x.usable()
+        step = x.new_step()
+        record = x.history.get(step)
         if record is not None:
-            self._check_replay(step, record, "child", workflow_name)
+            x.check_replay(step, record, "child", workflow_name)
             # A child that failed in an earlier attempt of this run is started anew (that
             # is what a workflow retry means); any other is this run's child still.
-            if record["status"] != "failed" or record["run_attempt"] == self.retry_count:
-                return ChildWorkflowHandle(self, record)
-        input_text = _dumps(input_data, f"the input of child workflow {workflow_name!r}")
-        try:
-            options = await _workflow_options(engine.store, workflow_name)
-        except WorkflowNotFoundError:
-            raise
-        except Exception as exc:  # reading the live workers failed: the database's trouble
-            raise _StoreFailed(self.run_id, exc) from exc
-        if self._owner in engine.draining:
-            raise _Released(self.run_id)
-        child = _new_run(workflow_name, input_text, workflow_id, options, engine.clock(),
-                         parent_run_id=self.run_id)
-        now, child_id = child["created_at"], child["run_id"]
-        row = {"run_id": self.run_id, "step": step, "name": workflow_name, "kind": "child",
-               "input": input_text, "attempts": 1, "run_attempt": self.retry_count,
-               "started_at": now}
-        await self._record(row, "waiting", _json({"run_id": child_id}), None, "child_started",
-                           {"step": step, "workflow_name": workflow_name,
-                            "child_run_id": child_id}, child=child)
-        _wake_local(engine.store.key)  # this process's workers take it at once
-        engine.changed(self.run_id)  # a start_workflow(wait=True) here executes it too
-        return ChildWorkflowHandle(self, {**row, "status": "waiting",
-                                          "output": _json({"run_id": child_id})})
+            if record["status"] == "failed" and record["run_attempt"] != self.retry_count:
+                record = None
+        input_text = None if record is not None else _dumps(
+            input_data, f"the input of child workflow {workflow_name!r}")
+        return x.start_child(workflow_name, input_text, workflow_id, record, step)
 
-    async def execute_child_workflow(self, workflow_name: str, input_data: Any = None,
-                                     workflow_id: Optional[str] = None) -> Any:
-        """Run ``workflow_name`` as a child run and return its result; if it fails (or
-        is cancelled) raise ``WorkflowFailedError``. See ``start_child_workflow``."""
-        return await (await self.start_child_workflow(workflow_name, input_data, workflow_id))
+    def execute_child_workflow(self, workflow_name: str, input_data: Any = None,
+                               workflow_id: Optional[str] = None) -> "asyncio.Future[Any]":
+        """Run ``workflow_name`` as a child run; await it for its result. If the child
+        fails (or is cancelled): ``WorkflowFailedError``. See ``start_child_workflow``."""
+        started = self.start_child_workflow(workflow_name, input_data, workflow_id)
 
-    async def _join(self, row: dict) -> Any:
-        """The outcome of the child of the step ``row``, recorded as that step's result.
-        While the child runs the parent waits a moment in memory, then is parked: the
-        child's end makes it due."""
-        engine, step, name = self._engine, row["step"], row["name"]
-        child_id = _loads(row["output"])["run_id"]
-        row = {**row, "run_attempt": self.retry_count}  # its outcome is this attempt's
-        if row["status"] == "completed":
-            return _loads(row["output"])["result"]
-        if row["status"] == "failed":
-            failure = _loads(row["error"])
-            raise WorkflowFailedError(failure["message"], run_id=failure["run_id"],
-                                      status=failure["status"], error=failure["error"])
-        waited = False
-        while True:
-            try:
-                child = await engine.store.get_run(child_id)
-                while child is not None and child["status"] == "continued":
-                    child = await engine.store.get_run(_loads(child["output_data"])["continued_as"])
-            except Exception as exc:
-                raise _StoreFailed(self.run_id, exc) from exc
-            if child is None or child["status"] in _TERMINAL:
-                break
-            if waited or self._owner in engine.draining or not await _signal_comes(
-                    engine.store.key, self.run_id, engine.wait, None, _SLEEP_IN_MEMORY):
-                raise _Suspended(None)  # the child's end makes this run due
-            waited = True
-        if child is not None and child["status"] == "completed":
-            result = _loads(child["output_data"])["result"]
-            await self._record(row, "completed", _json({"run_id": child_id, "result": result}),
-                               None, "child_completed", {"step": step, "child_run_id": child_id})
-            return result
-        status, error = ("deleted", "") if child is None else (child["status"],
-                                                               child["error"] or "")
-        failure = WorkflowFailedError(
-            f"child run {child_id} of workflow {name!r} "
-            + {"cancelled": "was cancelled", "deleted": "no longer exists"}.get(status, status)
-            + (f": {error}" if error else ""), run_id=child_id, status=status, error=error)
-        await self._record(row, "failed", row["output"], _dumps_lenient({
-            **_error_record(failure), "run_id": child_id, "status": status, "error": error}),
-            "child_failed", {"step": step, "child_run_id": child_id, "status": status})
-        raise failure
+        async def result() -> Any:
+            return await (await started)
+        return self._x.loop.create_task(result())
 
     # -- continue as new
     def continue_as_new(self, input_data: Any = None) -> NoReturn:
@@ -3946,11 +4847,13 @@ class WorkflowContext:
         This run ends as ``continued``, its ``output_data`` naming the successor
         (``{"continued_as": run_id}``); ``wait_for_result`` follows the chain. Raises
         (it does not return): call it as the workflow's last statement."""
-        raise _ContinuedAsNew(_dumps(input_data, f"the input of the run that continues "
-                                                 f"{self.workflow_name!r}"))
+        self._x.usable()
+        self._x.successor = _dumps(input_data, f"the input of the run that continues "
+                                               f"{self.workflow_name!r}")
+        raise _ContinuedAsNew(self._x.successor)
 
     # -- sagas
-    async def add_compensation(self, fn: Any, *args: Any, **kwargs: Any) -> None:
+    def add_compensation(self, fn: Any, *args: Any, **kwargs: Any) -> None:
         """Register the activity ``fn(*args, **kwargs)`` that undoes what the run has
         done so far (cancel a booking, refund a payment), as a step. If the run finally
         fails (its retries exhausted) or is cancelled, the compensations registered so
@@ -3959,7 +4862,7 @@ class WorkflowContext:
         still run). Register right after the step it undoes succeeded::
 
             booking = await ctx.execute_activity(book_hotel, trip)
-            await ctx.add_compensation(cancel_hotel, booking)
+            ctx.add_compensation(cancel_hotel, booking)
 
         ``fn`` must be a registered ``@activity``: compensations may run after a crash,
         in another process, which finds it by name."""
@@ -3967,40 +4870,42 @@ class WorkflowContext:
         if _ACTIVITIES.get(definition.name) is not definition:
             raise TypeError(f"add_compensation takes a registered @activity (it is found by "
                             f"name when compensating, perhaps in another process), got {fn!r}")
-        step = self._step()
-        record = self._history.get(step)
+        x = self._x
+        x.usable()
+        step = x.new_step()
+        record = x.history.get(step)
         if record is not None:
-            self._check_replay(step, record, "compensation", definition.name)
+            x.check_replay(step, record, "compensation", definition.name)
             return
         arguments = _dumps({"args": args, "kwargs": kwargs},
                            f"the arguments of compensation {definition.name!r}")
-        if self._owner in self._engine.draining:
-            raise _Released(self.run_id)
-        await self._record({"run_id": self.run_id, "step": step, "name": definition.name,
-                            "kind": "compensation", "input": arguments, "attempts": 0,
-                            "run_attempt": self.retry_count,
-                            "started_at": self._engine.clock()}, "registered", None, None,
-                           "compensation_registered", {"step": step, "name": definition.name})
+        if not x.torn_down:
+            x.writes.append((x.row(step, definition.name, "compensation", "registered",
+                                   input=arguments, attempts=0),
+                             ("compensation_registered", {"step": step,
+                                                          "name": definition.name}), ()))
 
-    # -- deterministic values: recorded the first time, the same on every replay
-    def now(self) -> Awaitable[datetime]:
-        """The current time (UTC) as a step: a replay gets the same instant.
-        ``started = await ctx.now()``; use it instead of ``datetime.now()``."""
-        return self._value(self._step(), "now", self._engine.clock, _dt)
+    # -- deterministic values: the same on every replay, nothing recorded
+    def now(self) -> datetime:
+        """The workflow's current time (an aware UTC datetime): the recorded time of
+        what the workflow last received, so a replay reads the same instant. Use it
+        instead of ``datetime.now()``; ``asyncio.get_running_loop().time()`` is the same
+        in seconds."""
+        self._x.usable()
+        return datetime.fromtimestamp(self._x.loop.time(), timezone.utc)
 
-    def uuid4(self) -> Awaitable[uuid.UUID]:
-        """A random UUID as a step: a replay gets the same one."""
-        return self._value(self._step(), "uuid4", lambda: str(uuid.uuid4()), uuid.UUID)
+    def uuid4(self) -> uuid.UUID:
+        """A random UUID from the run's generator (see ``random``): a replay gets the
+        same one."""
+        self._x.usable()
+        return uuid.UUID(int=self._x.random.getrandbits(128), version=4)
 
-    def random(self) -> Awaitable[float]:
-        """A random float in [0, 1) as a step: a replay gets the same one."""
-        return self._value(self._step(), "random", random.random)
-
-    def randint(self, a: int, b: int) -> Awaitable[int]:
-        """A random integer N with a <= N <= b as a step: a replay gets the same one."""
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (a, b)) or a > b:
-            raise ValueError(f"randint needs whole numbers a <= b, got {a!r}, {b!r}")
-        return self._value(self._step(), "randint", lambda: random.randint(a, b))
+    def random(self) -> random.Random:
+        """The run's random generator (a ``random.Random`` seeded from the run id):
+        ``ctx.random().randint(1, 6)``. A replay draws the same numbers, in the same
+        order, as long as the workflow draws them in the same order."""
+        self._x.usable()
+        return self._x.random
 
     # -- versioning
     def patched(self, change_id: str) -> bool:
@@ -4017,12 +4922,19 @@ class WorkflowContext:
         drop the old branch and replace the call with ``ctx.deprecate_patch(change_id)``;
         once no run recorded with the patch is left either, delete that call too."""
         _check_name("a change id", change_id)
-        record = self._history.get(self._next_step)
-        if record is None:  # new ground for this run: the new code decides
-            self._markers.append(self._marker(self._step(), change_id))
+        x = self._x
+        x.usable()
+        step = x.peek()
+        record = x.history.get(step)
+        if record is None and step > x.last_recorded:  # new ground: the new code decides
+            x.new_step()
+            if not x.torn_down:
+                x.markers.append((x.row(step, change_id, "patch", "completed", output="true"),
+                                  ("step_completed", {"step": step, "name": change_id,
+                                                      "kind": "patch"})))
             return True
-        if (record["kind"], record["name"]) == ("patch", change_id):
-            self._next_step += 1
+        if record is not None and (record["kind"], record["name"]) == ("patch", change_id):
+            x.new_step()
             return True
         return False  # this run recorded other steps here: the old code's path
 
@@ -4030,187 +4942,31 @@ class WorkflowContext:
         """Stand in for ``patched(change_id)`` once its old branch is deleted: runs that
         recorded the patch replay past its marker; new runs record nothing."""
         _check_name("a change id", change_id)
-        record = self._history.get(self._next_step)
+        x = self._x
+        x.usable()
+        record = x.history.get(x.peek())
         if record is not None and (record["kind"], record["name"]) == ("patch", change_id):
-            self._next_step += 1
-
-    def _marker(self, step: int, change_id: str) -> dict:
-        now = self._engine.clock()
-        return {"run_id": self.run_id, "step": step, "name": change_id, "kind": "patch",
-                "status": "completed", "input": None, "output": "true", "error": None,
-                "attempts": 1, "run_attempt": self.retry_count, "started_at": now,
-                "completed_at": now}
-
-    async def _write_markers(self) -> None:
-        """Record the patch markers taken since the last write, before any later step:
-        a marker matters only to a replay that finds steps recorded after it."""
-        while self._markers:
-            row = self._markers[0]
-            try:
-                ours = await self._engine.store.record_step(
-                    self.run_id, self._owner, row["completed_at"], row,
-                    ("step_completed", {"step": row["step"], "name": row["name"],
-                                        "kind": "patch"}))
-            except Exception as exc:
-                raise _StoreFailed(self.run_id, exc) from exc
-            if not ours:
-                raise _LostOwnership(self.run_id)
-            self._markers.pop(0)
+            x.new_step()
 
     # -- published state
-    async def set_event(self, key: str, value: Any) -> None:
+    def set_event(self, key: str, value: Any) -> None:
         """Publish ``value`` (JSON) under ``key`` as a step, for
         ``client.get_event(run_id, key)`` to read: progress, a stage, a partial result.
-        Setting a key again publishes the new value; a replay writes nothing."""
+        It is recorded right after the workflow's current activation (before anything
+        else reaches it). Setting a key again publishes the new value; a replay writes
+        nothing."""
         _check_name("an event key", key)
-        step = self._step()
-        record = self._history.get(step)
+        x = self._x
+        x.usable()
+        step = x.new_step()
+        record = x.history.get(step)
         if record is not None:
-            self._check_replay(step, record, "event", key)
+            x.check_replay(step, record, "event", key)
             return
         output = _dumps(value, f"the value of event {key!r}")
-        if self._owner in self._engine.draining:
-            raise _Released(self.run_id)
-        now = self._engine.clock()
-        await self._record({"run_id": self.run_id, "step": step, "name": key, "kind": "event",
-                            "input": None, "attempts": 1, "run_attempt": self.retry_count,
-                            "started_at": now}, "completed", output, None, "event_set",
-                           {"step": step, "key": key})
-        self._engine.changed(self.run_id)  # a get_event here reads it at once
-
-    def _step(self) -> int:
-        """The next step number: taken when a step is *called* (see the class doc)."""
-        step, self._next_step = self._next_step, self._next_step + 1
-        return step
-
-    async def _value(self, step: int, name: str, produce: Callable[[], Any],
-                     convert: Callable[[Any], Any] = lambda v: v) -> Any:
-        record = self._history.get(step)
-        if record is not None:
-            self._check_replay(step, record, "value", name)
-            if record["status"] == "completed":
-                return convert(_loads(record["output"]))
-        if self._owner in self._engine.draining:
-            raise _Released(self.run_id)
-        value, started = produce(), self._engine.clock()
-        await self._record(
-            {"run_id": self.run_id, "step": step, "name": name, "kind": "value", "input": None,
-             "attempts": 1, "run_attempt": self.retry_count, "started_at": started},
-            "completed", _dumps(value, f"the {name} value"), None, "step_completed",
-            {"step": step, "name": name, "value": value})
-        return convert(value)
-
-    def _check_replay(self, step: int, record: dict, kind: str, name: str) -> None:
-        if (record["kind"], record["name"]) != (kind, name):
-            error = NonDeterminismError(
-                f"step {step} of run {self.run_id} (workflow {self.workflow_name!r}) was "
-                f"recorded as {record['kind']} {record['name']!r} but the code now calls "
-                f"{kind} {name!r}; a workflow must call its steps in the same order every "
-                "time it runs: branch new code with `if ctx.patched(\"change-id\"):` so "
-                "that runs started with the old code keep its path, or let them finish "
-                "(or cancel them) before reordering, adding or removing steps",
-                run_id=self.run_id, step=step, recorded=record["name"], requested=name)
-            self._fatal = self._fatal or error
-            raise error
-
-    async def _activity_step(self, step: int, definition: _ActivityDef, args: tuple,
-                             kwargs: dict) -> Any:
-        record = self._history.get(step)
-        attempts = 0
-        if record is not None:
-            self._check_replay(step, record, "activity", definition.name)
-            if record["status"] == "completed":
-                return _loads(record["output"])
-            # A failure recorded in this attempt of the run replays as that failure; one
-            # from an earlier attempt runs again (that is what a workflow retry means).
-            if record["run_attempt"] == self.retry_count:
-                if record["status"] == "failed":
-                    raise _rebuild_error(_loads(record["error"]), self.run_id, step)
-                attempts = record["attempts"]  # crashed while retrying: keep counting
-        if self._owner in self._engine.draining:
-            raise _Released(self.run_id)
-        return await self._run_activity(step, definition, args, kwargs, attempts)
-
-    async def _run_activity(self, step: int, definition: _ActivityDef, args: tuple,
-                            kwargs: dict, attempts: int, kind: str = "activity") -> Any:
-        engine, policy = self._engine, definition.retry_policy
-        started = engine.clock()
-        arguments = _dumps_lenient({"args": args, "kwargs": kwargs})
-        while True:
-            if attempts and self._owner in engine.draining:
-                raise _Released(self.run_id)  # between attempts: the failures are recorded
-            attempts += 1
-            token = _CURRENT_ACTIVITY.set(ActivityInfo(
-                self.run_id, self.workflow_id, self.workflow_name, step, definition.name,
-                attempts))
-            _WORK.count += 1  # in flight until it returns or its timeout abandons it
-            try:
-                result = await _with_timeout(
-                    definition.call(args, kwargs), definition.timeout,
-                    lambda: ActivityTimeoutError(
-                        f"activity {definition.name!r} (step {step} of run {self.run_id}) "
-                        f"timed out after {definition.timeout} s"), settle=False)
-                output = _dumps(result, f"the result of activity {definition.name!r} "
-                                        f"(step {step} of run {self.run_id})")
-                error = None
-            except Exception as exc:
-                error = exc
-            finally:
-                _WORK.count -= 1
-                _CURRENT_ACTIVITY.reset(token)
-            step_row = {"run_id": self.run_id, "step": step, "name": definition.name,
-                        "kind": kind, "input": arguments, "attempts": attempts,
-                        "run_attempt": self.retry_count, "started_at": started}
-            fence = "compensating" if kind == "compensation" else "running"
-            if error is None:
-                await self._record(step_row, "completed", output, None, "step_completed", {
-                    "step": step, "name": definition.name, "attempts": attempts,
-                    "duration_ms": round((engine.clock() - started) * 1000, 3)}, fence=fence)
-                return json.loads(output)
-            retry = attempts <= policy.max_retries and not isinstance(error, SerializationError)
-            delay = policy.calculate_delay(attempts - 1) if retry else None
-            await self._record(
-                step_row, "retrying" if retry else "failed", None,
-                _dumps_lenient(_error_record(error)), "step_failed",
-                {"step": step, "name": definition.name, "attempt": attempts,
-                 "error": _error_text(error), "retry_in": delay}, fence=fence)
-            if not retry:
-                raise error
-            _log.info("run %s step %d (%s) attempt %d failed, retrying in %.2fs: %s",
-                      self.run_id, step, definition.name, attempts, delay, _error_text(error))
-            await engine.sleep(delay)
-
-    async def _record(self, step_row: dict, status: str, output: Optional[str],
-                      error: Optional[str], event_type: str, event_data: dict,
-                      child: Optional[dict] = None, fence: str = "running") -> None:
-        """Record the step, fenced by this execution's owner token and the run's status
-        (``fence``: running, or compensating for a compensation: once a run compensates,
-        what is left of its forward execution can record nothing); with ``child``,
-        insert that child run in the same transaction."""
-        engine = self._engine
-        if self._markers:
-            await self._write_markers()
-        now = engine.clock()
-        row = {**step_row, "status": status, "output": output, "error": error,
-               "completed_at": now}
-        try:
-            if child is None:
-                ours = await engine.store.record_step(self.run_id, self._owner, now, row,
-                                                      (event_type, event_data), fence)
-            else:
-                ours = await engine.store.start_child(self.run_id, self._owner, now, row,
-                                                      (event_type, event_data), child)
-        except Exception as exc:
-            if engine.store.transient(exc):  # the database's trouble, not the workflow's
-                raise _StoreFailed(self.run_id, exc) from exc
-            # The database refuses this value (too large for it, say): it always will.
-            error = SerializationError(
-                f"step {step_row['step']} ({step_row['name']}) of run {self.run_id} could not "
-                f"be stored: {type(exc).__name__}: {exc}")
-            self._fatal = self._fatal or error
-            raise error from exc
-        if not ours:
-            raise _LostOwnership(self.run_id)
+        if not x.torn_down:
+            x.writes.append((x.row(step, key, "event", "completed", output=output),
+                             ("event_set", {"step": step, "key": key}), ()))
 
 
 # ---- engine -----------------------------------------------------------------------------
@@ -4383,60 +5139,39 @@ class _Engine:
     async def _execute(self, run: dict) -> None:
         run_id, owner = run["run_id"], run["owner"]
         history = run["history"] if "history" in run else await self.store.load_steps(run_id)
-        ctx = WorkflowContext(self, run, owner, history)
+        execution = _Execution(self, run, history)
         try:
             if run["status"] == "compensating":  # failed or cancelled earlier: undo
-                await self._compensate(run, ctx, history, run["error"] or "")
+                await self._compensate(run, execution, history, run["error"] or "")
             else:
-                await self._attempt(run, _WORKFLOWS[run["workflow_name"]], ctx)
+                await self._attempt(run, _WORKFLOWS[run["workflow_name"]], execution)
         except _LostOwnership:
             _log.info("run %s is no longer ours (cancelled or taken over); stopped", run_id)
         except _Released:
             _log.info("run %s stopped before its next step: the worker is stopping", run_id)
+            with contextlib.suppress(Exception):  # else the drain gives it back
+                await self.store.release_run(run_id, owner, self.clock())
         except _StoreFailed as failure:
             _log.warning("run %s stopped: a step could not be recorded (%s); it resumes "
                          "from that step", run_id, failure.__cause__)
             with contextlib.suppress(Exception):  # else it resumes once the lease expires
                 await self.store.release_run(run_id, owner, self.clock())
-        finally:
-            for join in ctx._joins:  # waits for children this execution no longer needs
-                if join.done():
-                    _retrieve(join)
-                else:
-                    join.cancel()
 
-    async def _attempt(self, run: dict, definition: _WorkflowDef, ctx: WorkflowContext) -> None:
-        """Run the workflow function (replaying what is recorded) and record how this
-        attempt ended: completed, failed, retrying, parked, or continued as new."""
-        run_id, owner = run["run_id"], run["owner"]
-        remaining = None if run["deadline_at"] is None else run["deadline_at"] - self.clock()
-
-        def timed_out() -> WorkflowTimeoutError:
-            return WorkflowTimeoutError(f"workflow {definition.name!r} (run {run_id}) timed "
-                                        f"out after {run['timeout']:g} s")
-        try:
-            if remaining is not None and remaining <= 0:  # woken at its deadline, say
-                raise timed_out()
-            result = await _with_timeout(definition.fn(ctx), remaining, timed_out,
-                                         sleep=self._timeout_sleep)
-            if ctx._fatal is not None:
-                raise ctx._fatal
-            output = _dumps({"result": result}, f"the result of workflow {definition.name!r}")
-        except _ContinuedAsNew as successor:
-            if ctx._fatal is not None:
-                return await self._failed(run, definition, ctx, ctx._fatal)
-            return await self._continue(run, definition, successor.input_text)
-        except _Suspended as pause:
-            wake_at = pause.wake_at  # or, sooner, when the workflow's time is up
-            if run["deadline_at"] is not None:
-                wake_at = min(run["deadline_at"], math.inf if wake_at is None else wake_at)
-            if not await self.store.suspend_run(run_id, owner, self.clock(), wake_at,
-                                                pause.approval):
-                _log.info("run %s is no longer ours; not parked", run_id)
-            return
-        except Exception as exc:
-            return await self._failed(run, definition, ctx, ctx._fatal or exc)
-        await self._finish(run, "completed", output, None, ("workflow_completed", {}))
+    async def _attempt(self, run: dict, definition: _WorkflowDef,
+                       execution: _Execution) -> None:
+        """Step the workflow (replaying what is recorded) and record how this attempt
+        ended: completed, failed, retrying, parked, or continued as new."""
+        if run["deadline_at"] is not None and run["deadline_at"] <= self.clock():
+            return await self._failed(run, definition, execution, WorkflowTimeoutError(
+                f"workflow {definition.name!r} (run {run['run_id']}) timed out after "
+                f"{run['timeout']:g} s"))  # woken at its deadline, say
+        outcome = await execution.drive(definition)
+        if outcome[0] == "completed":
+            await self._finish(run, "completed", outcome[1], None, ("workflow_completed", {}))
+        elif outcome[0] == "failed":
+            await self._failed(run, definition, execution, outcome[1])
+        elif outcome[0] == "continued":
+            await self._continue(run, definition, outcome[1])
 
     async def _finish(self, run: dict, status: str, output: Optional[str],
                       error: Optional[str], event: tuple) -> None:
@@ -4466,11 +5201,12 @@ class _Engine:
         _log.info("run %s continued as new run %s", run["run_id"], new_id)
         _wake_local(self.store.key)
 
-    async def _failed(self, run: dict, definition: _WorkflowDef, ctx: WorkflowContext,
+    async def _failed(self, run: dict, definition: _WorkflowDef, execution: _Execution,
                       error: BaseException) -> None:
         run_id, owner, attempt = run["run_id"], run["owner"], run["retry_count"]
         text, now = _error_text(error), self.clock()
-        retryable = not isinstance(error, (NonDeterminismError, SerializationError))
+        retryable = not isinstance(error, (NonDeterminismError, SerializationError,
+                                           WorkflowLoopError))
         if retryable and attempt < run["max_retries"]:
             delay = definition.retry_policy.calculate_delay(attempt)
             _log.warning("run %s attempt %d failed, retrying in %.2fs: %s",
@@ -4490,11 +5226,11 @@ class _Engine:
             if await self.store.begin_compensation(run_id, owner, now, text, (
                     "workflow_compensating", {"reason": "failed", **details})):
                 run["status"] = "compensating"  # what its writes are fenced on from now
-                await self._compensate(run, ctx, steps, text)
+                await self._compensate(run, execution, steps, text)
             return
         await self._finish(run, "failed", None, text, ("workflow_failed", details))
 
-    async def _compensate(self, run: dict, ctx: WorkflowContext, steps: dict,
+    async def _compensate(self, run: dict, execution: _Execution, steps: dict,
                           error: str) -> None:
         """Run the registered compensations of a failed or cancelled run, latest first,
         each a step with its activity's retries; those done already are skipped."""
@@ -4505,22 +5241,24 @@ class _Engine:
             if record["status"] == "failed":  # done with: failed after its retries
                 failures.append(f"{name} (step {step}): {_loads(record['error'])['message']}")
                 continue
-            if ctx._owner in self.draining:
+            if execution.owner in self.draining:
                 raise _Released(run["run_id"])  # the next worker goes on from here
             definition, call = _ACTIVITIES.get(name), _loads(record["input"])
             if definition is None:  # the code changed: nothing to run it with
                 missing = ActivityError(f"no activity named {name!r} is registered in this "
                                         "worker to run the compensation", run_id=run["run_id"],
                                         step=step)
-                await ctx._record(record, "failed", None, _dumps_lenient(_error_record(missing)),
-                                  "step_failed", {"step": step, "name": name,
-                                                  "error": str(missing)}, fence="compensating")
+                await execution.record({**record, "status": "failed", "completed_at": None,
+                                        "error": _dumps_lenient(_error_record(missing))},
+                                       ("step_failed", {"step": step, "name": name,
+                                                        "error": str(missing)}),
+                                       fence="compensating")
                 failures.append(f"{name} (step {step}): {missing}")
                 continue
-            try:
-                await ctx._run_activity(step, definition, tuple(call["args"]), call["kwargs"],
-                                        record["attempts"], kind="compensation")
-            except Exception as exc:
+            _, exc = await execution.run_activity(step, definition, tuple(call["args"]),
+                                                  call["kwargs"], record["attempts"],
+                                                  kind="compensation")
+            if exc is not None:
                 failures.append(f"{name} (step {step}): {_error_text(exc)}")
         if failures:
             text = f"compensation failed: {'; '.join(failures)} (after: {error})"
@@ -4995,18 +5733,20 @@ class TinyWorkflowClient:
         engine = await self._ready()
         row = await self._current(run_id)
         run_id = row["run_id"]
-        waiting = row["approval_required"] if row["status"] == "paused" else None
-        if waiting is not None and key in (None, waiting) and await self._store.decide_approval(
-                run_id, waiting, approved, engine.clock()):
+        deciding = key or row["approval_required"]
+        if deciding is not None and await self._store.decide_approval(
+                run_id, deciding, approved, engine.clock()):
+            _signal_came(self._store.key, run_id)  # an execution here takes it at once
             engine.changed(run_id)  # a start_workflow(wait=True) here claims it again
             self._wake_workers()
             return True
         row = await self._store.get_run(run_id) or row  # it may have changed meanwhile
         status, waiting = row["status"], row["approval_required"]
-        if status == "paused" and key not in (None, waiting):
+        asked = (await self._store.approval_steps(run_id, deciding)) if deciding else []
+        if status in ("running", "paused") and asked and asked[-1] in ("waiting", "failed"):
+            why = f"the wait of run {run_id} for the approval {deciding!r} timed out"
+        elif status in ("running", "paused") and waiting is not None and key != waiting:
             why = f"run {run_id} waits for the approval {waiting!r}, not {key!r}"
-        elif status == "paused":
-            why = f"the wait of run {run_id} for the approval {waiting!r} timed out"
         else:
             why = f"run {run_id} is {status}, not waiting for an approval"
         raise RunStateError(f"{why}; nothing changed", run_id=run_id, status=status)

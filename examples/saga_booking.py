@@ -51,9 +51,9 @@ async def charge_payment(card: str, amount: int) -> dict:
 @workflow(name="saga_trip_booking", retry_policy=NO_RETRY, timeout=60)
 async def trip_booking(ctx: WorkflowContext) -> dict:
     hotel = await ctx.execute_activity(book_hotel, ctx.get_input("city"))
-    await ctx.add_compensation(cancel_hotel, hotel)  # registered, runs only on failure
+    ctx.add_compensation(cancel_hotel, hotel)  # registered, runs only on failure
     flight = await ctx.execute_activity(book_flight, ctx.get_input("city"))
-    await ctx.add_compensation(cancel_flight, flight)
+    ctx.add_compensation(cancel_flight, flight)
     payment = await ctx.execute_activity(charge_payment, ctx.get_input("card"),
                                          ctx.get_input("amount"))
     return {**hotel, **flight, **payment}

@@ -39,7 +39,7 @@ async def health_check(ctx: WorkflowContext) -> dict:
 
 @workflow(name="weekly_report")
 async def weekly_report(ctx: WorkflowContext) -> str:
-    return f"report for week of {(await ctx.now()).date()}"
+    return f"report for week of {ctx.now().date()}"
 
 
 @workflow(name="reminder_task")

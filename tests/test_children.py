@@ -137,12 +137,12 @@ async def test_a_child_failed_in_an_earlier_attempt_is_started_anew(client):
 async def waiter(ctx):
     if ctx.get_input("depth", 0) > 0:
         handle = await ctx.start_child_workflow("ch_waiter", {"depth": ctx.get_input("depth") - 1})
-        await ctx.set_event("child", handle.run_id)
+        ctx.set_event("child", handle.run_id)
         try:
             return await handle
         except WorkflowFailedError as exc:
             return f"my child {exc.status}"
-    await ctx.set_event("child", None)
+    ctx.set_event("child", None)
     return await ctx.wait_for_signal("go")
 
 

@@ -61,9 +61,9 @@ async def charge(amount: int) -> str:
 async def _trip(ctx):
     city = ctx.get_input("city")
     hotel = await ctx.execute_activity(book_hotel, city)
-    await ctx.add_compensation(cancel_hotel, hotel)
+    ctx.add_compensation(cancel_hotel, hotel)
     flight = await ctx.execute_activity(book_flight, city)
-    await ctx.add_compensation(cancel_flight, booking=flight)
+    ctx.add_compensation(cancel_flight, booking=flight)
     if ctx.get_input("wait"):
         await ctx.wait_for_signal("pay")
     return await ctx.execute_activity(charge, ctx.get_input("amount"))
@@ -189,7 +189,7 @@ async def slow() -> None:
 @workflow(name="saga_busy", retry_policy=NO_RETRY)
 async def busy(ctx):
     hotel = await ctx.execute_activity(book_hotel, "Oslo")
-    await ctx.add_compensation(cancel_hotel, hotel)
+    ctx.add_compensation(cancel_hotel, hotel)
     await ctx.execute_activity(slow)
 
 
@@ -228,7 +228,7 @@ async def refund() -> None:
 
 @workflow(name="saga_sync", retry_policy=NO_RETRY)
 async def saga_sync(ctx):
-    await ctx.add_compensation(refund)
+    ctx.add_compensation(refund)
     await ctx.execute_activity(sync_charge, 1.5)
 
 
@@ -247,7 +247,7 @@ async def test_a_compensation_never_overlaps_the_activity_still_running(db_url):
 
 @workflow(name="saga_child_fails", retry_policy=NO_RETRY)
 async def saga_child_fails(ctx):
-    await ctx.add_compensation(refund)
+    ctx.add_compensation(refund)
     await ctx.wait_for_signal("go")
     raise RuntimeError("the child gives up")
 
@@ -298,7 +298,7 @@ def undecorated(booking):
 
 @workflow(name="saga_bad_compensation", retry_policy=NO_RETRY)
 async def bad_compensation(ctx):
-    await ctx.add_compensation(undecorated, "x")
+    ctx.add_compensation(undecorated, "x")
 
 
 async def test_a_compensation_must_be_a_registered_activity(client):
@@ -339,7 +339,7 @@ async def trip(ctx):
     path = ctx.get_input("log")
     for what in ("hotel", "flight"):
         await ctx.execute_activity(book, path, what)
-        await ctx.add_compensation(cancel, path, what)
+        ctx.add_compensation(cancel, path, what)
     await ctx.execute_activity(charge, path)
 """
 

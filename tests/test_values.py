@@ -1,12 +1,14 @@
-"""Deterministic values: ``ctx.now()``, ``ctx.uuid4()``, ``ctx.random()`` and
-``ctx.randint()`` are steps. The first execution records them; a replay (a
-workflow-level retry, a resumed run) gets the recorded values back."""
+"""Deterministic values: ``ctx.now()``, ``ctx.uuid4()`` and ``ctx.random()`` are plain
+calls that write nothing. ``now()`` is the workflow's time (the recorded time of what it
+last received), ``uuid4()`` and ``random()`` come from a generator seeded from the run:
+a replay (a workflow-level retry, a resumed run) sees the same values."""
 
+import random
 import uuid
 from datetime import datetime, timezone
 
-from tinyworkflow import (NonDeterminismError, RetryPolicy, TinyWorkflowClient, activity,
-                          workflow)
+import dbutil
+from tinyworkflow import RetryPolicy, TinyWorkflowClient, activity, workflow
 
 seen: list = []  # what each execution of the workflow saw
 attempts = {"n": 0}
@@ -20,19 +22,24 @@ async def flaky() -> str:
     return "ok"
 
 
+@activity(name="values_step")
+async def values_step() -> str:
+    return "step"
+
+
 @workflow(name="values_wf", retry_policy=RetryPolicy(max_retries=1, initial_delay=0.01,
                                                       jitter=False))
 async def values_wf(ctx):
-    # Called together, awaited in another order: numbered at call time all the same.
-    now_call, id_call = ctx.now(), ctx.uuid4()
-    made = {"uuid": await id_call, "now": await now_call, "random": await ctx.random(),
-            "randint": await ctx.randint(1, 10**9)}
+    made = {"now": ctx.now(), "uuid": ctx.uuid4(), "random": ctx.random().random(),
+            "randint": ctx.random().randint(1, 10**9)}
+    await ctx.execute_activity(values_step)
+    made["after"] = ctx.now()  # the recorded time of the step's outcome
     seen.append(made)
     await ctx.execute_activity(flaky)  # fails on the first attempt: the run is retried
     return {k: str(v) for k, v in made.items()}
 
 
-async def test_values_are_recorded_once_and_replayed(client):
+async def test_values_are_plain_calls_the_same_on_every_replay(client):
     seen.clear()
     attempts["n"] = 0
     before = datetime.now(timezone.utc)
@@ -42,40 +49,46 @@ async def test_values_are_recorded_once_and_replayed(client):
     assert len(seen) == 2 and seen[0] == seen[1]  # the retry saw the same values
     first = seen[0]
     assert isinstance(first["uuid"], uuid.UUID) and first["uuid"].version == 4
-    assert isinstance(first["now"], datetime) and first["now"].tzinfo is not None
-    assert before <= first["now"] <= datetime.now(timezone.utc)
+    assert isinstance(first["now"], datetime) and first["now"].tzinfo == timezone.utc
+    assert before.timestamp() - 1 <= first["now"].timestamp() <= first["after"].timestamp()
+    assert first["after"] <= datetime.now(timezone.utc)
     assert 0 <= first["random"] < 1 and 1 <= first["randint"] <= 10**9
     assert run.output_data == {"result": {k: str(v) for k, v in first.items()}}
-    steps = await client.get_workflow_steps(run_id)
+    steps = await client.get_workflow_steps(run_id)  # nothing recorded for the values
     assert [(s.step, s.name, s.kind) for s in steps] == [
-        (1, "now", "value"), (2, "uuid4", "value"), (3, "random", "value"),
-        (4, "randint", "value"), (5, "values_flaky", "activity")]
-    events = [e.event_type for e in await client.get_workflow_events(run_id)]
-    assert events.count("step_completed") == 5  # four values, recorded once, and the activity
+        (1, "values_step", "activity"), (2, "values_flaky", "activity")]
 
 
-@workflow(name="values_changed", retry_policy=RetryPolicy(max_retries=1, initial_delay=0.01))
-async def values_changed(ctx):
-    if ctx.retry_count == 0:
-        await ctx.now()
-        raise RuntimeError("retry me")
-    await ctx.uuid4()  # the code of step 1 changed between attempts
+@workflow(name="values_two_runs", retry_policy=RetryPolicy(max_retries=0))
+async def values_two_runs(ctx):
+    return [str(ctx.uuid4()), ctx.random().random()]
 
 
-async def test_a_value_step_that_changed_is_non_determinism(db_url):
+async def test_each_run_has_its_own_generator(client):
+    one = await client.start_workflow("values_two_runs", wait=True)
+    two = await client.start_workflow("values_two_runs", wait=True)
+    first, second = [(await client.get_workflow_status(r)).output_data["result"]
+                     for r in (one, two)]
+    assert first != second
+    expected = random.Random(one)  # seeded from the run id: documented, reproducible
+    assert first[1] == (uuid.UUID(int=expected.getrandbits(128), version=4), expected.random())[1]
+
+
+@workflow(name="values_old_history", retry_policy=RetryPolicy(max_retries=0))
+async def values_old_history(ctx):
+    return [ctx.now().year > 2000, await ctx.execute_activity(values_step)]
+
+
+async def test_a_run_recorded_with_value_steps_by_an_older_version_replays(db_url):
+    """Older versions recorded ctx.now() and the like as ``value`` steps: a run in
+    flight across the upgrade passes over them and replays its other steps."""
     async with TinyWorkflowClient(db_url) as client:
-        run_id = await client.start_workflow("values_changed", wait=True)
-        run = await client.get_workflow_status(run_id)
-    assert run.status == "failed"
-    assert NonDeterminismError.__name__ in run.error and "'now'" in run.error
-
-
-@workflow(name="values_bad_randint", retry_policy=RetryPolicy(max_retries=0))
-async def values_bad_randint(ctx):
-    return await ctx.randint(5, 1)
-
-
-async def test_randint_with_bad_bounds_fails_the_run_with_a_clear_error(client):
-    run_id = await client.start_workflow("values_bad_randint", wait=True)
-    run = await client.get_workflow_status(run_id)
-    assert run.status == "failed" and run.error.startswith("ValueError: randint needs")
+        run_id = await client.start_workflow("values_old_history")
+        await dbutil.rows(db_url, "INSERT INTO tinyworkflow_steps (run_id, step, name, kind, "
+                          "status, output, attempts, run_attempt, started_at, completed_at) "
+                          "VALUES (?, 1, 'now', 'value', 'completed', '1.5', 1, 0, 1.5, 1.5)",
+                          (run_id,))
+        await client.recover_workflows()
+        assert await client.wait_for_result(run_id, timeout=10) == [True, "step"]
+        steps = await client.get_workflow_steps(run_id)
+        assert [(s.step, s.kind) for s in steps] == [(1, "value"), (2, "activity")]

@@ -183,9 +183,9 @@ async def bad_patch(ctx):
 @workflow(name="ver_progress", retry_policy=RetryPolicy(max_retries=1, initial_delay=0.01,
                                                         jitter=False))
 async def progress(ctx):
-    await ctx.set_event("stage", "received")
+    ctx.set_event("stage", "received")
     await ctx.wait_for_signal("go")
-    await ctx.set_event("stage", {"shipping": ctx.get_input("order")})
+    ctx.set_event("stage", {"shipping": ctx.get_input("order")})
     if ctx.retry_count == 0:
         raise RuntimeError("fails once: the events replay, not written again")
     return "done"
@@ -239,12 +239,12 @@ async def log(path, run_id, label):
 @workflow(name="ver_crash_wf", retry_policy=RetryPolicy(max_retries=0))
 async def crash_wf(ctx):
     path = ctx.get_input("log")
-    await ctx.set_event("stage", "started")
+    ctx.set_event("stage", "started")
     if VERSION == 2 and ctx.patched("text-first"):
         await ctx.execute_activity(log, path, ctx.run_id, "new")
     else:
         await ctx.execute_activity(log, path, ctx.run_id, "old")
-    await ctx.set_event("stage", "notified")
+    ctx.set_event("stage", "notified")
     await ctx.wait_for_signal("go")
     return await ctx.execute_activity(log, path, ctx.run_id, "end")
 """
