@@ -3675,8 +3675,13 @@ class _WorkflowLoop(asyncio.AbstractEventLoop):
 
     def run_until_idle(self) -> None:
         """Run ready callbacks, with this loop as the running loop, until none is left."""
-        real = asyncio._get_running_loop()
+        if not self._ready:
+            return
+        real, hooks = asyncio._get_running_loop(), sys.get_asyncgen_hooks()
         asyncio._set_running_loop(self)
+        # An async generator first iterated here is closed here when it is dropped (the
+        # real loop's hooks would run its cleanup there, outside the workflow).
+        sys.set_asyncgen_hooks(firstiter=None, finalizer=self._close_asyncgen)
         try:
             while self._ready:
                 handle, callback, args, context = self._ready.popleft()
@@ -3689,6 +3694,11 @@ class _WorkflowLoop(asyncio.AbstractEventLoop):
                                                  "exception": exc, "handle": handle})
         finally:
             asyncio._set_running_loop(real)
+            sys.set_asyncgen_hooks(*hooks)
+
+    def _close_asyncgen(self, agen) -> None:
+        if not self._closed:
+            self.create_task(agen.aclose())
 
     # -- what asyncio calls
     def time(self) -> float:
@@ -3772,7 +3782,22 @@ for _name in ("run_in_executor", "set_default_executor", "getaddrinfo", "getname
 
 
 class _Step(asyncio.Future):
-    """The outcome of a step, on its run's workflow loop (and awaitable only there)."""
+    """The outcome of a step, on its run's workflow loop (and awaitable only there).
+    ``on_cancel`` is called when the workflow cancels it (gives the step up)."""
+
+    __slots__ = ("on_cancel",)
+
+    def __init__(self, *, loop: asyncio.AbstractEventLoop,
+                 on_cancel: Optional[Callable[[], Any]] = None):
+        super().__init__(loop=loop)
+        self.on_cancel = on_cancel
+
+    def cancel(self, msg: Any = None) -> bool:
+        if not super().cancel(msg):
+            return False
+        if self.on_cancel is not None:
+            self.on_cancel()
+        return True
 
     def __await__(self):
         if asyncio._get_running_loop() is not self.get_loop():
@@ -3792,31 +3817,38 @@ def _settle_future(future: asyncio.Future, value: Any) -> None:
         future.set_result(value)
 
 
-async def _shielded(awaitable: Awaitable) -> Any:
-    """Await a write that must not be cut off halfway: a cancellation waits for it to
-    end (its outcome stands), then propagates."""
-    task = asyncio.ensure_future(awaitable)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        while not task.done():
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait({task})
-        _retrieve(task)
-        raise
-
-
 class _Notify:
-    """An execution's wake-up: ``set`` by a signal, a decision or a child's end that
-    concerns it (``came``), and by its own steps' outcomes (``event`` only)."""
+    """An execution's wake-up, an ``asyncio.Event`` in what it offers (``set``,
+    ``is_set``, ``clear``, ``wait``) and cheaper: ``set`` by a signal, a decision or a
+    child's end that concerns the run (``came``), ``wake`` by its own steps' outcomes."""
 
-    def __init__(self) -> None:
-        self.event = asyncio.Event()
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop, self._waiter, self._set = loop, None, False
         self.came = True  # at the start: whatever came while it was parked
 
     def set(self) -> None:
         self.came = True
-        self.event.set()
+        self.wake()
+
+    def wake(self) -> None:
+        self._set = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> bool:
+        if not self._set:
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return True
 
 
 @dataclasses.dataclass
@@ -3881,7 +3913,9 @@ class _Execution:
         self.unchecked: set = set()  # waits to look at the next check
         self.timers: dict[int, int] = {}  # id(timer handle) -> step
         self.inflight: dict[int, asyncio.Task] = {}  # step -> its activity's task
+        self.starting: list = []  # activities called in this activation
         self.abandoned: set = set()  # steps the workflow cancelled while in flight
+        self.finishing: set = set()  # steps whose outcome is being recorded
         self.writes: list = []  # (row, event, extra) to record after this activation
         self.markers: list = []  # (row, event) of patch markers, for the next write
         self.resolutions: list = []  # (future, value) settled after those writes
@@ -3891,9 +3925,10 @@ class _Execution:
         self.closing = False  # the workflow ended: nothing new starts
         self.torn_down = False
         self.successor: Optional[str] = None  # continue_as_new's input
-        self.notify = _Notify()
+        self.notify = _Notify(self.real)
         self.inbox: Optional[int] = None  # the run's inbox count at the last check
         self.waited = False  # waited in memory since the last outcome
+        self.idle = False  # the driver only waits for activities in flight (see pump)
         self.main: Optional[asyncio.Task] = None
         self.ctx = WorkflowContext(self, run)
 
@@ -3982,17 +4017,33 @@ class _Execution:
                 attempts = record["attempts"]  # crashed while retrying: keep counting
         if self.blocked():
             return future
-        self.inflight[step] = asyncio.Task(
-            self.activity_task(step, definition, args, kwargs, attempts), loop=self.real)
-        future.add_done_callback(lambda f: self.abandon(step, f))
+        # It starts right after this activation (nothing else runs on the real loop
+        # meanwhile): in a task of its own, or, alone, in the driver (see launch).
+        self.starting.append((step, future, definition, args, kwargs, attempts))
+        future.on_cancel = lambda: self.abandon(step)
         return future
 
-    def abandon(self, step: int, future: asyncio.Future) -> None:
+    def launch(self, alone: bool) -> Optional[Awaitable]:
+        """Start the activities called in the last activation, each in a task of its own,
+        except one called ``alone`` (nothing else in flight or awaited; see step): the
+        driver awaits that one itself, which saves a turn of the loop per step."""
+        starting = [call for call in self.starting if not call[1].cancelled()]
+        self.starting.clear()
+        if alone and len(starting) == 1:
+            step, _, definition, args, kwargs, attempts = starting[0]
+            return self.activity_task(step, definition, args, kwargs, attempts, alone=True)
+        for step, _, definition, args, kwargs, attempts in starting:
+            self.inflight[step] = asyncio.Task(
+                self.activity_task(step, definition, args, kwargs, attempts), loop=self.real)
+        return None
+
+    def abandon(self, step: int) -> None:
         """The workflow cancelled a step in flight: its activity is cancelled too."""
         task = self.inflight.get(step)
-        if future.cancelled() and task is not None and not task.done():
+        if task is not None and not task.done():
             self.abandoned.add(step)
-            task.cancel()
+            if step not in self.finishing:  # else its outcome stands, whole
+                task.cancel()
 
     def timer(self, when: float, callback: Callable, args: tuple, context: Any,
               name: str = "timer", future: Optional[asyncio.Future] = None
@@ -4067,8 +4118,7 @@ class _Execution:
         self.waits[step] = wait
         if kind == "signal" or record is not None:
             self.unchecked.add(step)
-        future.add_done_callback(lambda f: f.cancelled() and self.waits.pop(step, None)
-                                 and self.forget(wait))
+        future.on_cancel = lambda: self.waits.pop(step, None) and self.forget(wait)
         return future
 
     def start_child(self, workflow_name: str, input_text: Optional[str],
@@ -4102,7 +4152,6 @@ class _Execution:
     def arrive(self, step: int, row: dict, exc: Optional[BaseException] = None) -> None:
         self.unsettled.discard(row["seq"])
         heapq.heappush(self.arrived, (row["seq"], step, row, exc))
-        self.notify.event.set()
 
     def deliver(self, step: int, row: dict, exc: Optional[BaseException] = None) -> None:
         """Hand a step's outcome to the workflow (an activation follows)."""
@@ -4194,7 +4243,7 @@ class _Execution:
         self.arrive(step, row, exc)
 
     async def activity_task(self, step: int, definition: _ActivityDef, args: tuple,
-                            kwargs: dict, attempts: int) -> None:
+                            kwargs: dict, attempts: int, alone: bool = False) -> None:
         """An activity step on the real loop: its attempts, its outcome recorded, then
         handed to the workflow. A failure to record stops the execution."""
         try:
@@ -4202,14 +4251,35 @@ class _Execution:
             self.arrive(step, row, exc)
         except (_StoreFailed, _LostOwnership, _Released) as stop:
             self.stop = self.stop or stop
-        except (asyncio.CancelledError, SerializationError):  # stopping; or fatal
+        except asyncio.CancelledError:  # the execution stops: halt waits for the task
+            if alone:  # run by the driver itself: the driver is what is cancelled
+                raise
+        except SerializationError:  # fatal already
             pass
         except Exception as exc:  # a bug of ours: the attempt fails, visibly
             _log.exception("run %s: step %d could not be completed", self.run_id, step)
             self.fatal = self.fatal or exc
         finally:
             self.inflight.pop(step, None)
-            self.notify.event.set()
+            if self.idle:
+                self.pump()
+            else:
+                self.notify.wake()
+
+    def pump(self) -> None:
+        """Deliver outcomes here, in place of waking the driver, while it only waits for
+        activities in flight and has nothing else to do (no wait, no deadline, nothing
+        to write): a run of sequential steps then costs one turn of the real loop each."""
+        while not (self.stop or self.writes or self.resolutions or self.fatal or self.waits
+                   or self.recorded or self.unsequenced or self.successor is not None
+                   or self.main.done() or self.torn_down):
+            if not self.deliver_arrived():
+                if self.inflight or self.unsettled or self.arrived:
+                    return  # the driver goes on waiting
+                break
+            self.loop.run_until_idle()
+            self.launch(alone=False)
+        self.notify.wake()
 
     async def run_activity(self, step: int, definition: _ActivityDef, args: tuple,
                            kwargs: dict, attempts: int, kind: str = "activity") -> tuple:
@@ -4231,13 +4301,20 @@ class _Execution:
             _WORK.count += 1  # in flight until it returns or its timeout abandons it
             error: Optional[BaseException] = None
             try:
-                result = await _with_timeout(
-                    definition.call(args, kwargs), definition.timeout,
-                    lambda: ActivityTimeoutError(
-                        f"activity {definition.name!r} (step {step} of run {self.run_id}) "
-                        f"timed out after {definition.timeout} s"), settle=False)
-                output = _dumps(result, f"the result of activity {definition.name!r} "
-                                        f"(step {step} of run {self.run_id})")
+                if definition.timeout is None:
+                    result = await definition.call(args, kwargs)
+                else:
+                    result = await _with_timeout(
+                        definition.call(args, kwargs), definition.timeout,
+                        lambda: ActivityTimeoutError(
+                            f"activity {definition.name!r} (step {step} of run "
+                            f"{self.run_id}) timed out after {definition.timeout} s"),
+                        settle=False)
+                try:
+                    output = _json(result, allow_nan=False)
+                except (TypeError, ValueError):  # say which: SerializationError
+                    output = _dumps(result, f"the result of activity {definition.name!r} "
+                                            f"(step {step} of run {self.run_id})")
             except asyncio.CancelledError as exc:
                 if step not in self.abandoned:
                     raise
@@ -4282,15 +4359,14 @@ class _Execution:
         meanwhile (with the next seq for a workflow's step)."""
         if fence == "running":
             row["seq"] = self.allocate()
+        self.finishing.add(row["step"])  # not cancelled now: see abandon and halt
         try:
-            await _shielded(self.record(row, event, fence))
-        except asyncio.CancelledError:
-            if row["step"] not in self.abandoned:
-                self.unsettled.discard(row["seq"])
-                raise
+            await self.record(row, event, fence)
         except BaseException:
             self.unsettled.discard(row["seq"])
             raise
+        finally:
+            self.finishing.discard(row["step"])
         return row
 
     # -- the driver
@@ -4316,8 +4392,18 @@ class _Execution:
     async def step(self) -> tuple:
         engine, loop, deadline = self.engine, self.loop, self.run["deadline_at"]
         while True:
-            self.notify.event.clear()  # before looking: nothing set from here on is missed
+            self.notify.clear()  # before looking: nothing set from here on is missed
             loop.run_until_idle()
+            if self.starting:
+                alone = self.launch(
+                    alone=deadline is None and not (
+                        loop._ready or self.writes or self.resolutions or self.inflight
+                        or self.waits or self.recorded or self.unsequenced or self.arrived
+                        or self.unsettled or self.stop or self.fatal or self.main.done()
+                        or self.successor is not None))
+                if alone is not None:
+                    await alone
+                    continue
             if self.stop is not None:
                 if isinstance(self.stop, _Released) and self.inflight:
                     await asyncio.wait(list(self.inflight.values()))  # the grace period
@@ -4339,7 +4425,7 @@ class _Execution:
             if self.deliver_arrived():
                 continue
             due = min(((w.deadline, w.step) for w in self.waits.values()
-                       if w.deadline is not None), default=None)
+                       if w.deadline is not None), default=None) if self.waits else None
             if due is not None and due[0] <= now:
                 await self.expire(self.waits.pop(due[1]))
                 continue
@@ -4355,8 +4441,14 @@ class _Execution:
                 # Working: until an outcome, a deadline, or (another process may send
                 # a signal or decide) a look at the run's inbox now and then.
                 polls = any(w.kind != "timer" for w in self.waits.values())
-                if not await engine.wait(self.notify.event, None if wake is None else
-                                         wake - now, _SLEEP_IN_MEMORY if polls else None):
+                if wake is None and not polls:
+                    self.idle = True  # see pump
+                    try:
+                        await self.notify.wait()
+                    finally:
+                        self.idle = False
+                elif not await engine.wait(self.notify, None if wake is None else
+                                           wake - now, _SLEEP_IN_MEMORY if polls else None):
                     self.notify.came = self.notify.came or polls
                 continue
             if await self.quiescent(now, wake):
@@ -4550,13 +4642,13 @@ class _Execution:
         # in memory: a run waiting for an approval parks at once.
         park_now = self.owner in engine.draining or "approval" in kinds
         if not park_now and wake is not None and wake - now <= _SLEEP_IN_MEMORY:
-            await engine.wait(self.notify.event, wake - now, None)
+            await engine.wait(self.notify, wake - now, None)
             return False
         if not park_now and not self.waited and kinds & {"signal", "child"}:
             # A signal or a child's end soon after is taken without parking and
             # replaying the run.
             self.waited = True
-            await engine.wait(self.notify.event, None if wake is None else wake - now,
+            await engine.wait(self.notify, None if wake is None else wake - now,
                               _SLEEP_IN_MEMORY)
             self.notify.came = True  # look once more (another process may have sent)
             return False
@@ -4613,8 +4705,9 @@ class _Execution:
     async def settle(self) -> None:
         """Until no step is in flight: their outcomes recorded and delivered."""
         while True:
-            self.notify.event.clear()
+            self.notify.clear()
             self.loop.run_until_idle()
+            self.launch(alone=False)  # none, unless the failure's other branches go on
             if self.stop is not None:
                 raise self.stop
             if self.writes or self.resolutions:
@@ -4624,7 +4717,7 @@ class _Execution:
                 continue
             if not self.inflight and not self.unsettled:
                 return
-            await self.notify.event.wait()
+            await self.notify.wait()
 
     async def halt(self, abandon: bool) -> None:
         """Stop the activities in flight and wait until they have (a thread ends when
@@ -4633,8 +4726,9 @@ class _Execution:
         tasks = list(self.inflight.values())
         if abandon:
             self.abandoned.update(self.inflight)
-        for task in tasks:
-            task.cancel()
+        for step, task in self.inflight.items():
+            if step not in self.finishing:  # a write half done is let finish
+                task.cancel()
         while tasks and not all(task.done() for task in tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait(tasks)
@@ -4763,7 +4857,7 @@ class WorkflowContext:
     def _sleep(self, deadline: float) -> "asyncio.Future[None]":
         future = _Step(loop=self._x.loop)
         handle = self._x.timer(deadline, _settle_future, (future, None), None, "sleep", future)
-        future.add_done_callback(lambda f: f.cancelled() and handle.cancel())
+        future.on_cancel = handle.cancel
         return future
 
     # -- signals
