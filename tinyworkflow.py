@@ -92,6 +92,7 @@ import time
 import traceback
 import types
 import uuid
+import weakref
 from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable, NamedTuple, NoReturn, Optional
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -3672,6 +3673,7 @@ class _WorkflowLoop(asyncio.AbstractEventLoop):
         self._now = now
         self._closed = False
         self._exception_handler: Optional[Callable] = None
+        self._tasks: weakref.WeakSet = weakref.WeakSet()
 
     def run_until_idle(self) -> None:
         """Run ready callbacks, with this loop as the running loop, until none is left."""
@@ -3727,7 +3729,9 @@ class _WorkflowLoop(asyncio.AbstractEventLoop):
 
     def create_task(self, coro, *, name=None, context=None) -> asyncio.Task:
         options = {} if context is None else {"context": context}
-        return asyncio.Task(coro, loop=self, name=name, **options)
+        task = asyncio.Task(coro, loop=self, name=name, **options)
+        self._tasks.add(task)  # closed at teardown (asyncio.all_tasks scans every loop's)
+        return task
 
     def is_running(self) -> bool:
         return asyncio._get_running_loop() is self
@@ -3900,7 +3904,7 @@ class _Execution:
         self.real = asyncio.get_running_loop()
         started = run["started_at"] if run["started_at"] is not None else engine.clock()
         self.loop = _WorkflowLoop(self, started)
-        self.random = random.Random(self.run_id)  # str seeds are hashed stably (sha512)
+        self._random: Optional[random.Random] = None
         self.next_step = 1
         self.last_recorded = max(history, default=0)
         self.seq = max((row["seq"] or 0 for row in history.values()), default=0)
@@ -3931,6 +3935,13 @@ class _Execution:
         self.idle = False  # the driver only waits for activities in flight (see pump)
         self.main: Optional[asyncio.Task] = None
         self.ctx = WorkflowContext(self, run)
+
+    @property
+    def random(self) -> random.Random:
+        """The run's generator, seeded from its id (a str seed is hashed stably)."""
+        if self._random is None:
+            self._random = random.Random(self.run_id)
+        return self._random
 
     # -- numbering and history
     def peek(self) -> int:
@@ -4198,6 +4209,8 @@ class _Execution:
         """Record steps in one transaction, with the patch markers not recorded yet: a
         marker matters only to a replay that finds steps recorded after it, so it goes
         with the next write, and every later write waits until it is in."""
+        if self.flushing is None and not self.markers and len(items) == 1 and not extra:
+            return await self.write_now(items, fence, extra)  # the common case
         while self.flushing is not None and not self.flushing.done():
             await asyncio.wait({self.flushing})
         markers, self.markers = self.markers, []
@@ -4209,6 +4222,7 @@ class _Execution:
         finally:
             if markers:
                 self.flushing.set_result(None)
+                self.flushing = None
 
     async def write_now(self, items: list, fence: str, extra: tuple) -> None:
         now = self.engine.clock()
@@ -4293,8 +4307,8 @@ class _Execution:
             if attempts and self.owner in engine.draining:
                 raise _Released(self.run_id)  # between attempts: the failures are recorded
             attempts += 1
-            row = {**self.row(step, definition.name, kind, "", input=arguments,
-                              attempts=attempts, started_at=started)}
+            row = self.row(step, definition.name, kind, "", input=arguments,
+                           attempts=attempts, started_at=started)
             token = _CURRENT_ACTIVITY.set(ActivityInfo(
                 self.run_id, self.run["workflow_id"], self.run["workflow_name"], step,
                 definition.name, attempts))
@@ -4741,9 +4755,10 @@ class _Execution:
         real = asyncio._get_running_loop()
         asyncio._set_running_loop(self.loop)
         try:
-            for task in list(asyncio.all_tasks(self.loop)):
-                with contextlib.suppress(BaseException):
-                    task.get_coro().close()
+            for task in list(self.loop._tasks):
+                if not task.done():
+                    with contextlib.suppress(BaseException):
+                        task.get_coro().close()
         finally:
             asyncio._set_running_loop(real)
             self.loop._ready.clear()
