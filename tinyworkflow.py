@@ -1850,7 +1850,8 @@ class _Store:
         return await self.batch([
             (self.sql("UPDATE {p}runs SET status = ?, output_data = ?, error = ?, "
                       "completed_at = ?, updated_at = ?, owner = NULL, lease_expires_at = NULL, "
-                      "wake_at = NULL WHERE run_id = ? AND owner = ? AND status = ?"),
+                      "wake_at = NULL, approval_required = NULL "
+                      "WHERE run_id = ? AND owner = ? AND status = ?"),
              (status, output, error, now, now, run_id, owner, fence)),
             self._event(run_id, *event, now),
             *(self._wake_parent(parent, now) if parent else ()),
@@ -3041,7 +3042,8 @@ class _PostgresStore(_ServerStore):
                        "event_data": "text"}
             write = ("s AS (UPDATE {p}runs r SET status = v.status, output_data = "
                      "v.output_data, error = v.error, completed_at = v.now, updated_at = v.now, "
-                     "owner = NULL, lease_expires_at = NULL, wake_at = NULL FROM v WHERE r.run_id = v.run_id "
+                     "owner = NULL, lease_expires_at = NULL, wake_at = NULL, "
+                     "approval_required = NULL FROM v WHERE r.run_id = v.run_id "
                      "AND r.owner = v.owner AND r.status = 'running' RETURNING r.run_id)")
             joined, now, result = "s.run_id = v.run_id", "now", "run_id"
         arrays = ", ".join(f"CAST(${i} AS {{{type_}}}[])"
