@@ -444,36 +444,23 @@ def _rebuild_error(record: dict, run_id: str, step: int) -> BaseException:
     return ActivityError(message, error_type=record.get("type", ""), run_id=run_id, step=step)
 
 
-async def _with_timeout(awaitable: Awaitable, seconds: Optional[float],
-                        error: Callable[[], Exception], settle: bool = True,
-                        sleep: Optional[Callable] = None):
-    """Await with a time limit, telling our timeout apart from a TimeoutError raised by
-    the awaited code itself (asyncio.wait_for cannot). On timeout the work is cancelled
-    and, with ``settle``, waited for until it has really stopped (a sync activity's
-    thread cannot be interrupted); without, it is abandoned to finish on its own.
-    ``sleep`` (a clock's) measures the time; by default, the machine's."""
-    if seconds is None:
-        return await awaitable
+async def _with_timeout(awaitable: Awaitable, seconds: float,
+                        error: Callable[[], Exception]):
+    """Await with a time limit (the machine's time), telling our timeout apart from a
+    TimeoutError raised by the awaited code itself (asyncio.wait_for cannot). On timeout
+    the work is cancelled and abandoned to finish on its own (a sync activity's thread
+    cannot be interrupted); cancelled from outside, it is over once it has stopped."""
     task = asyncio.ensure_future(awaitable)
-    timer = None if sleep is None else asyncio.ensure_future(sleep(seconds))
     try:
-        done, _ = await asyncio.wait({task} if timer is None else {task, timer},
-                                     timeout=max(seconds, 0.0) if timer is None else None,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({task}, timeout=max(seconds, 0.0))
     except asyncio.CancelledError:
-        task.cancel()  # cancelled from outside: the work is over only once it has stopped
+        task.cancel()
         await asyncio.wait({task})
         _retrieve(task)
         raise
-    finally:
-        if timer is not None:
-            timer.cancel()
-    done.discard(timer)
     if not done:
         task.cancel()
         task.add_done_callback(_retrieve)  # whatever it ends with, the verdict is timeout
-        if settle:
-            await asyncio.wait({task})  # an outer cancellation still propagates from here
         raise error()
     return task.result()
 
@@ -4324,8 +4311,7 @@ class _Execution:
                         definition.call(args, kwargs), definition.timeout,
                         lambda: ActivityTimeoutError(
                             f"activity {definition.name!r} (step {step} of run "
-                            f"{self.run_id}) timed out after {definition.timeout} s"),
-                        settle=False)
+                            f"{self.run_id}) timed out after {definition.timeout} s"))
                 try:
                     output = _json(result, allow_nan=False)
                 except (TypeError, ValueError):  # say which: SerializationError
@@ -5092,7 +5078,6 @@ class _Engine:
         # The workflows' time (timers, timeouts, recorded times) and its waits; leases
         # go by the machine's time.
         self.clock, self.sleep, self.wait = clock.time, clock.sleep, clock.wait
-        self._timeout_sleep = None if type(clock) is Clock else clock.sleep
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._claims = itertools.count(1)
         self._tasks: dict[str, tuple] = {}  # run id -> (owner, task, done event)
