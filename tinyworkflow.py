@@ -1220,6 +1220,9 @@ _MIGRATIONS: list[list[str]] = [
         # Counts what came for a run (signals, decisions, children's ends): a run parks
         # only if nothing came since it last looked.
         "ALTER TABLE {p}runs ADD COLUMN inbox {int} NOT NULL DEFAULT 0",
+        # When the run's current attempt began: a retried or resumed attempt's new
+        # timers and waits count from there, not from its replayed history's time.
+        "ALTER TABLE {p}runs ADD COLUMN attempt_started_at {float}",
     ],
 ]
 
@@ -1228,7 +1231,7 @@ _RUN_COLUMNS = (
     "retry_count", "max_retries", "timeout", "created_at", "started_at", "completed_at",
     "updated_at", "wake_at", "deadline_at", "owner", "lease_expires_at", "parent_run_id",
     "approval_required", "schedule_id", "scheduled_for", "idempotency_key", "queue_name",
-    "queue_key", "priority", "dequeued_at", "debounce_key", "inbox",
+    "queue_key", "priority", "dequeued_at", "debounce_key", "inbox", "attempt_started_at",
 )
 _STEP_TYPES = {"run_id": "key", "step": "int", "name": "key", "kind": "key", "status": "key",
                "input": "text", "output": "text", "error": "text", "attempts": "int",
@@ -1466,13 +1469,15 @@ class _Store:
             marks = ", ".join("?" * len(ids))
             await tx.execute(self.sql(
                 "UPDATE {p}runs SET deadline_at = CASE WHEN status IN ('running', 'paused', "
-                "'compensating') THEN deadline_at ELSE ? + timeout END, dequeued_at = CASE "
+                "'compensating') THEN deadline_at ELSE ? + timeout END, attempt_started_at = "
+                "CASE WHEN status IN ('pending', 'retrying') THEN ? ELSE attempt_started_at "
+                "END, dequeued_at = CASE "
                 "WHEN status = 'pending' AND queue_name IS NOT NULL THEN ? ELSE dequeued_at "
                 "END, status = CASE WHEN status = 'compensating' THEN status ELSE 'running' "
                 "END, owner = ?, lease_expires_at = ?, started_at = COALESCE(started_at, ?), "
                 "updated_at = ?, wake_at = NULL, debounce_key = NULL "
                 f"WHERE run_id IN ({marks})"),
-                (now, now, owner, real + lease, now, now, *ids))
+                (now, now, now, owner, real + lease, now, now, *ids))
             events = [self._event(run_id, *(
                 ("workflow_resumed", {"previous_owner": old_owner, "owner": owner})
                 if status in ("running", "paused", "compensating") else
@@ -1762,11 +1767,11 @@ class _Store:
         ], fence=True)
 
     async def consume_signal(self, run_id: str, owner: str, now: float, name: str,
-                             step: dict) -> Optional[tuple]:
+                             step: dict, until: Optional[float] = None) -> Optional[tuple]:
         """Take the oldest unconsumed signal ``name`` of the run and record ``step`` as
         completed with its payload, in one transaction: a signal is consumed once.
         ``(True, payload)``, ``(False, None)`` if none is there, None if the run is no
-        longer ``owner``'s."""
+        longer ``owner``'s. With ``until``: only a signal sent by then."""
         async with self.transaction() as tx:
             if not await tx.fetch(self.sql("SELECT 1 FROM {p}runs WHERE run_id = ? AND owner = ? "
                                            "AND status = 'running' " + self.dialect.lock_update),
@@ -1774,7 +1779,8 @@ class _Store:
                 return None
             rows = await tx.fetch(self.sql(
                 "SELECT id, payload FROM {p}signals WHERE run_id = ? AND name = ? "
-                "AND consumed_step IS NULL ORDER BY id LIMIT 1"), (run_id, name))
+                "AND consumed_step IS NULL" + ("" if until is None else " AND created_at <= ?")
+                + " ORDER BY id LIMIT 1"), (run_id, name) + (() if until is None else (until,)))
             if not rows:
                 return False, None
             signal_id, payload = rows[0]
@@ -3893,6 +3899,8 @@ class _Execution:
         self.real = asyncio.get_running_loop()
         started = run["started_at"] if run["started_at"] is not None else engine.clock()
         self.loop = _WorkflowLoop(self, started)
+        # Where a retried or resumed attempt's new timers and waits count from.
+        self.base = run.get("attempt_started_at") or started
         self._random: Optional[random.Random] = None
         self.next_step = 1
         self.last_recorded = max(history, default=0)
@@ -3921,6 +3929,7 @@ class _Execution:
         self.notify = _Notify(self.real)
         self.inbox: Optional[int] = None  # the run's inbox count at the last check
         self.waited = False  # waited in memory since the last outcome
+        self.looked_until = -math.inf  # deadline up to which the waits were looked at
         self.idle = False  # the driver only waits for activities in flight (see pump)
         self.main: Optional[asyncio.Task] = None
         self.ctx = WorkflowContext(self, run)
@@ -4033,9 +4042,18 @@ class _Execution:
             step, _, definition, args, kwargs, attempts = starting[0]
             return self.activity_task(step, definition, args, kwargs, attempts, alone=True)
         for step, _, definition, args, kwargs, attempts in starting:
-            self.inflight[step] = asyncio.Task(
-                self.activity_task(step, definition, args, kwargs, attempts), loop=self.real)
+            task = asyncio.Task(self.activity_task(step, definition, args, kwargs, attempts),
+                                loop=self.real)
+            self.inflight[step] = task
+            task.add_done_callback(lambda t, step=step: self.ended(step, t))
         return None
+
+    def ended(self, step: int, task: asyncio.Task) -> None:
+        """An activity's task is done (normally ``activity_task`` said so already; not
+        if it was cancelled before it started)."""
+        if self.inflight.get(step) is task:
+            del self.inflight[step]
+            self.notify.wake()
 
     def abandon(self, step: int) -> None:
         """The workflow cancelled a step in flight: its activity is cancelled too."""
@@ -4046,18 +4064,25 @@ class _Execution:
                 task.cancel()
 
     def timer(self, when: float, callback: Callable, args: tuple, context: Any,
-              name: str = "timer", future: Optional[asyncio.Future] = None
-              ) -> asyncio.TimerHandle:
-        """A durable timer: a step recorded when it fires (``ctx.sleep``'s also when set).
-        Its deadline is the workflow's time plus the delay, the same on every replay."""
+              name: str = "timer", future: Optional[asyncio.Future] = None,
+              absolute: bool = False) -> asyncio.TimerHandle:
+        """A durable timer: a step recorded when it fires (``ctx.sleep``'s also when set,
+        every pending one when the run parks). Its deadline is the workflow's time plus
+        the delay, the same on every replay; in a retried or resumed attempt, a timer
+        its history had not fired counts from the attempt's start (``absolute``: a
+        wall-clock deadline, as given)."""
         self.usable()
-        step, record = self.new_step(), None
+        step = self.new_step()
         record = self.history.get(step)
         context = context if context is not None else contextvars.copy_context()
         if record is not None:
             self.check_replay(step, record, "timer", name)
-            if record["status"] != "completed":
+            if record["status"] != "completed" and record["run_attempt"] != self.attempt:
+                record = None  # an earlier attempt's timer that had not fired: set anew
+            elif record["status"] != "completed":
                 when = _recorded_deadline(record, when)
+        if record is None and not absolute:
+            when += max(0.0, self.base - self.loop._now)
         handle = asyncio.TimerHandle(when, callback, args, self.loop, context)
         self.targets[step] = ("timer", (handle, callback, args, context))
         if record is not None and record["status"] == "completed":
@@ -4084,13 +4109,24 @@ class _Execution:
     def forget(self, wait: _Wait) -> None:
         """A wait the workflow gave up before it ended: its row says so."""
         self.unchecked.discard(wait.step)
-        if wait.row is not None and wait.row["status"] == "waiting" and not self.torn_down:
-            wait.row = {**wait.row, "status": "cancelled"}
-            extra = ()
-            if wait.kind == "approval":
-                extra = ((self.store.sql(_NEXT_APPROVAL), (self.run_id, self.run_id)),)
-            self.writes.append((wait.row, ("step_cancelled", {
-                "step": wait.step, "name": wait.name, "kind": wait.kind}), extra))
+        if wait.row is None or wait.row["status"] != "waiting" or self.torn_down:
+            return
+        wait.row = {**wait.row, "status": "cancelled"}
+        event = ("step_cancelled", {"step": wait.step, "name": wait.name, "kind": wait.kind})
+        if wait.kind != "approval":
+            self.writes.append((wait.row, event, ()))
+            return
+        # An approver may have decided since the last look: that decision stays recorded
+        # (the workflow gave the wait up; it is not used), so only a row still waiting
+        # is cancelled -- and only while the run is ours.
+        now = self.engine.clock()
+        self.writes.append((None, None, (
+            (self.store.sql("UPDATE {p}steps SET status = 'cancelled', completed_at = ? "
+                            "WHERE run_id = ? AND step = ? AND status = 'waiting' AND EXISTS "
+                            "(SELECT 1 FROM {p}runs r WHERE r.run_id = ? AND r.owner = ?)"),
+             (now, self.run_id, wait.step, self.run_id, self.owner)),
+            (self.store.sql(_NEXT_APPROVAL), (self.run_id, self.run_id)),
+            self.store._event(self.run_id, *event, now))))
 
     def wait(self, kind: str, name: str, timeout: Optional[float], event: str) -> _Step:
         """A signal or approval wait: its row is recorded with the deadline, then a check
@@ -4103,10 +4139,14 @@ class _Execution:
             if record["status"] in ("completed", "failed"):
                 self.expect(step, record)
                 return future
+            if record["run_attempt"] != self.attempt:
+                record = None  # an earlier attempt's wait: begins anew
+        if record is not None:
             deadline = _recorded_deadline(record, None)
             row = record
         else:
-            deadline = None if timeout is None else self.loop.time() + timeout
+            deadline = (None if timeout is None
+                        else max(self.loop.time(), self.base) + timeout)
             row = self.row(step, name, kind, "waiting", deadline=deadline, output=_json(deadline),
                            input=_json({"timeout": timeout, "deadline": deadline}))
             extra = ((self.store.sql("UPDATE {p}runs SET approval_required = COALESCE("
@@ -4167,6 +4207,8 @@ class _Execution:
             return
         self.waits.pop(step, None)
         if target.done():  # given up by the workflow (a race it lost, a timeout)
+            if kind == "signal" and row["status"] == "completed":
+                self.give_back(step, row)
             return
         status = row["status"]
         if status == "cancelled":
@@ -4186,6 +4228,16 @@ class _Execution:
                     error=error["error"]))
             else:
                 target.set_exception(_rebuild_error(error, self.run_id, step))
+
+    def give_back(self, step: int, row: dict) -> None:
+        """The signal taken for a wait the workflow gave up before the signal reached it
+        goes back to the run's signals (the next wait for its name takes it); the wait's
+        row records that, so a replay does the same."""
+        self.writes.append(({**row, "status": "cancelled", "completed_at": None},
+                            ("signal_returned", {"step": step, "name": row["name"]}),
+                            ((self.store.sql("UPDATE {p}signals SET consumed_step = NULL WHERE "
+                                             "run_id = ? AND consumed_step = ?"),
+                              (self.run_id, step)),)))
 
     async def record(self, row: dict, event: Optional[tuple], fence: str = "running",
                      extra: tuple = ()) -> None:
@@ -4428,13 +4480,19 @@ class _Execution:
                 continue
             due = min(((w.deadline, w.step) for w in self.waits.values()
                        if w.deadline is not None), default=None) if self.waits else None
+            # (No look while an outcome awaits its turn: that outcome comes first.)
+            lookable = not self.unsettled and not self.arrived and any(
+                w.kind != "timer" for w in self.waits.values())
             if due is not None and due[0] <= now:
+                if lookable and self.looked_until < due[0]:
+                    # First what came before the deadline (the run may have been parked,
+                    # or its worker down, when it did): a signal sent in time is taken.
+                    self.looked_until = due[0]
+                    await self.check(until=due[0])
+                    continue
                 await self.expire(self.waits.pop(due[1]))
                 continue
-            # (Not while an outcome awaits its turn: a signal taken now would go to a
-            # wait that outcome may make the workflow give up.)
-            if not self.unsettled and not self.arrived and (self.unchecked or (
-                    self.notify.came and any(w.kind != "timer" for w in self.waits.values()))):
+            if lookable and (self.unchecked or self.notify.came):
                 self.notify.came = False
                 await self.check()
                 continue
@@ -4475,7 +4533,9 @@ class _Execution:
         resolutions, self.resolutions = self.resolutions, []
         items, extra, children = [], [], []
         for row, event, more in writes:
-            if event is None:  # a child's start: its row, the child run, its handle
+            if row is None:  # statements of their own (fenced by their conditions)
+                extra += more
+            elif event is None:  # a child's start: its row, the child run, its handle
                 name, input_text, workflow_id, future = more
                 try:
                     options = await _workflow_options(self.store, name)
@@ -4497,6 +4557,11 @@ class _Execution:
                 extra += more
         if items:
             await self.write(items, extra=extra)
+        elif extra:
+            try:
+                await self.store.batch(list(extra))
+            except Exception as exc:
+                raise _StoreFailed(self.run_id, exc) from exc
         for future, row in children:
             resolutions.append((future, self.child_handle(row["step"], row)))
             self.unchecked.discard(row["step"])  # just started: its end notifies
@@ -4555,17 +4620,19 @@ class _Execution:
         self.unchecked.add(step)
         self.notify.came = True
 
-    async def check(self) -> None:
+    async def check(self, until: Optional[float] = None) -> None:
         """Look for what the waits wait for: a stored signal (taken now), a decision, a
-        child's end. The inbox count read first tells the park whether something came
-        after this look."""
+        child's end -- with ``until``, only what came by then (each of them, all the
+        waits). The inbox count read first tells the park whether something came after
+        this look."""
         try:
             inbox = await self.store.inbox(self.run_id)
         except Exception as exc:
             raise _StoreFailed(self.run_id, exc) from exc
         if inbox is None:
             raise _LostOwnership(self.run_id)
-        steps = (self.waits.keys() if inbox != self.inbox else self.unchecked)
+        steps = (self.waits.keys() if inbox != self.inbox or until is not None
+                 else self.unchecked)
         self.inbox = inbox
         waits = [self.waits[s] for s in sorted(steps) if s in self.waits]
         self.unchecked.clear()
@@ -4573,18 +4640,19 @@ class _Execution:
             if wait.kind == "timer" or wait.target.done() or wait.step not in self.waits:
                 continue
             if wait.kind == "signal":
-                await self.take_signal(wait)
+                await self.take_signal(wait, until)
             elif wait.kind == "approval":
-                await self.take_decision(wait)
+                await self.take_decision(wait, until)
             else:
-                await self.take_child(wait)
+                await self.take_child(wait, until)
 
-    async def take_signal(self, wait: _Wait) -> None:
+    async def take_signal(self, wait: _Wait, until: Optional[float]) -> None:
         now, seq = self.engine.clock(), self.allocate()
         row = {**wait.row, "status": "completed", "completed_at": now, "seq": seq,
                "run_attempt": self.attempt}
         try:
-            taken = await self.store.consume_signal(self.run_id, self.owner, now, wait.name, row)
+            taken = await self.store.consume_signal(self.run_id, self.owner, now, wait.name, row,
+                                                    until)
         except Exception as exc:
             self.unsettled.discard(seq)
             raise _StoreFailed(self.run_id, exc) from exc
@@ -4597,24 +4665,26 @@ class _Execution:
         del self.waits[wait.step]
         self.arrive(wait.step, {**row, "output": taken[1]})
 
-    async def take_decision(self, wait: _Wait) -> None:
+    async def take_decision(self, wait: _Wait, until: Optional[float]) -> None:
         try:
             record = (await self.store.load_steps(self.run_id, wait.step)).get(wait.step)
         except Exception as exc:
             raise _StoreFailed(self.run_id, exc) from exc
-        if record is not None and record["status"] == "completed":
+        if record is not None and record["status"] == "completed" and (
+                until is None or record["completed_at"] <= until):
             del self.waits[wait.step]
             await self.record_outcome(wait.step, {**record, "run_attempt": self.attempt},
                                       ("step_sequenced", {"step": wait.step}))
 
-    async def take_child(self, wait: _Wait) -> None:
+    async def take_child(self, wait: _Wait, until: Optional[float]) -> None:
         try:
             child = await self.store.get_run(wait.child_id)
             while child is not None and child["status"] == "continued":
                 child = await self.store.get_run(_loads(child["output_data"])["continued_as"])
         except Exception as exc:
             raise _StoreFailed(self.run_id, exc) from exc
-        if child is not None and child["status"] not in _TERMINAL:
+        if child is not None and (child["status"] not in _TERMINAL or (
+                until is not None and (child["completed_at"] or 0) > until)):
             return
         del self.waits[wait.step]
         child_id, step = wait.child_id, wait.step
@@ -4656,6 +4726,17 @@ class _Execution:
             return False
         approvals = sorted((w.step, w.name) for w in self.waits.values()
                            if w.kind == "approval")
+        # Its pending timers are recorded (ctx.sleep's are already): a replay keeps their
+        # deadlines, and ctx.patched() knows the run has passed them.
+        unrecorded = [w for w in self.waits.values() if w.kind == "timer" and w.row is None]
+        for wait in unrecorded:
+            wait.row = self.row(wait.step, wait.name, "timer", "waiting",
+                                output=_json(wait.deadline), deadline=wait.deadline,
+                                input=_json({"until": wait.deadline}))
+        if unrecorded:
+            await self.write([(w.row, ("timer_set", {
+                "step": w.step, "wake_at": w.deadline, "at": _dt(w.deadline).isoformat()}))
+                for w in unrecorded])
         if not self.waits and wake is None:
             _log.warning("run %s waits for nothing durable (no step, timer, signal, approval "
                          "or child): it is parked until a signal comes or it is cancelled",
@@ -4676,9 +4757,10 @@ class _Execution:
 
     async def end(self, timed_out: bool = False) -> tuple:
         """The workflow ended (returned, raised, continued as new, failed for good, or
-        its time is up). A failure lets the steps in flight finish (their outcomes still
-        reach the workflow, so a saga registers their compensations); otherwise they
-        are cancelled. Either way the run's outcome is recorded only after they end."""
+        its time is up). Its steps in flight finish first and their outcomes still reach
+        it (an activity never awaited runs and is recorded; a branch of a failing gather
+        registers its compensation); only a workflow timeout cancels them. The run's
+        outcome is recorded after that."""
         self.closing = True
         main = self.main
         if timed_out:
@@ -4691,11 +4773,9 @@ class _Execution:
             error = main.exception() if not main.cancelled() else RunStateError(
                 f"the workflow of run {self.run_id} cancelled its own main task",
                 run_id=self.run_id)
-        if error is not None:
-            await self.settle()
-            return ("failed", self.fatal or error)
-        await self.halt(abandon=True)
         await self.settle()
+        if error is not None:
+            return ("failed", self.fatal or error)
         if self.successor is not None:
             return ("continued", self.successor)
         try:
@@ -4714,6 +4794,12 @@ class _Execution:
                 raise self.stop
             if self.writes or self.resolutions:
                 await self.flush()
+                continue
+            if self.recorded:  # replaying a failure: its branches' outcomes, in order
+                self.deliver_recorded()
+                continue
+            if self.unsequenced:
+                await self.sequence(self.unsequenced.pop(0))
                 continue
             if self.deliver_arrived():
                 continue
@@ -4855,11 +4941,12 @@ class WorkflowContext:
         if not isinstance(when, datetime) or when.tzinfo is None:
             raise ValueError(f"sleep_until needs a timezone-aware datetime, got {when!r}")
         self._x.usable()
-        return self._sleep(when.timestamp())
+        return self._sleep(when.timestamp(), absolute=True)
 
-    def _sleep(self, deadline: float) -> "asyncio.Future[None]":
+    def _sleep(self, deadline: float, absolute: bool = False) -> "asyncio.Future[None]":
         future = _Step(loop=self._x.loop)
-        handle = self._x.timer(deadline, _settle_future, (future, None), None, "sleep", future)
+        handle = self._x.timer(deadline, _settle_future, (future, None), None, "sleep", future,
+                               absolute)
         future.on_cancel = handle.cancel
         return future
 

@@ -30,8 +30,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 import dbutil
-from tinyworkflow import (RetryPolicy, RunStateError, TestClock, TinyWorkflowClient, activity,
-                          workflow)
+from tinyworkflow import (RetryPolicy, RunStateError, TestClock, TinyWorkflowClient,
+                          WorkflowFailedError, activity, workflow)
 
 NO_RETRY = RetryPolicy(max_retries=0)
 START = datetime(2030, 1, 1, tzinfo=timezone.utc)
@@ -802,3 +802,187 @@ async def test_a_run_recorded_without_outcome_order_replays_and_gets_one(client)
     assert [step for step, _ in seqs] == [1, 2, 3]
     assert all(seq is not None for _, seq in seqs)
     assert len({seq for _, seq in seqs}) == 3
+
+
+# ---- found by a red-team pass: each was a hang, a lost signal or a wrong branch ---------
+
+
+@workflow(name="loop_fire_and_forget", retry_policy=NO_RETRY)
+async def fire_and_forget(ctx):
+    ctx.execute_activity(work, ctx.get_input("token"), "forgotten", 1)  # never awaited
+    return "done"
+
+
+async def test_an_activity_never_awaited_runs_and_is_recorded_before_the_run_ends(client):
+    token = new_token()
+    run_id = await client.start_workflow("loop_fire_and_forget", {"token": token}, wait=True)
+    assert await client.wait_for_result(run_id, timeout=5) == "done"
+    assert finished(token) == {"forgotten": 1}
+    assert await step_rows(client, run_id) == [("loop_work", "activity", "completed")]
+
+
+@workflow(name="loop_cancel_at_once", retry_policy=NO_RETRY)
+async def cancel_at_once(ctx):
+    token = ctx.get_input("token")
+    given_up = ctx.execute_activity(work, token, "given up", 1)
+    given_up.cancel()  # before it could start: it never does
+    kept = await ctx.execute_activity(work, token, "kept", 2)
+    return [given_up.cancelled(), kept]
+
+
+async def test_a_step_cancelled_before_it_started_never_runs_and_the_run_ends(client):
+    token = new_token()
+    run_id = await client.start_workflow("loop_cancel_at_once", {"token": token}, wait=True)
+    assert await client.wait_for_result(run_id, timeout=5) == [True, 2]
+    assert started(token) == {"kept": 1}
+
+
+FLAKY: collections.Counter = collections.Counter()
+
+
+@activity(name="loop_flaky_once", retry_policy=NO_RETRY)
+async def flaky_once(token: str) -> str:
+    FLAKY[token] += 1
+    if FLAKY[token] == 1:
+        raise RuntimeError("first time")
+    return "ok"
+
+
+@workflow(name="loop_retry_after_wait_for",
+          retry_policy=RetryPolicy(max_retries=1, initial_delay=0.01, jitter=False))
+async def retry_after_wait_for(ctx):
+    token = ctx.get_input("token")
+    try:
+        quote = await asyncio.wait_for(ctx.execute_activity(work, token, "slow", 1, 0.5), 0.1)
+    except asyncio.TimeoutError:
+        quote = "fallback"
+    return [quote, await ctx.execute_activity(flaky_once, token)]
+
+
+async def test_a_workflow_retry_replays_a_step_cancelled_by_wait_for(worker):
+    """The retried attempt meets the step recorded as cancelled and the timer that
+    cancelled it, in their order: same branch, the slow activity not run again."""
+    token = new_token()
+    run_id = await worker.start_workflow("loop_retry_after_wait_for", {"token": token})
+    assert await worker.wait_for_result(run_id, timeout=10) == ["fallback", "ok"]
+    assert started(token) == {"slow": 1} and FLAKY[token] == 2
+
+
+@workflow(name="loop_two_signal_race", retry_policy=NO_RETRY)
+async def two_signal_race(ctx):
+    a = asyncio.ensure_future(ctx.wait_for_signal("a"))
+    b = asyncio.ensure_future(ctx.wait_for_signal("b"))
+    done, pending = await asyncio.wait({a, b}, return_when=asyncio.FIRST_COMPLETED)
+    for loser in pending:
+        loser.cancel()
+    first = "a" if a in done else "b"
+    try:
+        again = await ctx.wait_for_signal("b", timeout=10)
+    except TimeoutError:
+        again = "LOST"
+    return [first, again]
+
+
+async def test_a_signal_taken_for_a_wait_the_workflow_gave_up_is_given_back(client):
+    """Both signals are there at the first look; "a" wins the race and the workflow
+    gives the "b" wait up before "b" reaches it: "b" goes back, the next wait gets it."""
+    run_id = await client.start_workflow("loop_two_signal_race")
+    await client.send_signal(run_id, "a", "A")
+    await client.send_signal(run_id, "b", "B")
+    await client.recover_workflows()
+    assert await client.wait_for_result(run_id, timeout=10) == ["a", "B"]
+    rows = await dbutil.rows(client.database_url, "SELECT name, consumed_step FROM "
+                             "tinyworkflow_signals WHERE run_id = ? ORDER BY id", (run_id,))
+    assert rows == [("a", 1), ("b", 3)]
+    events = [e.event_type for e in await client.get_workflow_events(run_id)]
+    assert events.count("signal_returned") == 1
+
+
+@workflow(name="loop_paid_in_time", retry_policy=NO_RETRY)
+async def paid_in_time(ctx):
+    try:
+        return await ctx.wait_for_signal("paid", timeout=60)
+    except TimeoutError:
+        return "timed out"
+
+
+async def test_a_signal_sent_before_the_deadline_is_taken_after_downtime(db_url):
+    """Sent at t=30 while no worker runs, the run taken up again at t=100: the signal
+    came in time, so the wait gets it (the old engine's behaviour too)."""
+    clock = TestClock(START)
+    async with TinyWorkflowClient(db_url, clock=clock) as client:  # no worker
+        run_id = await client.start_workflow("loop_paid_in_time")
+        await client.recover_workflows()
+        await dbutil.until(lambda: parked(client, run_id), 5, "the run to park")
+        await clock.advance(30)
+        await client.send_signal(run_id, "paid", {"amount": 5})
+        await clock.advance(70)
+        await client.recover_workflows()
+        assert await client.wait_for_result(run_id, timeout=10) == {"amount": 5}
+
+
+RESUMED_FIXED = {"fixed": False}
+
+
+@workflow(name="loop_resumed_wait", retry_policy=NO_RETRY)
+async def resumed_wait(ctx):
+    await ctx.execute_activity(work, ctx.get_input("token"), "before", 1)
+    if not RESUMED_FIXED["fixed"]:
+        raise ValueError("a bug, fixed before the resume")
+    try:
+        return await ctx.wait_for_signal("go", timeout=3600)
+    except TimeoutError:
+        return "timed out"
+
+
+async def test_a_resumed_attempt_counts_its_new_waits_from_the_resume(clocked):
+    """Resumed a day after it failed, the run's new wait times out an hour after the
+    resume, not at once (its replayed history is a day old)."""
+    client, clock = clocked
+    RESUMED_FIXED["fixed"] = False
+    token = new_token()
+    run_id = await client.start_workflow("loop_resumed_wait", {"token": token})
+    with pytest.raises(WorkflowFailedError):
+        await client.wait_for_result(run_id, timeout=5)
+    await clock.advance(86400)
+    RESUMED_FIXED["fixed"] = True
+    await client.resume_workflow(run_id)
+    await dbutil.until(lambda: parked(client, run_id), 5, "the resumed run to park")
+    assert near((await client.get_workflow_status(run_id)).wake_at, at(86400 + 3600))
+    await clock.advance(3599)
+    assert (await client.get_workflow_status(run_id)).status == "running"
+    await clock.advance(2)
+    assert await client.wait_for_result(run_id, timeout=5) == "timed out"
+    assert started(token) == {"before": 1}
+
+
+DEPLOYED = {"new": False}
+
+
+@workflow(name="loop_patched_before_sleep", retry_policy=NO_RETRY)
+async def patched_before_sleep(ctx):
+    token = ctx.get_input("token")
+    await ctx.execute_activity(work, token, "first", 1)
+    took_new = DEPLOYED["new"] and ctx.patched("extra-step")
+    if took_new:
+        await ctx.execute_activity(work, token, "new step", 2)
+    await asyncio.sleep(3600)
+    return took_new
+
+
+async def test_a_run_parked_on_asyncio_sleep_keeps_its_path_and_deadline_after_a_deploy(
+        clocked):
+    """The pending timer is recorded when the run parks: ctx.patched() added before it
+    by a deploy knows the run has passed there, and the deadline stays the one set."""
+    client, clock = clocked
+    DEPLOYED["new"] = False
+    token = new_token()
+    run_id = await client.start_workflow("loop_patched_before_sleep", {"token": token})
+    await wait_parked(client, run_id)
+    assert near((await client.get_workflow_status(run_id)).wake_at, at(3600))
+    DEPLOYED["new"] = True
+    await clock.advance(3601)
+    assert await client.wait_for_result(run_id, timeout=5) is False
+    assert started(token) == {"first": 1}
+    run = await client.get_workflow_status(run_id)
+    assert near(run.completed_at, at(3600), slack=1.5)

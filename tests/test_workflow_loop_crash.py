@@ -118,6 +118,32 @@ def loop_crash_hold(path, values):
     return "released"
 
 
+@activity(name="loop_crash_book", retry_policy=RetryPolicy(max_retries=0))
+async def loop_crash_book(path, name, fail):
+    loop_crash_log(path, "book " + name)
+    if fail:
+        raise RuntimeError("declined " + name)
+    while name == "X" and not os.path.exists(path + ".go"):  # held until the test says
+        await asyncio.sleep(0.02)
+    return name
+
+
+@activity(name="loop_crash_undo", retry_policy=RetryPolicy(max_retries=0))
+async def loop_crash_undo(path, name):
+    loop_crash_log(path, "undo " + name)
+
+
+@workflow(name="loop_crash_saga", retry_policy=RetryPolicy(max_retries=0))
+async def loop_crash_saga(ctx):
+    path = ctx.get_input("log")
+
+    async def branch(name, fail=False):
+        booked = await ctx.execute_activity(loop_crash_book, path, name, fail)
+        ctx.add_compensation(loop_crash_undo, path, booked)
+
+    await asyncio.gather(branch("F", True), branch("Y"), branch("X"))
+
+
 @workflow(name="loop_crash_values", retry_policy=RetryPolicy(max_retries=0))
 async def loop_crash_values(ctx):
     rng = ctx.random()
@@ -293,3 +319,40 @@ async def test_now_uuid4_random_are_the_same_after_a_crash(db_url, tmp_path):
     first, second = [json.loads(line) for line in read_lines(log)]
     assert first == second == result
     assert [s.kind for s in steps] == ["activity"]  # nothing recorded for the values
+
+
+async def test_a_failing_gather_killed_while_a_branch_runs_still_compensates_every_booking(
+        db_url, tmp_path):
+    """Branch F fails, Y books and registers its compensation, X is still booking when
+    the worker is SIGKILLed. The new worker replays the failure with Y's outcome in its
+    recorded place, X books again and registers its compensation, and both are undone
+    (before: X's booking was never undone, or a false NonDeterminismError)."""
+    log = tmp_path / "saga.log"
+    worker = start_worker(db_url)
+    try:
+        async with TinyWorkflowClient(db_url) as client:
+            await dbutil.until_served(client, "loop_crash_saga")
+            run_id = await client.start_workflow("loop_crash_saga", {"log": str(log)})
+
+            async def y_registered() -> bool:
+                return "book X" in read_lines(log) and any(
+                    s.kind == "compensation" for s in await client.get_workflow_steps(run_id))
+
+            await dbutil.until(y_registered, 10, "Y's compensation while X books")
+            kill(worker)
+            (tmp_path / "saga.log.go").touch()
+            worker = start_worker(db_url)
+
+            async def finished() -> bool:
+                return (await client.get_workflow_status(run_id)).status in (
+                    "compensated", "failed")
+
+            await dbutil.until(finished, 20, "the run to compensate")
+            run = await client.get_workflow_status(run_id)
+    finally:
+        kill(worker)
+    lines = read_lines(log)
+    assert run.status == "compensated", run.error
+    assert sorted(line for line in lines if line.startswith("undo")) == ["undo X", "undo Y"]
+    assert lines.count("book Y") == 1 and lines.count("book F") == 1
+    assert lines.count("book X") == 2  # in flight at the kill: booked again
