@@ -4250,8 +4250,8 @@ class _Execution:
         """Record steps in one transaction, with the patch markers not recorded yet: a
         marker matters only to a replay that finds steps recorded after it, so it goes
         with the next write, and every later write waits until it is in."""
-        if self.flushing is None and not self.markers and len(items) == 1 and not extra:
-            return await self.write_now(items, fence, extra)  # the common case
+        if self.flushing is None and not self.markers:  # the common case
+            return await self.write_now(items, fence, extra)
         while self.flushing is not None and not self.flushing.done():
             await asyncio.wait({self.flushing})
         markers, self.markers = self.markers, []
@@ -4271,8 +4271,12 @@ class _Execution:
             if row["completed_at"] is None and row["status"] not in ("waiting", "registered"):
                 row["completed_at"] = now
         try:
-            ours = await self.store.record_steps(self.run_id, self.owner, now, items, fence,
-                                                 list(extra))
+            if len(items) == 1 and not extra:  # the hot path: one step, as one statement
+                ours = await self.store.record_step(self.run_id, self.owner, now, *items[0],
+                                                    fence)
+            else:
+                ours = await self.store.record_steps(self.run_id, self.owner, now, items,
+                                                     fence, list(extra))
         except Exception as exc:
             if self.store.transient(exc):  # the database's trouble, not the workflow's
                 raise _StoreFailed(self.run_id, exc) from exc
