@@ -12,7 +12,7 @@ own ``main()`` runs only when the file is run as a script.
 import importlib
 
 EXAMPLES = ["ai_content_pipeline", "ai_document_processor", "approval_workflow",
-            "child_workflows", "crash_recovery", "database_configuration", "durable_timer",
+            "asyncio_races", "child_workflows", "crash_recovery", "database_configuration", "durable_timer",
             "parallel_workflow", "retry_workflow", "saga_booking", "scheduling_workflow",
             "signals", "simple_workflow", "versioning"]
 
