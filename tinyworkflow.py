@@ -4474,13 +4474,7 @@ class _Execution:
             now = engine.clock()
             if deadline is not None and now >= deadline:
                 return await self.end(timed_out=True)
-            if self.recorded:  # a replay: the recorded outcomes first, in their order
-                self.deliver_recorded()
-                continue
-            if self.unsequenced:
-                await self.sequence(self.unsequenced.pop(0))
-                continue
-            if self.deliver_arrived():
+            if await self.deliver_next():
                 continue
             due = min(((w.deadline, w.step) for w in self.waits.values()
                        if w.deadline is not None), default=None) if self.waits else None
@@ -4517,6 +4511,17 @@ class _Execution:
                 continue
             if await self.quiescent(now, wake):
                 return ("parked",)
+
+    async def deliver_next(self) -> bool:
+        """Hand the workflow its next outcome, if one may go now: a replay's recorded
+        ones first, in their order; then new ones, each once recorded, in seq order."""
+        if self.recorded:
+            self.deliver_recorded()
+            return True
+        if self.unsequenced:
+            await self.sequence(self.unsequenced.pop(0))
+            return True
+        return self.deliver_arrived()
 
     def deliver_arrived(self) -> bool:
         """Deliver the next new outcome, if every one before it is recorded."""
@@ -4580,7 +4585,9 @@ class _Execution:
         """An outcome recorded without a seq (an approver's decision; a row of an older
         version) gets the next one before it reaches the workflow."""
         row = {**self.history[step]}
-        await self.record_outcome(step, row, ("step_sequenced", {"step": step}))
+        event = (("approval_received", {"step": step, "key": row["name"]})
+                 if row["kind"] == "approval" else ("step_sequenced", {"step": step}))
+        await self.record_outcome(step, row, event)
 
     async def expire(self, wait: _Wait) -> None:
         """A wait's deadline has come: a timer fires, a signal or approval wait times out."""
@@ -4678,7 +4685,8 @@ class _Execution:
                 until is None or record["completed_at"] <= until):
             del self.waits[wait.step]
             await self.record_outcome(wait.step, {**record, "run_attempt": self.attempt},
-                                      ("step_sequenced", {"step": wait.step}))
+                                      ("approval_received", {"step": wait.step,
+                                                             "key": wait.name}))
 
     async def take_child(self, wait: _Wait, until: Optional[float]) -> None:
         try:
@@ -4799,13 +4807,7 @@ class _Execution:
             if self.writes or self.resolutions:
                 await self.flush()
                 continue
-            if self.recorded:  # replaying a failure: its branches' outcomes, in order
-                self.deliver_recorded()
-                continue
-            if self.unsequenced:
-                await self.sequence(self.unsequenced.pop(0))
-                continue
-            if self.deliver_arrived():
+            if await self.deliver_next():  # (replaying a failure: its branches' too)
                 continue
             if not self.inflight and not self.unsettled:
                 return

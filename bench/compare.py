@@ -120,9 +120,10 @@ def main() -> None:
         ratio = statistics.median(a / b for a, b in zip(after, before))
         print(f"{label:20} before {statistics.median(before):8.1f} {unit}   after "
               f"{statistics.median(after):8.1f} {unit}   after/before {ratio:.2f}")
-    print(f"durable step / raw commit: before "
-          f"{statistics.median(s / r for s, r in zip(figures['step', 'before'], raws)):.2f}"
-          f", after {statistics.median(s / r for s, r in zip(figures['step', 'after'], raws)):.2f}")
+    per_commit = {name: statistics.median(s / r for s, r in zip(figures["step", name], raws))
+                  for name in versions}
+    print(f"durable step / raw commit: before {per_commit['before']:.2f}, "
+          f"after {per_commit['after']:.2f}")
 
 
 if __name__ == "__main__":
