@@ -3784,12 +3784,7 @@ class _Step(asyncio.Future):
     """The outcome of a step, on its run's workflow loop (and awaitable only there).
     ``on_cancel`` is called when the workflow cancels it (gives the step up)."""
 
-    __slots__ = ("on_cancel",)
-
-    def __init__(self, *, loop: asyncio.AbstractEventLoop,
-                 on_cancel: Optional[Callable[[], Any]] = None):
-        super().__init__(loop=loop)
-        self.on_cancel = on_cancel
+    on_cancel: Optional[Callable[[], Any]] = None
 
     def cancel(self, msg: Any = None) -> bool:
         if not super().cancel(msg):
