@@ -986,3 +986,42 @@ async def test_a_run_parked_on_asyncio_sleep_keeps_its_path_and_deadline_after_a
     assert started(token) == {"first": 1}
     run = await client.get_workflow_status(run_id)
     assert near(run.completed_at, at(3600), slack=1.5)
+
+
+APPROVER: dict = {}
+
+
+@activity(name="loop_approve_meanwhile", retry_policy=NO_RETRY)
+async def approve_meanwhile() -> str:
+    """Decides the run's approval while the workflow races it against this activity, so
+    the decision lands just before the workflow gives the approval wait up."""
+    from tinyworkflow import activity_info
+    client, run_id = APPROVER["client"], activity_info().run_id
+    await dbutil.until(lambda: client.get_pending_approvals(), 5, "the approval request")
+    APPROVER["answer"] = await client.approve_workflow(run_id, key="ok")
+    return "activity"
+
+
+@workflow(name="loop_approval_race", retry_policy=NO_RETRY)
+async def approval_race(ctx):
+    approval = asyncio.ensure_future(ctx.wait_for_approval("ok"))
+    work_done = asyncio.ensure_future(ctx.execute_activity(approve_meanwhile))
+    done, pending = await asyncio.wait({approval, work_done},
+                                       return_when=asyncio.FIRST_COMPLETED)
+    for loser in pending:
+        loser.cancel()
+    return "approval" if approval in done else await work_done
+
+
+async def test_a_decision_given_as_the_workflow_gives_the_wait_up_stays_recorded(client):
+    """The activity's outcome comes first, so the workflow gives the approval wait up;
+    the decision given a moment before is kept with the step (not overwritten as
+    cancelled), and a later decision is refused."""
+    APPROVER.update(client=client, answer=None)
+    run_id = await client.start_workflow("loop_approval_race", wait=True)
+    assert await client.wait_for_result(run_id, timeout=10) in ("activity", "approval")
+    assert APPROVER["answer"] is True
+    (approval,) = [s for s in await client.get_workflow_steps(run_id) if s.kind == "approval"]
+    assert (approval.status, approval.output) == ("completed", True)
+    with pytest.raises(RunStateError):
+        await client.approve_workflow(run_id, key="ok")
