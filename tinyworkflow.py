@@ -4192,7 +4192,7 @@ class _Execution:
         """Hand a step's outcome to the workflow (an activation follows)."""
         self.loop._now = max(self.loop._now, row["completed_at"] or self.loop._now)
         self.waited = False
-        kind, target = self.targets[step]
+        kind, target = self.targets.pop(step)  # delivered once: nothing kept per step
         if kind == "timer":
             handle, callback, args, context = target
             self.timers.pop(id(handle), None)
