@@ -1807,7 +1807,7 @@ class _Store:
         """Record steps, each ``(row, event)``, and ``extra`` statements, in one
         transaction, while the run is ``owner``'s and in ``status`` (running, or
         compensating for a compensation)."""
-        if len(items) == 1 and not extra:
+        if len(items) == 1 and not extra:  # the hot path (grouped with other runs' steps)
             return await self.record_step(run_id, owner, now, *items[0], status)
         ops = []
         for row, event in items:
@@ -4266,12 +4266,8 @@ class _Execution:
             if row["completed_at"] is None and row["status"] not in ("waiting", "registered"):
                 row["completed_at"] = now
         try:
-            if len(items) == 1 and not extra:  # the hot path: one step, as one statement
-                ours = await self.store.record_step(self.run_id, self.owner, now, *items[0],
-                                                    fence)
-            else:
-                ours = await self.store.record_steps(self.run_id, self.owner, now, items,
-                                                     fence, list(extra))
+            ours = await self.store.record_steps(self.run_id, self.owner, now, items, fence,
+                                                 list(extra))
         except Exception as exc:
             if self.store.transient(exc):  # the database's trouble, not the workflow's
                 raise _StoreFailed(self.run_id, exc) from exc
