@@ -82,6 +82,7 @@ import itertools
 import json
 import logging
 import math
+import operator
 import os
 import random
 import re
@@ -383,19 +384,31 @@ class _LostOwnership(BaseException):
 # ---- helpers ----------------------------------------------------------------------------
 
 
-def _json(value: Any, **options: Any) -> str:
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, **options)
+def _encoders(**options: Any) -> tuple:
+    """Compact JSON encoders, made once (json.dumps with options makes one per call):
+    one that keeps text as it is, and one that escapes it to ASCII."""
+    return (json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, **options),
+            json.JSONEncoder(separators=(",", ":"), **options))
+
+
+_ENCODE, _ENCODE_STRICT, _ENCODE_LENIENT = (_encoders(), _encoders(allow_nan=False),
+                                            _encoders(default=repr))
+_decode = json.JSONDecoder().decode
+
+
+def _json(value: Any, encoders: tuple = _ENCODE) -> str:
+    text = encoders[0].encode(value)
     if not text.isascii():
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:  # lone surrogates: no database stores them raw
-            text = json.dumps(value, separators=(",", ":"), **options)
+            text = encoders[1].encode(value)
     return text
 
 
 def _dumps(value: Any, what: str) -> str:
     try:
-        return _json(value, allow_nan=False)
+        return _json(value, _ENCODE_STRICT)
     except (TypeError, ValueError) as exc:
         raise SerializationError(
             f"{what} is not JSON-serialisable ({exc}); pass and return only JSON values: "
@@ -404,13 +417,15 @@ def _dumps(value: Any, what: str) -> str:
 
 
 def _loads(text: Optional[str]) -> Any:
-    return None if text is None else json.loads(text)
+    if text is None:
+        return None
+    return _decode(text) if type(text) is str else json.loads(text)
 
 
 def _dumps_lenient(value: Any) -> str:
     """For what is recorded only to be read by people (activity arguments): never fails."""
     try:
-        return _json(value, default=repr)
+        return _json(value, _ENCODE_LENIENT)
     except (TypeError, ValueError):  # non-string keys, circular references
         return _json(repr(value))
 
@@ -1238,6 +1253,7 @@ _STEP_TYPES = {"run_id": "key", "step": "int", "name": "key", "kind": "key", "st
                "run_attempt": "int", "started_at": "float", "completed_at": "float",
                "seq": "int", "deadline": "float"}
 _STEP_COLUMNS = tuple(_STEP_TYPES)
+_step_values = operator.itemgetter(*_STEP_COLUMNS)  # a step row's values, in that order
 _WAITING = ("(status IN ('pending', 'retrying') "
             "OR (status IN ('running', 'paused') AND owner IS NULL))")
 _FINISHED = f"status IN ({', '.join(repr(s) for s in _TERMINAL)})"
@@ -1788,7 +1804,7 @@ class _Store:
             await tx.execute(self.sql("UPDATE {p}signals SET consumed_step = ? WHERE id = ?"),
                              (step["step"], signal_id))
             await tx.execute(self._step_upsert_sql(),
-                             (*(row[c] for c in _STEP_COLUMNS), run_id, owner, "running"))
+                             (*_step_values(row), run_id, owner, "running"))
             await tx.execute(*self._event(run_id, "step_completed", {
                 "step": step["step"], "name": name, "kind": "signal"}, now))
             return True, payload
@@ -1812,7 +1828,7 @@ class _Store:
         ops = []
         for row, event in items:
             ops.append((self._step_upsert_sql(),
-                        (*(row[c] for c in _STEP_COLUMNS), run_id, owner, status)))
+                        (*_step_values(row), run_id, owner, status)))
             ops.append(self._event(run_id, *event, now))
         return await self.batch(ops + (extra or []), fence=True)
 
@@ -1823,7 +1839,7 @@ class _Store:
         # path writes no run row (the heartbeat renews the lease).
         return await self.batch([
             (self._step_upsert_sql(),
-             (*(step[c] for c in _STEP_COLUMNS), run_id, owner, status)),
+             (*_step_values(step), run_id, owner, status)),
             self._event(run_id, *event, now),
         ], fence=True)
 
@@ -2982,7 +2998,7 @@ class _PostgresStore(_ServerStore):
         if kind == "steps":  # (run_id, owner, now, step, (event_type, data))
             single = super().record_step
             keys = [(item[0], item[3]["step"]) for item, _ in group]
-            rows = [(*(step[c] for c in _STEP_COLUMNS), owner, event_type, _dumps_lenient(data))
+            rows = [(*_step_values(step), owner, event_type, _dumps_lenient(data))
                     for (run_id, owner, now, step, (event_type, data)), _ in group]
         else:  # (run_id, owner, now, status, output, error, (event_type, data))
             single = super().finish_run
@@ -3642,17 +3658,21 @@ class ActivityInfo(NamedTuple):
         return f"{self.run_id}:{self.step}"
 
 
-_CURRENT_ACTIVITY: contextvars.ContextVar[ActivityInfo] = contextvars.ContextVar(
+# (run row, step, activity name, attempt) of the activity being executed: the
+# ActivityInfo is made only when asked for.
+_CURRENT_ACTIVITY: contextvars.ContextVar[tuple] = contextvars.ContextVar(
     "tinyworkflow_activity")
 
 
 def activity_info() -> ActivityInfo:
     """The ``ActivityInfo`` of the activity being executed (RuntimeError outside one)."""
     try:
-        return _CURRENT_ACTIVITY.get()
+        run, step, name, attempt = _CURRENT_ACTIVITY.get()
     except LookupError:
         raise RuntimeError("activity_info() is only available inside a running activity") \
             from None
+    return ActivityInfo(run["run_id"], run["workflow_id"], run["workflow_name"], step, name,
+                        attempt)
 
 
 class _WorkflowLoop(asyncio.AbstractEventLoop):
@@ -3799,7 +3819,7 @@ class _Step(asyncio.Future):
                 f"a step of run {self.get_loop()._execution.run_id} was awaited outside "
                 "that run's workflow (from another run, an activity or the application); "
                 "await a step only in the workflow that called it")
-        return (yield from super().__await__())
+        return super().__await__()  # (no generator of its own: a frame less per step)
 
 
 def _settle_future(future: asyncio.Future, value: Any) -> None:
@@ -4027,6 +4047,14 @@ class _Execution:
         future.on_cancel = lambda: self.abandon(step)
         return future
 
+    def alone(self) -> bool:
+        """Whether the activity just called is all there is: nothing else ready, in
+        flight, awaited, to write, or ending the execution (see launch)."""
+        return not (self.loop._ready or self.writes or self.resolutions or self.inflight
+                    or self.waits or self.recorded or self.unsequenced or self.arrived
+                    or self.unsettled or self.stop or self.fatal or self.main.done()
+                    or self.successor is not None)
+
     def launch(self, alone: bool) -> Optional[Awaitable]:
         """Start the activities called in the last activation, each in a task of its own,
         except one called ``alone`` (nothing else in flight or awaited; see step): the
@@ -4239,13 +4267,15 @@ class _Execution:
         """Record a step, fenced by this execution's owner token and the run's status
         (``fence``: running, or compensating for a compensation: once a run compensates,
         what is left of its forward execution can record nothing)."""
+        if self.flushing is None and not self.markers:  # the common case: see write
+            return await self.write_now([(row, event)], fence, extra)
         await self.write([(row, event)], fence, extra)
 
     async def write(self, items: list, fence: str = "running", extra: tuple = ()) -> None:
         """Record steps in one transaction, with the patch markers not recorded yet: a
         marker matters only to a replay that finds steps recorded after it, so it goes
         with the next write, and every later write waits until it is in."""
-        if self.flushing is None and not self.markers:  # the common case
+        if self.flushing is None and not self.markers:
             return await self.write_now(items, fence, extra)
         while self.flushing is not None and not self.flushing.done():
             await asyncio.wait({self.flushing})
@@ -4345,9 +4375,7 @@ class _Execution:
             attempts += 1
             row = self.row(step, definition.name, kind, "", input=arguments,
                            attempts=attempts, started_at=started)
-            token = _CURRENT_ACTIVITY.set(ActivityInfo(
-                self.run_id, self.run["workflow_id"], self.run["workflow_name"], step,
-                definition.name, attempts))
+            token = _CURRENT_ACTIVITY.set((self.run, step, definition.name, attempts))
             _WORK.count += 1  # in flight until it returns or its timeout abandons it
             error: Optional[BaseException] = None
             try:
@@ -4360,7 +4388,7 @@ class _Execution:
                             f"activity {definition.name!r} (step {step} of run "
                             f"{self.run_id}) timed out after {definition.timeout} s"))
                 try:
-                    output = _json(result, allow_nan=False)
+                    output = _json(result, _ENCODE_STRICT)
                 except (TypeError, ValueError):  # say which: SerializationError
                     output = _dumps(result, f"the result of activity {definition.name!r} "
                                             f"(step {step} of run {self.run_id})")
@@ -4444,14 +4472,21 @@ class _Execution:
             self.notify.clear()  # before looking: nothing set from here on is missed
             loop.run_until_idle()
             if self.starting:
-                alone = self.launch(
-                    alone=deadline is None and not (
-                        loop._ready or self.writes or self.resolutions or self.inflight
-                        or self.waits or self.recorded or self.unsequenced or self.arrived
-                        or self.unsettled or self.stop or self.fatal or self.main.done()
-                        or self.successor is not None))
+                alone = self.launch(alone=deadline is None and self.alone())
                 if alone is not None:
-                    await alone
+                    # A lone activity's outcome goes to the workflow at once (nothing
+                    # else is in flight, awaited or due); the next one starts, and so on.
+                    while True:
+                        await alone
+                        if self.stop is not None or self.fatal is not None \
+                                or not self.deliver_arrived():
+                            break
+                        loop.run_until_idle()
+                        if not self.starting:
+                            break
+                        alone = self.launch(alone=self.alone())
+                        if alone is None:
+                            break
                     continue
             if self.stop is not None:
                 if isinstance(self.stop, _Released) and self.inflight:
