@@ -393,7 +393,7 @@ def _encoders(**options: Any) -> tuple:
 
 _ENCODE, _ENCODE_STRICT, _ENCODE_LENIENT = (_encoders(), _encoders(allow_nan=False),
                                             _encoders(default=repr))
-_decode = json.JSONDecoder().decode
+_scan = json.JSONDecoder().scan_once  # one JSON value at an index: (value, end)
 
 
 def _json(value: Any, encoders: tuple = _ENCODE) -> str:
@@ -419,7 +419,14 @@ def _dumps(value: Any, what: str) -> str:
 def _loads(text: Optional[str]) -> Any:
     if text is None:
         return None
-    return _decode(text) if type(text) is str else json.loads(text)
+    if type(text) is str:  # what we wrote: compact JSON, read without json.loads' checks
+        try:
+            value, end = _scan(text, 0)
+            if end == len(text):
+                return value
+        except StopIteration:
+            pass
+    return json.loads(text)  # (or its error)
 
 
 def _dumps_lenient(value: Any) -> str:
@@ -3688,7 +3695,8 @@ class _WorkflowLoop(asyncio.AbstractEventLoop):
         self._now = now
         self._closed = False
         self._exception_handler: Optional[Callable] = None
-        self._tasks: weakref.WeakSet = weakref.WeakSet()
+        self._tasks: Optional[weakref.WeakSet] = None  # the workflow's own tasks, if any
+        self._hooks = (None, self._close_asyncgen)  # asyncgen hooks: firstiter, finalizer
 
     def run_until_idle(self) -> None:
         """Run ready callbacks, with this loop as the running loop, until none is left."""
@@ -3698,7 +3706,7 @@ class _WorkflowLoop(asyncio.AbstractEventLoop):
         asyncio._set_running_loop(self)
         # An async generator first iterated here is closed here when it is dropped (the
         # real loop's hooks would run its cleanup there, outside the workflow).
-        sys.set_asyncgen_hooks(firstiter=None, finalizer=self._close_asyncgen)
+        sys.set_asyncgen_hooks(*self._hooks)
         try:
             while self._ready:
                 handle, callback, args, context = self._ready.popleft()
@@ -3745,6 +3753,8 @@ class _WorkflowLoop(asyncio.AbstractEventLoop):
     def create_task(self, coro, *, name=None, context=None) -> asyncio.Task:
         options = {} if context is None else {"context": context}
         task = asyncio.Task(coro, loop=self, name=name, **options)
+        if self._tasks is None:
+            self._tasks = weakref.WeakSet()
         self._tasks.add(task)  # closed at teardown (asyncio.all_tasks scans every loop's)
         return task
 
@@ -3966,7 +3976,9 @@ class _Execution:
         return step
 
     def new_step(self) -> int:
-        step = self.peek()
+        step = self.next_step
+        if step in self.history:
+            step = self.peek()
         self.next_step = step + 1
         return step
 
@@ -4047,29 +4059,28 @@ class _Execution:
         future.on_cancel = lambda: self.abandon(step)
         return future
 
-    def alone(self) -> bool:
-        """Whether the activity just called is all there is: nothing else ready, in
-        flight, awaited, to write, or ending the execution (see launch)."""
-        return not (self.loop._ready or self.writes or self.resolutions or self.inflight
-                    or self.waits or self.recorded or self.unsequenced or self.arrived
-                    or self.unsettled or self.stop or self.fatal or self.main.done()
-                    or self.successor is not None)
+    def lone(self) -> Optional[tuple]:
+        """The one activity the last activation called, taken to run in the driver, if
+        it is all there is: nothing else ready, in flight, awaited, to write, or ending
+        the execution (see step)."""
+        if len(self.starting) != 1 or self.run["deadline_at"] is not None or (
+                self.loop._ready or self.writes or self.resolutions or self.inflight
+                or self.waits or self.recorded or self.unsequenced or self.arrived
+                or self.unsettled or self.stop or self.fatal or self.main.done()
+                or self.successor is not None or self.starting[0][1].cancelled()):
+            return None
+        return self.starting.pop()
 
-    def launch(self, alone: bool) -> Optional[Awaitable]:
-        """Start the activities called in the last activation, each in a task of its own,
-        except one called ``alone`` (nothing else in flight or awaited; see step): the
-        driver awaits that one itself, which saves a turn of the loop per step."""
-        starting = [call for call in self.starting if not call[1].cancelled()]
-        self.starting.clear()
-        if alone and len(starting) == 1:
-            step, _, definition, args, kwargs, attempts = starting[0]
-            return self.activity_task(step, definition, args, kwargs, attempts, alone=True)
-        for step, _, definition, args, kwargs, attempts in starting:
+    def launch(self) -> None:
+        """Start the activities called in the last activation, each in a task of its own."""
+        for step, future, definition, args, kwargs, attempts in self.starting:
+            if future.cancelled():
+                continue
             task = asyncio.Task(self.activity_task(step, definition, args, kwargs, attempts),
                                 loop=self.real)
             self.inflight[step] = task
             task.add_done_callback(lambda t, step=step: self.ended(step, t))
-        return None
+        self.starting.clear()
 
     def ended(self, step: int, task: asyncio.Task) -> None:
         """An activity's task is done (normally ``activity_task`` said so already; not
@@ -4267,8 +4278,6 @@ class _Execution:
         """Record a step, fenced by this execution's owner token and the run's status
         (``fence``: running, or compensating for a compensation: once a run compensates,
         what is left of its forward execution can record nothing)."""
-        if self.flushing is None and not self.markers:  # the common case: see write
-            return await self.write_now([(row, event)], fence, extra)
         await self.write([(row, event)], fence, extra)
 
     async def write(self, items: list, fence: str = "running", extra: tuple = ()) -> None:
@@ -4323,28 +4332,36 @@ class _Execution:
         self.arrive(step, row, exc)
 
     async def activity_task(self, step: int, definition: _ActivityDef, args: tuple,
-                            kwargs: dict, attempts: int, alone: bool = False) -> None:
+                            kwargs: dict, attempts: int) -> None:
         """An activity step on the real loop: its attempts, its outcome recorded, then
         handed to the workflow. A failure to record stops the execution."""
         try:
             row, exc = await self.run_activity(step, definition, args, kwargs, attempts)
             self.arrive(step, row, exc)
-        except (_StoreFailed, _LostOwnership, _Released) as stop:
-            self.stop = self.stop or stop
         except asyncio.CancelledError:  # the execution stops: halt waits for the task
-            if alone:  # run by the driver itself: the driver is what is cancelled
-                raise
-        except SerializationError:  # fatal already
             pass
-        except Exception as exc:  # a bug of ours: the attempt fails, visibly
-            _log.exception("run %s: step %d could not be completed", self.run_id, step)
-            self.fatal = self.fatal or exc
+        except BaseException as exc:
+            self.failed(step, exc)
         finally:
             self.inflight.pop(step, None)
             if self.idle:
                 self.pump()
             else:
                 self.notify.wake()
+
+    def failed(self, step: int, exc: BaseException) -> None:
+        """An activity's outcome could not be recorded: the execution stops (the
+        database's trouble, or the run is no longer ours) or the attempt fails."""
+        if isinstance(exc, (_StoreFailed, _LostOwnership, _Released)):
+            self.stop = self.stop or exc
+        elif isinstance(exc, SerializationError):
+            pass  # fatal already
+        elif isinstance(exc, Exception):  # a bug of ours: the attempt fails, visibly
+            _log.error("run %s: step %d could not be completed", self.run_id, step,
+                       exc_info=(type(exc), exc, exc.__traceback__))
+            self.fatal = self.fatal or exc
+        else:
+            raise exc
 
     def pump(self) -> None:
         """Deliver outcomes here, in place of waking the driver, while it only waits for
@@ -4358,7 +4375,7 @@ class _Execution:
                     return  # the driver goes on waiting
                 break
             self.loop.run_until_idle()
-            self.launch(alone=False)
+            self.launch()
         self.notify.wake()
 
     async def run_activity(self, step: int, definition: _ActivityDef, args: tuple,
@@ -4438,7 +4455,10 @@ class _Execution:
             row["seq"] = self.allocate()
         self.finishing.add(row["step"])  # not cancelled now: see abandon and halt
         try:
-            await self.record(row, event, fence)
+            if self.flushing is None and not self.markers:  # the common case: see write
+                await self.write_now([(row, event)], fence, ())
+            else:
+                await self.write([(row, event)], fence)
         except BaseException:
             self.unsettled.discard(row["seq"])
             raise
@@ -4455,7 +4475,7 @@ class _Execution:
         waiters = _SIGNAL_WAITERS.setdefault((self.store.key, self.run_id), set())
         waiters.add(self.notify)
         try:
-            self.main = self.loop.create_task(definition.fn(self.ctx))
+            self.main = asyncio.Task(definition.fn(self.ctx), loop=self.loop)
             return await self.step()
         except BaseException:
             await self.halt(abandon=False)
@@ -4472,22 +4492,25 @@ class _Execution:
             self.notify.clear()  # before looking: nothing set from here on is missed
             loop.run_until_idle()
             if self.starting:
-                alone = self.launch(alone=deadline is None and self.alone())
-                if alone is not None:
-                    # A lone activity's outcome goes to the workflow at once (nothing
-                    # else is in flight, awaited or due); the next one starts, and so on.
-                    while True:
-                        await alone
-                        if self.stop is not None or self.fatal is not None \
-                                or not self.deliver_arrived():
-                            break
-                        loop.run_until_idle()
-                        if not self.starting:
-                            break
-                        alone = self.launch(alone=self.alone())
-                        if alone is None:
-                            break
-                    continue
+                call = self.lone()
+                # A lone activity (see lone) runs in the driver itself and its outcome goes
+                # to the workflow at once: a run of sequential steps stays in this loop,
+                # one step per turn of the real loop.
+                while call is not None:
+                    step, _, definition, args, kwargs, attempts = call
+                    try:
+                        row, exc = await self.run_activity(step, definition, args, kwargs,
+                                                           attempts)
+                    except asyncio.CancelledError:  # the driver is what is cancelled
+                        raise
+                    except BaseException as failure:
+                        self.failed(step, failure)
+                        break
+                    self.unsettled.discard(row["seq"])  # nothing else was in flight
+                    self.deliver(step, row, exc)
+                    loop.run_until_idle()
+                    call = self.lone()
+                self.launch()
             if self.stop is not None:
                 if isinstance(self.stop, _Released) and self.inflight:
                     await asyncio.wait(list(self.inflight.values()))  # the grace period
@@ -4827,7 +4850,7 @@ class _Execution:
         while True:
             self.notify.clear()
             self.loop.run_until_idle()
-            self.launch(alone=False)  # none, unless the failure's other branches go on
+            self.launch()  # none, unless the failure's other branches go on
             if self.stop is not None:
                 raise self.stop
             if self.writes or self.resolutions:
@@ -4861,8 +4884,8 @@ class _Execution:
         real = asyncio._get_running_loop()
         asyncio._set_running_loop(self.loop)
         try:
-            for task in list(self.loop._tasks):
-                if not task.done():
+            for task in (self.main, *(self.loop._tasks or ())):
+                if task is not None and not task.done():
                     with contextlib.suppress(BaseException):
                         task.get_coro().close()
         finally:
@@ -4932,8 +4955,10 @@ class WorkflowContext:
         result is the JSON round-trip of what the activity returned, on the first run
         and on every replay alike; a failure (after the activity's retries) is raised.
         """
-        self._x.usable()
-        return self._x.activity(_activity_def(fn), args, kwargs)
+        execution = self._x
+        if asyncio._get_running_loop() is not execution.loop:
+            execution.usable()  # raises
+        return execution.activity(_activity_def(fn), args, kwargs)
 
     def execute_parallel(self, *calls: Any) -> "asyncio.Future[list]":
         """Run activities concurrently, one step each; await it for their results in order.
