@@ -4396,11 +4396,13 @@ class _Execution:
             _WORK.count += 1  # in flight until it returns or its timeout abandons it
             error: Optional[BaseException] = None
             try:
+                call = (definition.fn(*args, **kwargs) if definition.is_async
+                        else definition.call(args, kwargs))
                 if definition.timeout is None:
-                    result = await definition.call(args, kwargs)
+                    result = await call
                 else:
                     result = await _with_timeout(
-                        definition.call(args, kwargs), definition.timeout,
+                        call, definition.timeout,
                         lambda: ActivityTimeoutError(
                             f"activity {definition.name!r} (step {step} of run "
                             f"{self.run_id}) timed out after {definition.timeout} s"))
