@@ -463,6 +463,8 @@ def _rebuild_error(record: dict, run_id: str, step: int) -> BaseException:
     if isinstance(cls, type) and issubclass(cls, Exception):
         with contextlib.suppress(Exception):
             return cls(message)
+    if isinstance(cls, type) and issubclass(cls, BaseException):  # SystemExit, say
+        message = f"the activity raised {qualname}" + (f": {message}" if message else "")
     return ActivityError(message, error_type=record.get("type", ""), run_id=run_id, step=step)
 
 
@@ -3372,9 +3374,9 @@ class _ActivityDef:
     async def call(self, args: tuple, kwargs: dict) -> Any:
         if self.is_async:
             return await self.fn(*args, **kwargs)
-        thread = asyncio.ensure_future(asyncio.to_thread(self.fn, *args, **kwargs))
+        thread = asyncio.ensure_future(asyncio.to_thread(_outcome, self.fn, args, kwargs))
         try:
-            result = await asyncio.shield(thread)  # a thread: never block the loop
+            result, error = await asyncio.shield(thread)  # a thread: never block the loop
         except asyncio.CancelledError:
             # A thread cannot be interrupted: the step is over only when it returns, so
             # nobody (a retry, another worker, a compensation) may run before that.
@@ -3382,9 +3384,21 @@ class _ActivityDef:
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.wait({thread})
             raise
+        if error is not None:
+            raise error
         if inspect.isawaitable(result):  # a callable object with an async __call__
             result = await result
         return result
+
+
+def _outcome(fn: Callable, args: tuple, kwargs: dict) -> tuple:
+    """(result, None) or (None, what it raised), in a thread: raised again in the
+    caller's coroutine, since a BaseException such as GeneratorExit thrown into an
+    awaiting task would close that task's coroutines rather than reach them."""
+    try:
+        return fn(*args, **kwargs), None
+    except BaseException as exc:
+        return None, exc
 
 
 _WORKFLOWS: dict[str, _WorkflowDef] = {}
@@ -4395,6 +4409,7 @@ class _Execution:
             token = _CURRENT_ACTIVITY.set((self.run, step, definition.name, attempts))
             _WORK.count += 1  # in flight until it returns or its timeout abandons it
             error: Optional[BaseException] = None
+            given_up = False
             try:
                 call = (definition.fn(*args, **kwargs) if definition.is_async
                         else definition.call(args, kwargs))
@@ -4412,15 +4427,20 @@ class _Execution:
                     output = _dumps(result, f"the result of activity {definition.name!r} "
                                             f"(step {step} of run {self.run_id})")
             except asyncio.CancelledError as exc:
-                if step not in self.abandoned:
-                    raise
-                error = exc
-            except Exception as exc:
+                if step in self.abandoned:  # the workflow gave the step up
+                    error, given_up = exc, True
+                elif asyncio.current_task().cancelling():
+                    raise  # the execution stops (see halt)
+                else:  # raised by the activity itself: a failure like any other
+                    error = exc
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # SystemExit (argparse, say), GeneratorExit...
                 error = exc
             finally:
                 _WORK.count -= 1
                 _CURRENT_ACTIVITY.reset(token)
-            if isinstance(error, asyncio.CancelledError):  # the workflow gave it up
+            if given_up:
                 row.update(status="cancelled", error=_dumps_lenient(_error_record(error)))
                 return await self.final(row, ("step_cancelled", {
                     "step": step, "name": definition.name, "kind": kind}), fence), None
@@ -4437,6 +4457,8 @@ class _Execution:
                                      "attempt": attempts, "error": _error_text(error),
                                      "retry_in": delay})
             if not retry:
+                if not isinstance(error, Exception):  # the workflow gets an Exception
+                    error = _rebuild_error(_error_record(error), self.run_id, step)
                 return await self.final(row, event, fence), error
             await self.record(row, event, fence)
             _log.info("run %s step %d (%s) attempt %d failed, retrying in %.2fs: %s",
