@@ -132,8 +132,23 @@ class WorkflowStatus(str, enum.Enum):
 _TERMINAL = ("completed", "failed", "cancelled", "compensated", "continued")
 
 
+# The longest duration anything accepts (a timer, a timeout, a retry delay, a lease):
+# 100 years. Far longer, and a stored time would pass what a datetime holds (year 9999).
+_MAX_SECONDS = 100 * 365.25 * 86400
+_MAX_TEXT = "100 years"
+
+
 def _dt(ts: Optional[float]) -> Optional[datetime]:
-    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc)
+    """The stored time ``ts`` as an aware UTC datetime. Never fails: a time stored out of
+    a datetime's range (by an older version) reads as its first or last moment."""
+    if ts is None:
+        return None
+    try:
+        return datetime.fromtimestamp(ts, timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        if ts != ts:  # NaN
+            return None
+        return (datetime.max if ts > 0 else datetime.min).replace(tzinfo=timezone.utc)
 
 
 @dataclasses.dataclass
@@ -524,6 +539,9 @@ class RetryPolicy:
             if (isinstance(value, bool) or not isinstance(value, (int, float))
                     or not math.isfinite(value) or value < 0):
                 raise ValueError(f"{field} must be a finite number >= 0, got {value!r}")
+            if field in ("initial_delay", "max_delay") and value > _MAX_SECONDS:
+                raise ValueError(f"{field} is seconds, at most {_MAX_SECONDS:g} ({_MAX_TEXT}), "
+                                 f"got {value!r}")
         if self.jitter_factor > 1:
             raise ValueError(f"jitter_factor must be between 0 and 1, got {self.jitter_factor!r}")
 
@@ -630,8 +648,9 @@ class TestClock(Clock):
         if isinstance(seconds, timedelta):
             seconds = seconds.total_seconds()
         if (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
-                or not math.isfinite(seconds) or seconds < 0):
-            raise ValueError(f"advance needs seconds >= 0 or a timedelta, got {seconds!r}")
+                or not 0 <= seconds <= _MAX_SECONDS):  # NaN too
+            raise ValueError(f"advance needs seconds from 0 to {_MAX_SECONDS:g} ({_MAX_TEXT}) "
+                             f"or a timedelta, got {seconds!r}")
         target = self._now + seconds
         await self.settle()
         while True:
@@ -2195,8 +2214,9 @@ def _check_name(what: str, name: Any) -> None:
 
 def _check_timeout(what: str, timeout: Any) -> None:
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                or not math.isfinite(timeout) or timeout < 0):
-        raise ValueError(f"{what} timeout must be None or seconds >= 0, got {timeout!r}")
+                                or not 0 <= timeout <= _MAX_SECONDS):  # NaN too
+        raise ValueError(f"{what} timeout must be None or seconds from 0 to {_MAX_SECONDS:g} "
+                         f"({_MAX_TEXT}), got {timeout!r}")
 
 
 class _SQLiteStore(_Store):
@@ -3416,9 +3436,9 @@ def _check_options(kind: str, name: Any, retry_policy: Any, timeout: Any) -> Non
         raise TypeError(f"retry_policy of {kind} {name!r} must be a RetryPolicy, "
                         f"got {type(retry_policy).__name__}")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                or not timeout > 0):
-        raise ValueError(f"timeout of {kind} {name!r} must be a number of seconds > 0, "
-                         f"got {timeout!r}")
+                                or not 0 < timeout <= _MAX_SECONDS):  # NaN too
+        raise ValueError(f"timeout of {kind} {name!r} must be a number of seconds > 0 and at "
+                         f"most {_MAX_SECONDS:g} ({_MAX_TEXT}), got {timeout!r}")
 
 
 def _register(registry: dict, kind: str, definition) -> None:
@@ -4120,6 +4140,11 @@ class _Execution:
         its history had not fired counts from the attempt's start (``absolute``: a
         wall-clock deadline, as given)."""
         self.usable()
+        if not absolute and not when - self.loop._now <= _MAX_SECONDS:  # NaN too
+            raise ValueError(
+                f"a timer of run {self.run_id} was set {when - self.loop._now:g} s ahead "
+                f"(asyncio.sleep, wait_for or timeout in the workflow); at most "
+                f"{_MAX_SECONDS:g} ({_MAX_TEXT})")
         step = self.new_step()
         record = self.history.get(step)
         context = context if context is not None else contextvars.copy_context()
@@ -5012,8 +5037,9 @@ class WorkflowContext:
         ``asyncio.sleep`` in a workflow is just as durable; this is the explicit
         spelling, recorded as a step as soon as it is set."""
         if (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
-                or not math.isfinite(seconds) or seconds < 0):
-            raise ValueError(f"sleep needs a finite number of seconds >= 0, got {seconds!r}")
+                or not 0 <= seconds <= _MAX_SECONDS):  # NaN too
+            raise ValueError(f"sleep needs seconds from 0 to {_MAX_SECONDS:g} ({_MAX_TEXT}), "
+                             f"got {seconds!r}")
         self._x.usable()
         return self._sleep(self._x.loop.time() + seconds)
 
@@ -5584,8 +5610,9 @@ def _lease_seconds(value: Optional[float]) -> float:
         seconds = float(value)
     except (TypeError, ValueError):
         seconds = float("nan")
-    if not seconds > 0:
-        raise ValueError(f"{source} must be a number of seconds > 0, got {value!r}")
+    if not 0 < seconds <= _MAX_SECONDS:
+        raise ValueError(f"{source} must be a number of seconds > 0 and at most "
+                         f"{_MAX_SECONDS:g} ({_MAX_TEXT}), got {value!r}")
     return seconds
 
 

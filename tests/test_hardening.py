@@ -109,3 +109,85 @@ async def test_a_workflow_can_catch_an_activitys_base_exception(worker):
         "token": token, "kind": "system_exit", "catch": True})
     result = await worker.wait_for_result(run_id, timeout=30)
     assert result == {"caught": "builtins.SystemExit"} and RAN[token] == 3
+
+
+# ---- 6. absurd durations are refused; a stored time never fails a read ----------------------
+
+YEAR = 365.25 * 86400
+
+
+async def never_registered(ctx):
+    return None
+
+
+@pytest.mark.parametrize("make", [
+    lambda: RetryPolicy(initial_delay=1e12, max_delay=1e12),
+    lambda: RetryPolicy(max_delay=101 * YEAR),
+    lambda: workflow(name="hard_long_timeout", timeout=1e12)(never_registered),
+    lambda: activity(name="hard_inf_timeout", timeout=math.inf)(lambda: None),
+    lambda: TinyWorkflowClient("sqlite+aiosqlite:///unused.db", lease_seconds=1e12),
+], ids=["retry-delays", "retry-max-delay", "workflow-timeout", "activity-timeout", "lease"])
+def test_absurd_durations_are_refused_where_they_are_given(make):
+    with pytest.raises(ValueError, match="100 years"):
+        make()
+
+
+def test_a_hundred_years_is_still_accepted():
+    assert RetryPolicy(initial_delay=100 * YEAR, max_delay=100 * YEAR).max_delay == 100 * YEAR
+
+
+async def test_a_test_clock_does_not_advance_past_a_hundred_years():
+    from tinyworkflow import TestClock
+    clock = TestClock(datetime(2030, 1, 1, tzinfo=timezone.utc))
+    with pytest.raises(ValueError, match="100 years"):
+        await clock.advance(1e12)
+    assert clock.time() == datetime(2030, 1, 1, tzinfo=timezone.utc).timestamp()
+
+
+@workflow(name="hard_absurd_wait", retry_policy=RetryPolicy(max_retries=0))
+async def absurd_wait(ctx):
+    how = ctx.get_input("how")
+    if how == "ctx.sleep":
+        await ctx.sleep(1e12)
+    elif how == "signal":
+        await ctx.wait_for_signal("never", timeout=1e12)
+    elif how == "approval":
+        await ctx.wait_for_approval("never", timeout=1e12)
+    elif how == "asyncio.sleep":
+        await asyncio.sleep(1e12)
+    else:
+        async with asyncio.timeout(1e12):
+            await asyncio.Event().wait()
+    return "not reached"
+
+
+@pytest.mark.parametrize("how", ["ctx.sleep", "signal", "approval", "asyncio.sleep",
+                                 "asyncio.timeout"])
+async def test_an_absurd_wait_fails_the_run_and_stores_no_time(worker, how):
+    """The workflow gets a ValueError naming the limit (it fails, no retry), nothing with
+    that time is stored, and every listing still reads."""
+    run_id = await worker.start_workflow("hard_absurd_wait", {"how": how})
+    with pytest.raises(WorkflowFailedError, match="100 years"):
+        await worker.wait_for_result(run_id, timeout=30)
+    run = await worker.get_workflow_status(run_id)
+    assert run.status == "failed" and run.wake_at is None
+    assert await worker.get_workflow_steps(run_id) == []
+    assert run_id in [r.run_id for r in await worker.list_workflow_executions()]
+
+
+async def test_a_stored_time_out_of_range_reads_as_the_last_moment(worker, db_url):
+    """Times stored past year 9999 by an older version: reading never fails."""
+    import dbutil
+    run_id = await worker.start_workflow("hard_ok_workflow", {"value": 1})
+    assert await worker.wait_for_result(run_id, timeout=30) == 1
+    await dbutil.execute(db_url, "UPDATE tinyworkflow_runs SET wake_at = ?, started_at = ? "
+                                 "WHERE run_id = ?", (1e15, -1e15, run_id))
+    await dbutil.execute(db_url, "UPDATE tinyworkflow_steps SET completed_at = ? "
+                                 "WHERE run_id = ?", (1e15, run_id))
+    last = datetime.max.replace(tzinfo=timezone.utc)
+    run = await worker.get_workflow_status(run_id)
+    assert run.wake_at == last and run.started_at == datetime.min.replace(tzinfo=timezone.utc)
+    assert [r.wake_at for r in await worker.list_workflow_executions()
+            if r.run_id == run_id] == [last]
+    (step,) = await worker.get_workflow_steps(run_id)
+    assert step.completed_at == last
