@@ -3798,8 +3798,9 @@ class _WorkflowLoop(asyncio.AbstractEventLoop):
     def is_closed(self) -> bool:
         return self._closed
 
-    def get_debug(self) -> bool:
-        return False
+    # Never in debug mode. A builtin (bool() is False), as every future and handle made
+    # on this loop asks, and a Python method would cost a call each time.
+    get_debug = staticmethod(bool)
 
     def set_debug(self, enabled: bool) -> None:
         pass
@@ -3952,6 +3953,14 @@ class _Execution:
     The run leaves memory only when nothing is in flight and all it awaits is durable.
     """
 
+    __slots__ = ("_random", "abandoned", "arrived", "attempt", "base", "closing", "ctx",
+                 "engine", "fatal", "finishing", "flushing", "history", "idle", "inbox",
+                 "inflight", "last_recorded", "looked_until", "loop", "main", "markers",
+                 "next_step", "notify", "owner", "real", "recorded", "resolutions", "run",
+                 "run_id", "seq", "starting", "stop", "store", "successor", "targets",
+                 "timers", "torn_down", "unchecked", "unsequenced", "unsettled", "waited",
+                 "waits", "writes")
+
     def __init__(self, engine: "_Engine", run: dict, history: dict):
         self.engine, self.store, self.run, self.history = engine, engine.store, run, history
         self.run_id, self.owner, self.attempt = run["run_id"], run["owner"], run["retry_count"]
@@ -4085,7 +4094,7 @@ class _Execution:
                 return future
             if record["run_attempt"] == self.attempt:
                 attempts = record["attempts"]  # crashed while retrying: keep counting
-        if self.blocked():
+        if self.closing or self.engine.draining and self.blocked():
             return future
         # It starts right after this activation (nothing else runs on the real loop
         # meanwhile): in a task of its own, or, alone, in the driver (see launch).
