@@ -3443,13 +3443,24 @@ def _check_options(kind: str, name: Any, retry_policy: Any, timeout: Any) -> Non
 
 def _register(registry: dict, kind: str, definition) -> None:
     old = registry.get(definition.name)
-    if old is not None and (old.fn.__module__, old.fn.__qualname__) != (
-            definition.fn.__module__, definition.fn.__qualname__):
+    if old is not None and not _same_function(old.fn, definition.fn):
         raise ValueError(
             f"a {kind} named {definition.name!r} is already registered "
             f"({old.fn.__module__}.{old.fn.__qualname__}); give one of them another name"
         )
     registry[definition.name] = definition
+
+
+def _same_function(old: Callable, new: Callable) -> bool:
+    """Whether ``new`` is ``old`` registered again: the same function, or its module
+    imported again (a reload: the same name, new code). Another function made by the
+    same ``def`` -- a factory called twice -- shares its code and is another function."""
+    if old is new:
+        return True
+    if (old.__module__, old.__qualname__) != (new.__module__, new.__qualname__):
+        return False
+    code = getattr(old, "__code__", None)
+    return code is not None and code is not getattr(new, "__code__", None)
 
 
 def workflow(name: Optional[str] = None, retry_policy: Optional[RetryPolicy] = None,

@@ -191,3 +191,50 @@ async def test_a_stored_time_out_of_range_reads_as_the_last_moment(worker, db_ur
             if r.run_id == run_id] == [last]
     (step,) = await worker.get_workflow_steps(run_id)
     assert step.completed_at == last
+
+
+# ---- 8. two workflows made by one factory ---------------------------------------------------
+
+
+def make_workflow(name: str, value: int):
+    @workflow(name=name)
+    async def made(ctx):
+        return value
+    return made
+
+
+def make_activity(name: str, value: int):
+    @activity(name=name)
+    async def made():
+        return value
+    return made
+
+
+@pytest.mark.parametrize("factory", [make_workflow, make_activity])
+def test_a_factory_cannot_register_one_name_twice(factory):
+    """Same name, same qualified name (``make_workflow.<locals>.made``), another function:
+    refused like any duplicate; the first stays registered."""
+    from tinyworkflow import _ACTIVITIES, _WORKFLOWS
+    registry = _WORKFLOWS if factory is make_workflow else _ACTIVITIES
+    name = f"hard_factory_{factory.__name__}"
+    first = factory(name, 1)
+    with pytest.raises(ValueError, match="already registered"):
+        factory(name, 2)
+    assert registry[name].fn is first
+    # The same function registered again is no duplicate.
+    assert (workflow if factory is make_workflow else activity)(name=name)(first) is first
+
+
+def test_a_module_imported_again_registers_its_workflows_again():
+    """A reload (or a second import) runs the same definitions again: new code objects
+    of the same functions, accepted, the new ones registered."""
+    import types
+    from tinyworkflow import _WORKFLOWS
+    source = ("from tinyworkflow import workflow\n"
+              "@workflow(name='hard_reloaded')\n"
+              "async def reloaded(ctx):\n"
+              "    return 1\n")
+    for _ in range(2):
+        module = types.ModuleType("hard_reload_module")
+        exec(compile(source, "hard_reload_module.py", "exec"), module.__dict__)
+        assert _WORKFLOWS["hard_reloaded"].fn is module.reloaded
