@@ -2074,14 +2074,94 @@ class _Store:
                                          "FROM {p}events WHERE run_id = ? ORDER BY id LIMIT ?"),
                                 (run_id, limit))
 
-    async def delete_finished_before(self, cutoff: float) -> int:
-        finished = f"SELECT run_id FROM {{p}}runs WHERE {_FINISHED} AND completed_at < ?"
+    async def delete_finished_before(self, cutoff: float, names: Optional[list] = None,
+                                     other_than: Optional[list] = None,
+                                     batch: int = 200) -> int:
+        """Delete the runs (with their steps, events and signals) whose whole family
+        finished before ``cutoff``: the run, every ancestor (a parent awaiting its child
+        would start it again), and, for a run that continued as new, each run of its
+        chain up to the current one (the chain is found by its first id while it lives).
+        Only runs of workflows in ``names``, or not in ``other_than``, are looked at.
+        Works in batches of ``batch`` runs, each in a transaction of its own (no long
+        lock); returns how many runs were deleted."""
+        where, params = f"{_FINISHED} AND completed_at < ?", [cutoff]
+        for column_names, negate in ((names, ""), (other_than, "NOT ")):
+            if column_names:
+                where += f" AND workflow_name {negate}IN ({', '.join('?' * len(column_names))})"
+                params += column_names
+        deleted, after, cursor = 0, "", ()
+        while True:
+            rows = await self.fetch(self.sql(
+                f"SELECT run_id, completed_at FROM {{p}}runs WHERE {where}{after} ORDER BY "
+                f"completed_at, run_id LIMIT {int(batch)}"), (*params, *cursor))
+            if not rows:
+                return deleted
+            # The next batch: after this one's last run, in that order.
+            after = " AND (completed_at > ? OR (completed_at = ? AND run_id > ?))"
+            cursor = (rows[-1][1], rows[-1][1], rows[-1][0])
+            known: dict = {}
+            doomed = [run_id for run_id, _ in rows
+                      if await self._family_finished(run_id, cutoff, known)]
+            if doomed:
+                deleted += await self._delete_runs(doomed)
+
+    async def _family_finished(self, run_id: str, cutoff: float, known: dict) -> bool:
+        """Whether the run, its ancestors and the rest of its chain finished before
+        ``cutoff`` (a relative no longer stored is no obstacle)."""
+        async def run(rid: str) -> Optional[tuple]:
+            if rid not in known:
+                rows = await self.fetch(self.sql(
+                    "SELECT parent_run_id, status, completed_at, output_data FROM {p}runs "
+                    "WHERE run_id = ?"), (rid,))
+                known[rid] = rows[0] if rows else None
+            return known[rid]
+
+        def over(row: tuple) -> bool:
+            return row[1] in _TERMINAL and row[2] is not None and row[2] < cutoff
+
+        row = await run(run_id)
+        if row is None or not over(row):
+            return False
+        ancestor, seen = row, {run_id}
+        while ancestor[0] is not None and ancestor[0] not in seen:  # up: the parents
+            seen.add(ancestor[0])
+            ancestor = await run(ancestor[0])
+            if ancestor is None:
+                break
+            if not over(ancestor):
+                return False
+        link = row
+        while link[1] == "continued":  # on: the chain, to its current run
+            successor = (_loads(link[3]) or {}).get("continued_as")
+            if successor is None or successor in seen:
+                break
+            seen.add(successor)
+            link = await run(successor)
+            if link is None:
+                break
+            if not over(link):
+                return False
+        return True
+
+    async def take_turn(self, task: str, every: float, now: float) -> bool:
+        """Whether this process does the periodic ``task`` now: nobody did it in the last
+        ``every`` seconds (of all the processes on the database, one wins)."""
+        async with self.transaction() as tx:
+            await tx.execute(self.sql(self.dialect.insert_new("{p}meta", ("name", "value"),
+                                                              "name")), (task, "0" * 12))
+            return await tx.execute(self.sql("UPDATE {p}meta SET value = ? WHERE name = ? AND "
+                                             "value <= ?"),
+                                    (f"{int(now):012d}", task, f"{int(now - every):012d}")) > 0
+
+    async def _delete_runs(self, run_ids: list) -> int:
+        marks = ", ".join("?" * len(run_ids))
         async with self.transaction() as tx:
             for table in ("events", "steps", "signals"):
-                await tx.execute(self.sql(f"DELETE FROM {{p}}{table} "
-                                          f"WHERE run_id IN ({finished})"), (cutoff,))
-            return await tx.execute(self.sql(f"DELETE FROM {{p}}runs WHERE {_FINISHED} "
-                                             "AND completed_at < ?"), (cutoff,))
+                await tx.execute(self.sql(f"DELETE FROM {{p}}{table} WHERE run_id IN "
+                                          f"({marks}) AND run_id IN (SELECT run_id FROM "
+                                          f"{{p}}runs WHERE {_FINISHED})"), tuple(run_ids))
+            return await tx.execute(self.sql(f"DELETE FROM {{p}}runs WHERE run_id IN ({marks}) "
+                                             f"AND {_FINISHED}"), tuple(run_ids))
 
     # -- queues
     async def declare_queue(self, row: dict, replace: bool) -> None:
@@ -2210,6 +2290,20 @@ def _check_name(what: str, name: Any) -> None:
     if not isinstance(name, str) or not name or len(name) > _KEY_LENGTH:
         raise ValueError(f"{what} is a non-empty string of at most {_KEY_LENGTH} "
                          f"characters, got {name!r}")
+
+
+# The retention policy is applied at most once an hour (among all workers); each worker
+# looks whether it is its turn every few minutes.
+_RETENTION_EVERY = 3600.0
+_RETENTION_LOOK = 300.0
+
+
+def _check_days(what: str, days: Any) -> None:
+    """A retention period: days from 0 to 100 years (not NaN, not infinite)."""
+    if (isinstance(days, bool) or not isinstance(days, (int, float))
+            or not 0 <= days * 86400 <= _MAX_SECONDS):  # NaN too
+        raise ValueError(f"{what} must be a number of days from 0 to "
+                         f"{_MAX_SECONDS / 86400:g} ({_MAX_TEXT}), got {days!r}")
 
 
 def _check_timeout(what: str, timeout: Any) -> None:
@@ -3378,6 +3472,7 @@ class _WorkflowDef:
     fn: Callable
     retry_policy: RetryPolicy
     timeout: Optional[float]
+    retention_days: Optional[float] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -3464,11 +3559,13 @@ def _same_function(old: Callable, new: Callable) -> bool:
 
 
 def workflow(name: Optional[str] = None, retry_policy: Optional[RetryPolicy] = None,
-             timeout: Optional[float] = None):
+             timeout: Optional[float] = None, retention_days: Optional[float] = None):
     """Register an ``async def`` function as a durable workflow.
 
     ``retry_policy`` (default ``RetryPolicy()``) retries a failed run from its failure
-    point; ``timeout`` limits each attempt, in seconds. Works bare or with arguments:
+    point; ``timeout`` limits each attempt, in seconds; ``retention_days`` lets the
+    workers delete its runs that many days after they finished (see the client's
+    ``retention_days``). Works bare or with arguments:
 
         @workflow(name="etl", retry_policy=RetryPolicy(max_retries=2), timeout=300)
         async def etl(ctx: WorkflowContext):
@@ -3484,7 +3581,10 @@ def workflow(name: Optional[str] = None, retry_policy: Optional[RetryPolicy] = N
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"workflow {wf_name!r} must be defined with 'async def' "
                             f"(it is {type(fn).__name__} {fn!r})")
-        definition = _WorkflowDef(wf_name, fn, retry_policy or RetryPolicy(), timeout)
+        if retention_days is not None:
+            _check_days(f"retention_days of workflow {wf_name!r}", retention_days)
+        definition = _WorkflowDef(wf_name, fn, retry_policy or RetryPolicy(), timeout,
+                                  retention_days)
         _register(_WORKFLOWS, "workflow", definition)
         fn.__tinyworkflow_workflow__ = definition
         return fn
@@ -5650,12 +5750,15 @@ class TinyWorkflowClient:
     in-process worker that executes runs started with ``wait=False``.
     ``lease_seconds`` (default ``$TINYWORKFLOW_LEASE_SECONDS``, else 30) is how long
     a run stays with an executor that stopped writing before another may take it over.
+    ``retention_days``: this client's workers delete finished runs that many days old
+    (of workflows without a ``retention_days`` of their own), see
+    ``cleanup_old_workflows``.
     """
 
     def __init__(self, database_url: Optional[str] = None, auto_start_worker: bool = False, *,
                  table_prefix: str = _DEFAULT_PREFIX, lease_seconds: Optional[float] = None,
                  poll_interval: float = 1.0, worker_concurrency: int = 100,
-                 clock: Optional[Clock] = None):
+                 clock: Optional[Clock] = None, retention_days: Optional[float] = None):
         self.database_url = (database_url or os.environ.get("TINYWORKFLOW_DATABASE_URL")
                              or _DEFAULT_URL)
         self._store = _open_store(self.database_url, table_prefix)  # ValueError on a bad URL
@@ -5669,6 +5772,9 @@ class TinyWorkflowClient:
             raise TypeError(f"clock must be a tinyworkflow Clock (TestClock in tests), "
                             f"got {clock!r}")
         self._clock = clock or _REAL_CLOCK
+        if retention_days is not None:
+            _check_days("retention_days", retention_days)
+        self._retention_days = retention_days
         self._auto_start_worker = auto_start_worker
         self._poll_interval, self._worker_concurrency = poll_interval, worker_concurrency
         self._engine: Optional[_Engine] = None
@@ -6452,8 +6558,7 @@ class TinyWorkflowClient:
     async def cleanup_old_workflows(self, days: float = 30) -> int:
         """Delete finished runs (with their steps and events) that finished more than
         ``days`` ago; returns how many runs were deleted."""
-        if isinstance(days, bool) or not isinstance(days, (int, float)) or days < 0:
-            raise ValueError(f"days must be a number >= 0, got {days!r}")
+        _check_days("days", days)
         engine = await self._ready()
         return await self._store.delete_finished_before(engine.clock() - days * 86400)
 
@@ -6496,6 +6601,7 @@ class TinyWorkflowClient:
     async def _work(self, engine: _Engine, stopping: asyncio.Event) -> None:
         running: dict[asyncio.Task, dict] = {}
         advertiser = asyncio.ensure_future(self._advertise(engine))
+        retainer = asyncio.ensure_future(self._retain(engine))
         # When a schedule is due (the workflows' clock), when to look at the schedules
         # anyway (the machine's), and the time of the last look.
         schedule_due, look_at, looked = None, 0.0, 0.0
@@ -6539,6 +6645,7 @@ class TinyWorkflowClient:
                                       due - engine.clock(), self._poll_interval)
         finally:
             advertiser.cancel()
+            retainer.cancel()
             await self._drain(engine, running)
             with contextlib.suppress(Exception):
                 await self._store.retire(engine.worker_id)
@@ -6560,6 +6667,32 @@ class TinyWorkflowClient:
                 _log.warning("worker %s could not record its heartbeat", engine.worker_id,
                              exc_info=True)
             await asyncio.sleep(engine.lease / 3)
+
+    async def _retain(self, engine: _Engine) -> None:
+        """Apply the retention policy (``retention_days`` of the workflows registered here
+        and of this client), at most once an hour among all the workers of the database:
+        finished runs older than that are deleted, a family at a time, in small batches
+        (see cleanup_old_workflows)."""
+        while True:
+            own = {name: d.retention_days for name, d in _WORKFLOWS.items()
+                   if d.retention_days is not None}
+            if own or self._retention_days is not None:
+                try:
+                    if await self._store.take_turn("retention_at", _RETENTION_EVERY,
+                                                   time.time()):
+                        now, deleted = engine.clock(), 0
+                        for name, days in sorted(own.items()):
+                            deleted += await self._store.delete_finished_before(
+                                now - days * 86400, names=[name])
+                        if self._retention_days is not None:
+                            deleted += await self._store.delete_finished_before(
+                                now - self._retention_days * 86400, other_than=sorted(own))
+                        _log.info("worker %s: retention deleted %d finished runs",
+                                  engine.worker_id, deleted)
+                except Exception:
+                    _log.warning("worker %s could not apply the retention policy",
+                                 engine.worker_id, exc_info=True)
+            await asyncio.sleep(_RETENTION_LOOK)
 
     async def _drain(self, engine: _Engine, running: dict) -> None:
         """Let the executions finish their current step, then give their runs back."""

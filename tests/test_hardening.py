@@ -238,3 +238,126 @@ def test_a_module_imported_again_registers_its_workflows_again():
         module = types.ModuleType("hard_reload_module")
         exec(compile(source, "hard_reload_module.py", "exec"), module.__dict__)
         assert _WORKFLOWS["hard_reloaded"].fn is module.reloaded
+
+
+# ---- 1, 2. retention keeps what live runs depend on; it refuses nonsense; a policy ---------
+
+CHILD_RAN: collections.Counter = collections.Counter()
+
+
+@activity(name="hard_child_work")
+async def child_work(token: str):
+    CHILD_RAN[token] += 1
+    return f"done {token}"
+
+
+@workflow(name="hard_retention_child")
+async def retention_child(ctx):
+    return await ctx.execute_activity(child_work, ctx.get_input("token"))
+
+
+@workflow(name="hard_retention_parent", retry_policy=RetryPolicy(max_retries=0))
+async def retention_parent(ctx):
+    handle = await ctx.start_child_workflow("hard_retention_child",
+                                            {"token": ctx.get_input("token")})
+    await ctx.wait_for_signal("go")  # the child completes meanwhile
+    return await handle
+
+
+@workflow(name="hard_retention_chain", retry_policy=RetryPolicy(max_retries=0))
+async def retention_chain(ctx):
+    n = ctx.get_input("n", 0)
+    if n < 3:
+        ctx.continue_as_new({"n": n + 1})
+    return {"n": n, "signal": await ctx.wait_for_signal("go")}
+
+
+async def until(predicate, timeout=20):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def test_retention_keeps_a_finished_child_its_running_parent_awaits(worker):
+    token = uuid.uuid4().hex
+    parent = await worker.start_workflow("hard_retention_parent", {"token": token})
+
+    async def child_done():
+        children = [r for r in await worker.list_workflow_executions()
+                    if r.parent_run_id == parent]
+        return children and children[0].status == "completed"
+    await until(child_done)
+    await asyncio.sleep(0.01)  # the child finished before the cleanup's cutoff
+    assert await worker.cleanup_old_workflows(days=0) == 0  # its parent runs
+    await worker.send_signal(parent, "go")
+    assert await worker.wait_for_result(parent, timeout=30) == f"done {token}"
+    assert CHILD_RAN[token] == 1
+    await asyncio.sleep(0.01)
+    assert await worker.cleanup_old_workflows(days=0) == 2  # the family has finished
+    assert await worker.list_workflow_executions() == []
+
+
+async def test_retention_keeps_a_live_chain_reachable_by_its_first_id(worker):
+    first = await worker.start_workflow("hard_retention_chain", {"n": 0})
+
+    async def chained():
+        runs = await worker.list_workflow_executions()
+        return sum(r.status == "continued" for r in runs) == 3
+    await until(chained)
+    await asyncio.sleep(0.01)
+    assert await worker.cleanup_old_workflows(days=0) == 0  # the chain lives
+    await worker.send_signal(first, "go", {"ok": True})  # by the first id
+    assert await worker.wait_for_result(first, timeout=30) == {"n": 3, "signal": {"ok": True}}
+    await asyncio.sleep(0.01)
+    assert await worker.cleanup_old_workflows(days=0) == 4
+
+
+@pytest.mark.parametrize("days", [math.nan, math.inf, -math.inf, -1, 1e9, "30", True, None])
+async def test_cleanup_refuses_nonsense_and_deletes_nothing(worker, days):
+    run_id = await worker.start_workflow("hard_ok_workflow", {"value": 1})
+    assert await worker.wait_for_result(run_id, timeout=30) == 1
+    await asyncio.sleep(0.01)
+    with pytest.raises(ValueError, match="days"):
+        await worker.cleanup_old_workflows(days=days)
+    assert [r.run_id for r in await worker.list_workflow_executions()] == [run_id]
+
+
+@workflow(name="hard_retained", retention_days=0)
+async def retained(ctx):
+    return "gone soon"
+
+
+@pytest.mark.parametrize("make", [
+    lambda: workflow(name="hard_bad_retention", retention_days=math.nan)(never_registered),
+    lambda: TinyWorkflowClient("sqlite+aiosqlite:///unused.db", retention_days=-1),
+    lambda: TinyWorkflowClient("sqlite+aiosqlite:///unused.db", retention_days=1e9),
+], ids=["workflow-nan", "client-negative", "client-huge"])
+def test_a_retention_policy_refuses_nonsense(make):
+    with pytest.raises(ValueError, match="retention_days"):
+        make()
+
+
+async def test_workers_apply_the_retention_policy(db_url):
+    """``@workflow(retention_days=0)``: a worker deletes its finished runs when it starts
+    (and then at most once an hour among all workers); the client's ``retention_days``
+    covers the other workflows."""
+    import dbutil
+    async with TinyWorkflowClient(db_url) as client:
+        gone = await client.start_workflow("hard_retained", wait=True)
+        kept = await client.start_workflow("hard_ok_workflow", {"value": 2}, wait=True)
+    await asyncio.sleep(0.01)
+    async with TinyWorkflowClient(db_url, auto_start_worker=True) as client:
+        await until(lambda: _absent(client, gone))
+        assert (await client.get_workflow_status(kept)).status == "completed"
+    # Within the hour, another worker does not apply it again.
+    async with TinyWorkflowClient(db_url, auto_start_worker=True, retention_days=0) as client:
+        await asyncio.sleep(0.5)
+        assert (await client.get_workflow_status(kept)).status == "completed"
+    await dbutil.execute(db_url, "DELETE FROM tinyworkflow_meta WHERE name = 'retention_at'")
+    async with TinyWorkflowClient(db_url, auto_start_worker=True, retention_days=0) as client:
+        await until(lambda: _absent(client, kept))
+
+
+async def _absent(client, run_id) -> bool:
+    return await client.get_workflow_status(run_id) is None
