@@ -58,6 +58,11 @@ __all__ = [
     "WorkflowLoopError",
     "IdempotencyError",
     "WorkflowFailedError",
+    "DatabaseError",
+    "DatabaseBusyError",
+    "DatabaseUnavailableError",
+    "DatabaseIntegrityError",
+    "DataTooLargeError",
     "WorkerInfo",
     "ScheduleInfo",
     "ScheduleNotFoundError",
@@ -75,6 +80,7 @@ import contextlib
 import contextvars
 import dataclasses
 import enum
+import functools
 import hashlib
 import heapq
 import inspect
@@ -299,8 +305,9 @@ class TinyWorkflowError(Exception):
 class NonDeterminismError(TinyWorkflowError, RuntimeError):
     """A replay found another step at a number than the one recorded there."""
 
-    def __init__(self, message: str, *, run_id: str, step: int, recorded: str, requested: str):
-        super().__init__(message)
+    def __init__(self, message: str, *, run_id: str = "", step: int = 0, recorded: str = "",
+                 requested: str = ""):
+        super().__init__(message)  # (defaults: an instance unpickled gets its own back)
         self.run_id, self.step, self.recorded, self.requested = run_id, step, recorded, requested
 
 
@@ -369,6 +376,85 @@ class WorkflowFailedError(TinyWorkflowError):
 class WorkflowLoopError(TinyWorkflowError, RuntimeError):
     """Workflow code asked its deterministic loop for what it cannot do (I/O, threads,
     subprocesses): do that in an activity."""
+
+
+class DatabaseError(TinyWorkflowError):
+    """The database failed the operation. The driver's exception is ``__cause__``; the
+    subclasses say which kind of failure it was (tinyworkflow never lets a driver's own
+    exception type reach a caller of its API)."""
+
+
+class DatabaseBusyError(DatabaseError):
+    """The database stayed busy: SQLite's write lock held by another connection past
+    the busy timeout, a lock wait timeout, a deadlock. Trying again may succeed."""
+
+
+class DatabaseUnavailableError(DatabaseError, ConnectionError):
+    """The database cannot be reached, or the connection to it was lost."""
+
+
+class DatabaseIntegrityError(DatabaseError):
+    """The database refused a write that breaks one of its constraints."""
+
+
+class DataTooLargeError(DatabaseError, ValueError):
+    """A value or a statement too large for the database (or its configuration)."""
+
+
+_DRIVERS = ("sqlite3", "aiosqlite", "asyncpg", "pymysql", "aiomysql")
+_BUSY_SQLSTATES = ("40001", "40P01", "55P03")  # serialisation failure, deadlock, lock
+_MYSQL_KINDS = {1205: DatabaseBusyError, 1213: DatabaseBusyError, 1062: DatabaseIntegrityError,
+                1451: DatabaseIntegrityError, 1452: DatabaseIntegrityError,
+                1153: DataTooLargeError, 1406: DataTooLargeError, 2002: DatabaseUnavailableError,
+                2003: DatabaseUnavailableError, 2006: DatabaseUnavailableError,
+                2013: DatabaseUnavailableError}
+
+
+def _database_error(exc: BaseException) -> Optional[DatabaseError]:
+    """tinyworkflow's error for a database driver's exception (by its module, class
+    name, SQLSTATE or error code, as peewee does), or None if it is not one."""
+    if isinstance(exc, TinyWorkflowError):
+        return None  # ours already
+    kind = type(exc)
+    driver = kind.__module__.partition(".")[0] in _DRIVERS
+    if not driver and not isinstance(exc, (ConnectionError, socket.gaierror)):
+        return None
+    text, name = str(exc), kind.__name__
+    sqlstate = str(getattr(exc, "sqlstate", "") or "")
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+    if isinstance(exc, (ConnectionError, socket.gaierror)) or sqlstate.startswith("08") \
+            or sqlstate in ("57P01", "57P02", "57P03") or "Connection" in name \
+            or name == "InterfaceError" or "unable to open" in text:
+        cls: type = DatabaseUnavailableError
+    elif code in _MYSQL_KINDS:
+        cls = _MYSQL_KINDS[code]
+    elif sqlstate in _BUSY_SQLSTATES or "locked" in text or "busy" in text or "Deadlock" in name:
+        cls = DatabaseBusyError
+    elif sqlstate.startswith("23") or name == "IntegrityError":
+        cls = DatabaseIntegrityError
+    elif sqlstate.startswith("54") or sqlstate == "22001" or "too big" in text \
+            or "too large" in text:
+        cls = DataTooLargeError
+    else:
+        cls = DatabaseError
+    what = {DatabaseBusyError: "the database is busy", DatabaseIntegrityError:
+            "the database refused the write", DataTooLargeError: "too large for the database",
+            DatabaseUnavailableError: "the database is unreachable"}.get(cls, "the database failed")
+    return cls(f"{what}: {kind.__module__}.{name}: {text}")
+
+
+def _translating(method: Callable) -> Callable:
+    """A public coroutine method whose driver exceptions come out as tinyworkflow's."""
+    @functools.wraps(method)
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(*args, **kwargs)
+        except Exception as exc:
+            error = _database_error(exc)
+            if error is None:
+                raise
+            raise error from exc
+    return call
 
 
 class _Released(BaseException):
@@ -2677,7 +2763,7 @@ class _Pool:
             self._free.release()
 
     def _timed_out(self) -> TinyWorkflowError:
-        return TinyWorkflowError(
+        return DatabaseBusyError(
             f"no database connection became free within pool_timeout={self.timeout} s "
             f"(pool_size={self.size}, max_overflow={self.overflow}); raise them in the "
             "URL, or the server's connection limit, or lower worker_concurrency")
@@ -3020,7 +3106,7 @@ class _PostgresStore(_ServerStore):
                 if "application_name=" not in self.target["dsn"] else None)
         except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
                 asyncpg.InterfaceError) as exc:
-            raise TinyWorkflowError(f"cannot connect to {self.url}: {exc}") from exc
+            raise DatabaseUnavailableError(f"cannot connect to {self.url}: {exc}") from exc
 
     async def _close(self, conn) -> None:
         await conn.close()
@@ -3362,7 +3448,7 @@ class _MySQLStore(_ServerStore):
                 # UPDATE counts the rows it matched, not those it changed: a fence.
                 client_flag=pymysql.constants.CLIENT.FOUND_ROWS, **extra)
         except (OSError, asyncio.TimeoutError, pymysql.MySQLError) as exc:
-            raise TinyWorkflowError(f"cannot connect to {self.url}: {exc}") from exc
+            raise DatabaseUnavailableError(f"cannot connect to {self.url}: {exc}") from exc
         try:
             async with conn.cursor() as cur:
                 await cur.execute("SET SESSION time_zone = '+00:00', SESSION sql_mode = "
@@ -5801,8 +5887,11 @@ class TinyWorkflowClient:
             except BaseException as exc:
                 await self._store.close()
                 if isinstance(exc, (OSError, sqlite3.Error)):  # the driver's, said our way
-                    raise TinyWorkflowError(f"cannot open the database "
-                                            f"{_redact(self.database_url)}: {exc}") from exc
+                    kind = (DatabaseBusyError if isinstance(_database_error(exc),
+                                                            DatabaseBusyError)
+                            else DatabaseUnavailableError)
+                    raise kind(f"cannot open the database {_redact(self.database_url)}: "
+                               f"{exc}") from exc
                 raise
             self._engine = _Engine(self._store, self._lease, self._clock)
             self._wakeup = asyncio.Event()
@@ -6731,6 +6820,13 @@ class TinyWorkflowClient:
     def list_registered_activities(self) -> list[str]:
         """Names of the activities registered in this process."""
         return sorted(_ACTIVITIES)
+
+
+# Every coroutine of the client's API raises tinyworkflow's errors, never a driver's.
+for _name, _method in list(vars(TinyWorkflowClient).items()):
+    if inspect.iscoroutinefunction(_method) and (not _name.startswith("_")
+                                                 or _name == "__aenter__"):
+        setattr(TinyWorkflowClient, _name, _translating(_method))
 
 
 # ---- command-line hand-off --------------------------------------------------------------

@@ -361,3 +361,96 @@ async def test_workers_apply_the_retention_policy(db_url):
 
 async def _absent(client, run_id) -> bool:
     return await client.get_workflow_status(run_id) is None
+
+
+# ---- 9. driver errors come out as tinyworkflow's; errors survive pickle ----------------------
+
+
+async def test_a_sqlite_write_lock_held_past_the_busy_timeout_is_a_busy_error(tmp_path):
+    """Another process holds SQLite's write lock longer than the busy timeout: the
+    call raises DatabaseBusyError (the driver's error as its cause), nothing stored."""
+    import sqlite3
+    from tinyworkflow import DatabaseBusyError, TinyWorkflowError
+    path = tmp_path / "busy.db"
+    url = f"sqlite+aiosqlite:///{path}?timeout=0.2"
+    async with TinyWorkflowClient(url) as client:
+        run_id = await client.start_workflow("hard_ok_workflow", {"value": 1})
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # the write lock, held
+        try:
+            for call in (lambda: client.start_workflow("hard_ok_workflow", {"value": 2}),
+                         lambda: client.cancel_workflow(run_id),
+                         lambda: client.send_signal(run_id, "x")):
+                with pytest.raises(DatabaseBusyError, match="busy") as caught:
+                    await call()
+                assert isinstance(caught.value, TinyWorkflowError)
+                assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert [r.run_id for r in await client.list_workflow_executions()] == [run_id]
+        assert (await client.get_workflow_status(run_id)).status == "pending"
+
+
+@pytest.mark.parametrize("url", ["postgresql://postgres@127.0.0.1:1/test",
+                                 "mysql://root@127.0.0.1:1/test"], ids=["postgres", "mysql"])
+async def test_an_unreachable_server_is_an_unavailable_error(url):
+    from tinyworkflow import DatabaseUnavailableError
+    with pytest.raises(DatabaseUnavailableError, match="cannot connect") as caught:
+        async with TinyWorkflowClient(url):
+            pass
+    assert isinstance(caught.value, ConnectionError) and caught.value.__cause__ is not None
+
+
+def test_the_driver_errors_are_classified_by_name_and_code():
+    import sqlite3
+    import tinyworkflow as tw
+    cases = [
+        (sqlite3.OperationalError("database is locked"), tw.DatabaseBusyError),
+        (sqlite3.IntegrityError("UNIQUE constraint failed"), tw.DatabaseIntegrityError),
+        (sqlite3.DataError("string or blob too big"), tw.DataTooLargeError),
+        (sqlite3.OperationalError("disk I/O error"), tw.DatabaseError),
+        (ConnectionResetError("reset by peer"), tw.DatabaseUnavailableError),
+    ]
+    try:
+        import pymysql
+        cases += [(pymysql.err.OperationalError(1213, "Deadlock found"), tw.DatabaseBusyError),
+                  (pymysql.err.OperationalError(1205, "Lock wait timeout"), tw.DatabaseBusyError),
+                  (pymysql.err.IntegrityError(1062, "Duplicate entry"),
+                   tw.DatabaseIntegrityError),
+                  (pymysql.err.OperationalError(1153, "Got a packet bigger than"),
+                   tw.DataTooLargeError),
+                  (pymysql.err.OperationalError(2013, "Lost connection"),
+                   tw.DatabaseUnavailableError)]
+    except ImportError:
+        pass
+    try:
+        import asyncpg
+        cases += [(asyncpg.exceptions.DeadlockDetectedError("deadlock"), tw.DatabaseBusyError),
+                  (asyncpg.exceptions.UniqueViolationError("dup"), tw.DatabaseIntegrityError),
+                  (asyncpg.exceptions.ProgramLimitExceededError("index row too big"),
+                   tw.DataTooLargeError),
+                  (asyncpg.exceptions.AdminShutdownError("bye"), tw.DatabaseUnavailableError)]
+    except ImportError:
+        pass
+    for exc, kind in cases:
+        assert type(tw._database_error(exc)) is kind, exc
+    assert tw._database_error(ValueError("ours")) is None
+    assert tw._database_error(TimeoutError("ours")) is None
+
+
+def test_every_error_survives_pickle():
+    import pickle
+    import tinyworkflow as tw
+    errors = [
+        tw.NonDeterminismError("changed", run_id="r", step=3, recorded="a", requested="b"),
+        tw.ActivityError("boom", error_type="builtins.SystemExit", run_id="r", step=2),
+        tw.RunStateError("finished", run_id="r", status="completed"),
+        tw.WorkflowFailedError("failed", run_id="r", status="failed", error="E: x"),
+        tw.IdempotencyError("taken", run_id="r"),
+        tw.DatabaseBusyError("busy"), tw.SerializationError("no"), tw.WorkflowLoopError("io"),
+    ] + [getattr(tw, name)("x") for name in tw.__all__ if name.endswith("Error")]
+    for error in errors:
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error)
+        assert copy.__dict__ == error.__dict__
