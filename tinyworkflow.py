@@ -112,6 +112,9 @@ _DEFAULT_PREFIX = "tinyworkflow_"
 _DEFAULT_LEASE_SECONDS = 30.0
 _SLEEP_IN_MEMORY = 1.0  # seconds: a longer timer parks its run in the database
 _KEY_LENGTH = 255  # the longest name or id (workflow, activity, workflow_id) in characters
+# The largest row count a listing returns or skips, and the largest step number: what
+# every database's integers hold.
+_MAX_COUNT = 2**31 - 1
 
 
 # ---- statuses and models ----------------------------------------------------------------
@@ -401,6 +404,7 @@ class DataTooLargeError(DatabaseError, ValueError):
     """A value or a statement too large for the database (or its configuration)."""
 
 
+_JSON_ARGUMENTS = ("input_data", "payload")  # stored as JSON: NUL is escaped
 _DRIVERS = ("sqlite3", "aiosqlite", "asyncpg", "pymysql", "aiomysql")
 _BUSY_SQLSTATES = ("40001", "40P01", "55P03")  # serialisation failure, deadlock, lock
 _MYSQL_KINDS = {1205: DatabaseBusyError, 1213: DatabaseBusyError, 1062: DatabaseIntegrityError,
@@ -444,9 +448,17 @@ def _database_error(exc: BaseException) -> Optional[DatabaseError]:
 
 
 def _translating(method: Callable) -> Callable:
-    """A public coroutine method whose driver exceptions come out as tinyworkflow's."""
+    """A public coroutine method whose driver exceptions come out as tinyworkflow's, and
+    which refuses NUL in a text argument (a name, an id, a key: stored as they are, and
+    PostgreSQL refuses NUL; JSON values such as ``input_data`` escape it)."""
+    names = list(inspect.signature(method).parameters)[1:]  # after self
+
     @functools.wraps(method)
     async def call(*args: Any, **kwargs: Any) -> Any:
+        for name, value in (*zip(names, args[1:]), *kwargs.items()):
+            if type(value) is str and "\x00" in value and name not in _JSON_ARGUMENTS:
+                raise ValueError(f"{name} {value!r} contains NUL, which not every database "
+                                 "stores")
         try:
             return await method(*args, **kwargs)
         except Exception as exc:
@@ -510,6 +522,10 @@ def _json(value: Any, encoders: tuple = _ENCODE) -> str:
 def _dumps(value: Any, what: str) -> str:
     try:
         return _json(value, _ENCODE_STRICT)
+    except RecursionError:
+        raise SerializationError(
+            f"{what} is nested too deeply to store as JSON (more levels than Python's "
+            f"recursion limit, {sys.getrecursionlimit()}): flatten it") from None
     except (TypeError, ValueError) as exc:
         raise SerializationError(
             f"{what} is not JSON-serialisable ({exc}); pass and return only JSON values: "
@@ -535,7 +551,12 @@ def _dumps_lenient(value: Any) -> str:
     try:
         return _json(value, _ENCODE_LENIENT)
     except (TypeError, ValueError):  # non-string keys, circular references
-        return _json(repr(value))
+        try:
+            return _json(repr(value))
+        except RecursionError:
+            return _json(f"<{type(value).__name__} nested too deeply to show>")
+    except RecursionError:
+        return _json(f"<{type(value).__name__} nested too deeply to show>")
 
 
 def _error_text(exc: BaseException) -> str:
@@ -1417,6 +1438,22 @@ class _Store:
         self.dialect, self.prefix = dialect, prefix
         self._cache: dict[str, str] = {}
         self._step_upsert: Optional[str] = None
+        # The largest value one statement can carry, in bytes (None: no limit that
+        # matters; MySQL's max_allowed_packet, read when connecting, less some room).
+        self.max_value: Optional[int] = None
+
+    def fits(self, what: str, text: Optional[str]) -> Optional[str]:
+        """``text`` if the database takes a value that long, else SerializationError."""
+        limit = self.max_value
+        if limit is None or text is None or len(text) <= limit // 4:  # 4 bytes a char
+            return text
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > limit:
+            raise SerializationError(
+                f"{what} is {size} bytes as JSON; this database takes at most {limit} in one "
+                "value (its max_allowed_packet, less room for the statement): raise it on "
+                "the server, or keep large data elsewhere and pass a reference")
+        return text
 
     # -- backend primitives
     async def connect(self) -> None:
@@ -2373,9 +2410,16 @@ def _run_filters(status: Any, workflow_name: Any, run_id_prefix: Any,
 
 
 def _check_name(what: str, name: Any) -> None:
-    if not isinstance(name, str) or not name or len(name) > _KEY_LENGTH:
+    if not isinstance(name, str) or not name or len(name) > _KEY_LENGTH or "\x00" in name:
         raise ValueError(f"{what} is a non-empty string of at most {_KEY_LENGTH} "
-                         f"characters, got {name!r}")
+                         f"characters, without NUL, got {name!r}")
+
+
+def _check_count(what: str, value: Any, low: int = 0) -> None:
+    """A limit, an offset or a step number: a whole number from ``low`` to _MAX_COUNT."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= _MAX_COUNT:
+        raise ValueError(f"{what} must be a whole number from {low} to {_MAX_COUNT}, "
+                         f"got {value!r}")
 
 
 # The retention policy is applied at most once an hour (among all workers); each worker
@@ -3434,6 +3478,8 @@ class _MySQLStore(_ServerStore):
     async def connect(self) -> None:
         self._aiomysql = _import_driver("aiomysql", "mysql", "MySQL")
         await super().connect()
+        rows = await self.fetch("SELECT @@max_allowed_packet")
+        self.max_value = int(rows[0][0]) - 65536  # room for the rest of the statement
 
     async def _open(self):
         import pymysql  # aiomysql's own dependency
@@ -3613,6 +3659,8 @@ def _check_options(kind: str, name: Any, retry_policy: Any, timeout: Any) -> Non
     if len(name) > _KEY_LENGTH:
         raise ValueError(f"{kind} name {name[:40]!r}... is {len(name)} characters long; "
                          f"at most {_KEY_LENGTH} fit every database")
+    if "\x00" in name:
+        raise ValueError(f"{kind} name {name!r} contains NUL, which not every database stores")
     if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
         raise TypeError(f"retry_policy of {kind} {name!r} must be a RetryPolicy, "
                         f"got {type(retry_policy).__name__}")
@@ -3805,6 +3853,9 @@ def _check_workflow_id(workflow_id: Any) -> None:
     if workflow_id is not None and len(workflow_id) > _KEY_LENGTH:
         raise ValueError(f"workflow_id is {len(workflow_id)} characters long; at most "
                          f"{_KEY_LENGTH} fit every database")
+    if workflow_id is not None and "\x00" in workflow_id:
+        raise ValueError(f"workflow_id {workflow_id!r} contains NUL, which not every "
+                         "database stores")
 
 
 def _queue_columns(queue: Any, queue_key: Any, priority: Any) -> dict:
@@ -4549,6 +4600,14 @@ class _Execution:
         for row, _ in items:
             if row["completed_at"] is None and row["status"] not in ("waiting", "registered"):
                 row["completed_at"] = now
+            if self.store.max_value is not None:
+                try:
+                    for column in ("input", "output", "error"):
+                        self.store.fits(f"the {column} of step {row['step']} ({row['name']}) "
+                                        f"of run {self.run_id}", row[column])
+                except SerializationError as error:  # it always will be refused
+                    self.fatal = self.fatal or error
+                    raise
         try:
             ours = await self.store.record_steps(self.run_id, self.owner, now, items, fence,
                                                  list(extra))
@@ -4654,7 +4713,7 @@ class _Execution:
                             f"{self.run_id}) timed out after {definition.timeout} s"))
                 try:
                     output = _json(result, _ENCODE_STRICT)
-                except (TypeError, ValueError):  # say which: SerializationError
+                except (TypeError, ValueError, RecursionError):  # say which
                     output = _dumps(result, f"the result of activity {definition.name!r} "
                                             f"(step {step} of run {self.run_id})")
             except asyncio.CancelledError as exc:
@@ -5964,6 +6023,7 @@ class TinyWorkflowClient:
         definition = _WORKFLOWS.get(workflow_name) if isinstance(workflow_name, str) else None
         input_text = _dumps(input_data, f"the input of workflow {workflow_name!r}")
         engine = await self._ready()
+        self._store.fits(f"the input of workflow {workflow_name!r}", input_text)
         options = await _workflow_options(self._store, workflow_name)
         if definition is None and wait:
             raise WorkflowNotFoundError(
@@ -6139,8 +6199,7 @@ class TinyWorkflowClient:
         starts with ``run_id_prefix`` (what a short id shown by the command line or the
         web page gives), or started by ``parent_run_id`` (its child runs)."""
         for label, value in (("limit", limit), ("offset", offset)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{label} must be a whole number >= 0, got {value!r}")
+            _check_count(label, value)
         filters = _run_filters(status, workflow_name, run_id_prefix, parent_run_id)
         rows = await (await self._ready()).store.list_runs(filters, limit, offset)
         return [_execution(row) for row in rows]
@@ -6169,6 +6228,7 @@ class TinyWorkflowClient:
 
     async def get_workflow_events(self, run_id: str, limit: int = 100) -> list[WorkflowEvent]:
         """The run's audit trail, oldest first (empty for an unknown run id)."""
+        _check_count("limit", limit)
         rows = await (await self._ready()).store.events(run_id, limit)
         return [WorkflowEvent(id=i, run_id=r, event_type=t, event_data=_loads(d), timestamp=_dt(ts))
                 for i, r, t, d, ts in rows]
@@ -6192,6 +6252,7 @@ class TinyWorkflowClient:
         _check_name("a signal name", name)
         data = _dumps(payload, f"the payload of signal {name!r}")
         engine = await self._ready()
+        self._store.fits(f"the payload of signal {name!r}", data)
         while not await self._store.send_signal(run_id, name, data, engine.clock()):
             row = await self._current(run_id)
             if row["run_id"] != run_id:
@@ -6385,8 +6446,7 @@ class TinyWorkflowClient:
         """Start a new run of the same workflow and input that reuses the recorded
         results of the steps numbered below ``from_step`` and executes from there
         (after fixing a bug in step ``from_step``, say). Returns the new run's id."""
-        if isinstance(from_step, bool) or not isinstance(from_step, int) or from_step < 1:
-            raise ValueError(f"from_step must be a step number >= 1, got {from_step!r}")
+        _check_count("from_step", from_step, 1)
         engine = await self._ready()
         source = await self._store.get_run(run_id)
         if source is None:
@@ -6487,6 +6547,7 @@ class TinyWorkflowClient:
                                  f"got {delay_seconds!r}")
         input_text = _dumps(input_data, f"the input of workflow {workflow_name!r}")
         engine = await self._ready()
+        self._store.fits(f"the input of workflow {workflow_name!r}", input_text)
         options = await _workflow_options(self._store, workflow_name)
         now = engine.clock()
         start = at.timestamp() if at is not None else now + delay_seconds

@@ -454,3 +454,80 @@ def test_every_error_survives_pickle():
         copy = pickle.loads(pickle.dumps(error))
         assert type(copy) is type(error) and str(copy) == str(error)
         assert copy.__dict__ == error.__dict__
+
+
+# ---- 7. NUL, out-of-range counts, deep and huge values: clear errors, nothing stored --------
+
+
+@pytest.mark.parametrize("call", [
+    lambda c: c.start_workflow("hard_ok\x00workflow"),
+    lambda c: c.start_workflow("hard_ok_workflow", {"value": 1}, workflow_id="a\x00b"),
+    lambda c: c.start_workflow("hard_ok_workflow", {"value": 1}, idempotency_key="k\x00"),
+    lambda c: c.start_workflow("hard_ok_workflow", {"value": 1}, run_id="r\x00"),
+    lambda c: c.get_workflow_status("r\x00"),
+    lambda c: c.send_signal("r\x00", "go"),
+    lambda c: c.cancel_workflow("r\x00"),
+    lambda c: c.list_workflow_executions(workflow_name="w\x00"),
+    lambda c: c.list_workflow_executions(run_id_prefix="\x00"),
+], ids=["name", "workflow_id", "idempotency_key", "run_id", "status", "signal-run",
+        "cancel", "list-name", "list-prefix"])
+async def test_nul_in_a_name_or_id_is_refused_everywhere(client, call):
+    with pytest.raises(ValueError, match="NUL"):
+        await call(client)
+    assert await client.list_workflow_executions() == []
+
+
+async def test_nul_in_a_signal_name_is_refused_and_in_a_payload_is_stored(client):
+    run_id = await client.start_workflow("hard_ok_workflow", {"value": "a\x00b"})
+    with pytest.raises(ValueError, match="NUL"):
+        await client.send_signal(run_id, "go\x00")
+    await client.send_signal(run_id, "go", {"text": "x\x00y"})  # JSON escapes it
+    assert (await client.get_workflow_status(run_id)).input_data == {"value": "a\x00b"}
+
+
+def test_nul_in_a_workflow_or_activity_name_is_refused():
+    with pytest.raises(ValueError, match="NUL"):
+        workflow(name="hard\x00nul")(never_registered)
+    with pytest.raises(ValueError, match="NUL"):
+        activity(name="hard\x00nul")(lambda: None)
+
+
+@pytest.mark.parametrize("call", [
+    lambda c, r: c.list_workflow_executions(limit=10**20),
+    lambda c, r: c.list_workflow_executions(offset=2**63),
+    lambda c, r: c.get_workflow_events(r, limit=-1),
+    lambda c, r: c.get_workflow_events(r, limit=10**20),
+    lambda c, r: c.fork_workflow(r, 10**30),
+    lambda c, r: c.fork_workflow(r, 0),
+], ids=["list-limit", "list-offset", "events-negative", "events-huge", "fork-huge", "fork-0"])
+async def test_counts_out_of_range_are_a_value_error(client, call):
+    run_id = await client.start_workflow("hard_ok_workflow", {"value": 1})
+    with pytest.raises(ValueError, match="whole number from"):
+        await call(client, run_id)
+    assert [r.run_id for r in await client.list_workflow_executions()] == [run_id]
+
+
+async def test_a_deeply_nested_input_is_a_serialization_error(client):
+    from tinyworkflow import SerializationError
+    value: list = []
+    for _ in range(5000):
+        value = [value]
+    with pytest.raises(SerializationError, match="nested too deeply"):
+        await client.start_workflow("hard_ok_workflow", {"value": value})
+    assert await client.list_workflow_executions() == []
+
+
+async def test_an_input_too_large_for_the_database_names_the_limit(client, backend):
+    """On MySQL/MariaDB a value larger than max_allowed_packet: SerializationError naming
+    the limit, nothing stored (the other databases take 40 MB)."""
+    from tinyworkflow import SerializationError
+    big = "x" * (40 * 2**20)
+    if backend != "mysql":
+        run_id = await client.start_workflow("hard_ok_workflow", {"value": big})
+        assert len((await client.get_workflow_status(run_id)).input_data["value"]) == len(big)
+        return
+    with pytest.raises(SerializationError, match="max_allowed_packet"):
+        await client.start_workflow("hard_ok_workflow", {"value": big})
+    with pytest.raises(SerializationError, match="max_allowed_packet"):
+        await client.schedule_delayed_workflow("hard_ok_workflow", 60, {"value": big})
+    assert await client.list_workflow_executions() == []
