@@ -1742,21 +1742,61 @@ class _Store:
     async def resume_run(self, run_id: str, now: float, retries: int,
                          real: Optional[float] = None) -> bool:
         """A failed or cancelled run becomes due again as a new attempt, with ``retries``
-        more automatic retries; its recorded steps stay and replay."""
+        more automatic retries; its recorded steps stay and replay. A run whose
+        compensations had begun (it failed, its compensation failed; or it was cancelled
+        while compensating) compensates again instead: the compensations that did not
+        complete run anew, the forward path never does."""
         real = now if real is None else real  # leases go by the machine's time
-        return await self.batch([
-            # A cancelled run whose executor may still be winding down (owner set, lease
-            # not expired) becomes due when that lease would have expired.
-            (self.sql("UPDATE {p}runs SET max_retries = retry_count + 1 + ?, "
-                      "retry_count = retry_count + 1, wake_at = CASE WHEN owner IS NOT NULL "
-                      "AND lease_expires_at > ? THEN ? + (lease_expires_at - ?) ELSE NULL END, "
-                      "status = 'pending', owner = NULL, lease_expires_at = NULL, "
-                      "completed_at = NULL, deadline_at = NULL, updated_at = ? "
-                      "WHERE run_id = ? AND status IN ('failed', 'cancelled')"),
-             (retries, real, now, real, now, run_id)),
-            self._event(run_id, "workflow_resume_requested", {}, now),
-            *self._wake_ops(run_id),
-        ], fence=True)
+        async with self.transaction() as tx:
+            began = await tx.fetch(self.sql(
+                "SELECT event_data FROM {p}events WHERE run_id = ? AND event_type = "
+                "'workflow_compensating' ORDER BY id DESC LIMIT 1"), (run_id,))
+            if began:
+                # Compensating again, with the error it compensates for (not how the
+                # compensation failed); a cancelled execution still winding down keeps
+                # its owner and lease, and the run is taken once it has stopped.
+                cause = _loads(began[0][0]) or {}
+                resumed = await tx.execute(self.sql(
+                    "UPDATE {p}runs SET status = 'compensating', error = ?, retry_count = "
+                    "retry_count + 1, completed_at = NULL, wake_at = NULL, updated_at = ? "
+                    "WHERE run_id = ? AND status IN ('failed', 'cancelled')"),
+                    (cause.get("error") or cause.get("reason") or "resumed", now, run_id))
+                if resumed:
+                    await tx.execute(self.sql(
+                        "UPDATE {p}steps SET status = 'registered', error = NULL, attempts = 0, "
+                        "completed_at = NULL WHERE run_id = ? AND kind = 'compensation' AND "
+                        "status <> 'completed'"), (run_id,))
+            else:
+                # A cancelled run whose executor may still be winding down (owner set,
+                # lease not expired) becomes due when that lease would have expired.
+                resumed = await tx.execute(self.sql(
+                    "UPDATE {p}runs SET max_retries = retry_count + 1 + ?, "
+                    "retry_count = retry_count + 1, wake_at = CASE WHEN owner IS NOT NULL "
+                    "AND lease_expires_at > ? THEN ? + (lease_expires_at - ?) ELSE NULL END, "
+                    "status = 'pending', owner = NULL, lease_expires_at = NULL, "
+                    "completed_at = NULL, deadline_at = NULL, updated_at = ? "
+                    "WHERE run_id = ? AND status IN ('failed', 'cancelled')"),
+                    (retries, real, now, real, now, run_id))
+            if not resumed:
+                return False
+            await tx.execute(*self._event(run_id, "workflow_resume_requested",
+                                          {"compensating": bool(began)}, now))
+            for op in self._wake_ops(run_id):
+                await tx.execute(*op)
+            return True
+
+    async def cancelled_children(self, run_id: str) -> list:
+        """The cancelled child runs the run still awaits (their steps are waiting)."""
+        rows = await self.fetch(self.sql(
+            "SELECT output FROM {p}steps WHERE run_id = ? AND kind = 'child' AND "
+            "status = 'waiting'"), (run_id,))
+        children = [(_loads(output) or {}).get("run_id") for output, in rows]
+        cancelled = []
+        for child_id in filter(None, children):
+            child = await self.get_run(child_id)
+            if child is not None and child["status"] == "cancelled":
+                cancelled.append(child_id)
+        return cancelled
 
     async def fork_run(self, source: dict, run: dict, before_step: int) -> None:
         """Insert ``run`` with the completed steps of ``source`` numbered below
@@ -3673,17 +3713,23 @@ def _check_options(kind: str, name: Any, retry_policy: Any, timeout: Any) -> Non
 def _register(registry: dict, kind: str, definition) -> None:
     old = registry.get(definition.name)
     if old is not None and not _same_function(old.fn, definition.fn):
+        again = "<locals>" in old.fn.__qualname__ and old.fn.__qualname__ == getattr(
+            definition.fn, "__qualname__", None)
         raise ValueError(
             f"a {kind} named {definition.name!r} is already registered "
             f"({old.fn.__module__}.{old.fn.__qualname__}); give one of them another name"
-        )
+            + ("; this one is the same def run again (a factory, or a function that "
+               "defines it called twice): define it once, at module level, or give each "
+               "function it makes a name of its own" if again else ""))
     registry[definition.name] = definition
 
 
 def _same_function(old: Callable, new: Callable) -> bool:
     """Whether ``new`` is ``old`` registered again: the same function, or its module
-    imported again (a reload: the same name, new code). Another function made by the
-    same ``def`` -- a factory called twice -- shares its code and is another function."""
+    imported again (a reload, a notebook cell run again: the same name, new code).
+    Another function made by the same ``def`` -- a factory called twice, a workflow
+    defined in a function's body and that function called again -- shares the code of
+    the first and is another function: a duplicate."""
     if old is new:
         return True
     if (old.__module__, old.__qualname__) != (new.__module__, new.__qualname__):
@@ -6427,13 +6473,22 @@ class TinyWorkflowClient:
     async def resume_workflow(self, run_id: str) -> str:
         """Run a failed or cancelled run again from its failure point, as a new attempt:
         its completed steps replay, the rest execute, and it gets its workflow's
-        automatic retries again. A worker executes it; returns the run id.
-        RunStateError if the run is not failed or cancelled (nothing changes)."""
+        automatic retries again. A run whose compensations had begun compensates again
+        instead (only those that did not complete; never the forward path) and ends
+        ``compensated``. Child runs it awaits that were cancelled with it are resumed
+        too. A worker executes it; returns the run id. RunStateError if the run is not
+        failed or cancelled (nothing changes)."""
         engine = await self._ready()
         await engine.settled(run_id)  # a cancelled execution here: let it stop first
         row = await self._store.get_run(run_id)
         if row is None:
             raise RunNotFoundError(f"no run with id {run_id!r}")
+        if row["status"] in ("failed", "cancelled"):
+            # The children it awaits that were cancelled with it go on first, so that
+            # its replay finds them running rather than fails on them.
+            for child_id in await self._store.cancelled_children(run_id):
+                with contextlib.suppress(RunStateError):
+                    await self.resume_workflow(child_id)
         retries, _ = await _workflow_options(self._store, row["workflow_name"])
         if not await self._store.resume_run(run_id, engine.clock(), retries, time.time()):
             row = await self._store.get_run(run_id)

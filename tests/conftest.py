@@ -31,6 +31,20 @@ import dbutil  # noqa: E402
 from tinyworkflow import TinyWorkflowClient  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _test_local_registrations():
+    """A workflow or activity a test defines in its body is registered for that test
+    only: the same ``def`` run again (the test's next backend) makes another function,
+    which tinyworkflow refuses as a duplicate of the first while it is registered."""
+    import tinyworkflow
+    registries = (tinyworkflow._WORKFLOWS, tinyworkflow._ACTIVITIES)
+    saved = [dict(registry) for registry in registries]
+    yield
+    for registry, before in zip(registries, saved):
+        registry.clear()
+        registry.update(before)
+
+
 @pytest.fixture(params=dbutil.BACKENDS)
 def backend(request):
     """'sqlite', 'postgres' or 'mysql'."""
