@@ -216,16 +216,32 @@ async def _require_run(client: tinyworkflow.TinyWorkflowClient,
 async def _cmd_workflows(client, args) -> int:
     workflows = client.list_registered_workflows()
     activities = client.list_registered_activities()
+    served: dict = {}  # workflow name -> how many live workers serve it
+    try:
+        async with client:  # (the database is optional here: what is registered shows)
+            for worker in await client.list_workers():
+                for name in worker.workflows:
+                    served[name] = served.get(name, 0) + 1
+    except tinyworkflow.TinyWorkflowError as exc:
+        print(f"warning: the live workers could not be read: {exc}", file=sys.stderr)
     if args.json:
-        _print_json({"workflows": workflows, "activities": activities})
+        _print_json({"workflows": workflows, "activities": activities, "served": served})
         return 0
-    for title, names in (("workflows", workflows), ("activities", activities)):
-        print(f"{title} ({len(names)}):")
-        for name in names:
-            print(f"  {name}")
-    if not workflows:
-        print("hint: none registered; pass the module that defines them: "
-              "--import-workflows MODULE_OR_FILE", file=sys.stderr)
+    names = sorted(set(workflows) | set(served))
+    print(f"workflows ({len(names)}):")
+    width = max(map(len, names), default=0)
+    for name in names:
+        where = (["here"] if name in workflows else []) + (
+            [f"served by {served[name]} worker{'s' if served[name] > 1 else ''}"]
+            if name in served else [])
+        print(f"  {name:{width}}  {', '.join(where)}")
+    print(f"activities ({len(activities)}):")
+    for name in activities:
+        print(f"  {name}")
+    if not names:
+        print("hint: none registered here and no live worker serves any; pass the module "
+              "that defines them (--import-workflows MODULE_OR_FILE) or start a worker",
+              file=sys.stderr)
     return 0
 
 

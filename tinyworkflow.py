@@ -6071,11 +6071,6 @@ class TinyWorkflowClient:
         engine = await self._ready()
         self._store.fits(f"the input of workflow {workflow_name!r}", input_text)
         options = await _workflow_options(self._store, workflow_name)
-        if definition is None and wait:
-            raise WorkflowNotFoundError(
-                f"workflow {workflow_name!r} is served by a worker but not registered in "
-                "this process; wait=True executes the run here: import the module that "
-                "defines it, or start with wait=False and call wait_for_result()")
         if columns:
             await self._use_queue(columns["queue_name"])
         run = _new_run(workflow_name, input_text, workflow_id, options, engine.clock(),
@@ -6086,10 +6081,12 @@ class TinyWorkflowClient:
             {"queue": columns["queue_name"]} if columns else {})})]
         if debounce is not None:
             return await self._debounce(run, events, *debounce)
-        if not wait or columns:
+        if not wait or columns or definition is None:
             existing = await self._insert_once(run, events)
             self._wake_workers()
-            if wait:  # in its queue: executed here once the queue lets it start
+            if wait and definition is None:  # served by a live worker: it executes it
+                await self._until_final(existing or run_id)
+            elif wait:  # in its queue: executed here once the queue lets it start
                 await self._drive(engine, {"run_id": existing or run_id}, owned=False)
             return existing or run_id
         # Inserted already claimed, so no worker can take it between insert and execute.
@@ -6104,6 +6101,12 @@ class TinyWorkflowClient:
             return existing
         await self._drive(engine, await self._store.get_run(run_id))
         return run_id
+
+    async def _until_final(self, run_id: str) -> None:
+        """Until the run has reached a final state, wherever it executes."""
+        async def look(row: dict) -> Any:
+            return None if row["status"] in _TERMINAL else _NOT_YET
+        await self._watch(run_id, None, look, "finished")
 
     async def _insert_once(self, run: dict, events: list) -> Optional[str]:
         """Store the run; None, or the id of the run its idempotency key or run id

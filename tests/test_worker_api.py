@@ -224,8 +224,12 @@ async def test_start_a_run_served_only_by_a_live_worker(db_url):
         run_id = await c.start_workflow("remote_only", {"a": 1})
         run = await c.get_workflow_status(run_id)
         assert (run.status, run.max_retries) == ("pending", 7)
-        with pytest.raises(WorkflowNotFoundError, match="not registered in this process"):
-            await c.start_workflow("remote_only", wait=True)
+        # wait=True stores the run for the worker that serves it and waits (here, for
+        # ever: that worker is only advertised). tests/test_cli_remote.py has a real one.
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(c.start_workflow("remote_only", {"b": 2}, wait=True), 0.5)
+        waiting = [r for r in await c.list_workflow_executions() if r.input_data == {"b": 2}]
+        assert [r.status for r in waiting] == ["pending"]
         await c._store.advertise({
             "worker_id": "elsewhere:1", "host": "elsewhere", "pid": 1,
             "workflows": json.dumps({"remote_only": {"max_retries": 7, "timeout": None}}),
