@@ -217,13 +217,14 @@ async def _cmd_workflows(client, args) -> int:
     workflows = client.list_registered_workflows()
     activities = client.list_registered_activities()
     served: dict = {}  # workflow name -> how many live workers serve it
-    try:
-        async with client:  # (the database is optional here: what is registered shows)
-            for worker in await client.list_workers():
-                for name in worker.workflows:
-                    served[name] = served.get(name, 0) + 1
-    except tinyworkflow.TinyWorkflowError as exc:
-        print(f"warning: the live workers could not be read: {exc}", file=sys.stderr)
+    if not _no_sqlite_file(client.database_url):  # (no file: no worker, and none made)
+        try:
+            async with client:  # (the database is optional here: what is registered shows)
+                for worker in await client.list_workers():
+                    for name in worker.workflows:
+                        served[name] = served.get(name, 0) + 1
+        except Exception as exc:  # unreachable, no driver installed...
+            print(f"warning: the live workers could not be read: {exc}", file=sys.stderr)
     if args.json:
         _print_json({"workflows": workflows, "activities": activities, "served": served})
         return 0
@@ -243,6 +244,14 @@ async def _cmd_workflows(client, args) -> int:
               "that defines them (--import-workflows MODULE_OR_FILE) or start a worker",
               file=sys.stderr)
     return 0
+
+
+def _no_sqlite_file(url: str) -> bool:
+    """Whether ``url`` names a SQLite database that does not exist (yet)."""
+    if not url.startswith("sqlite"):
+        return False
+    path = url.partition(":///")[2].partition("?")[0]
+    return not path or path == ":memory:" or not os.path.exists(path)
 
 
 class _Progress:

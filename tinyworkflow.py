@@ -555,8 +555,12 @@ def _dumps_lenient(value: Any) -> str:
             return _json(repr(value))
         except RecursionError:
             return _json(f"<{type(value).__name__} nested too deeply to show>")
+        except Exception:  # a repr that raises
+            return _json(f"<{type(value).__name__} that cannot be shown>")
     except RecursionError:
         return _json(f"<{type(value).__name__} nested too deeply to show>")
+    except Exception:  # a default=repr that raises
+        return _json(f"<{type(value).__name__} that cannot be shown>")
 
 
 def _error_text(exc: BaseException) -> str:
@@ -596,7 +600,7 @@ async def _with_timeout(awaitable: Awaitable, seconds: float,
     TimeoutError raised by the awaited code itself (asyncio.wait_for cannot). On timeout
     the work is cancelled and abandoned to finish on its own (a sync activity's thread
     cannot be interrupted); cancelled from outside, it is over once it has stopped."""
-    task = asyncio.ensure_future(awaitable)
+    task = asyncio.ensure_future(_held(awaitable))
     try:
         done, _ = await asyncio.wait({task}, timeout=max(seconds, 0.0))
     except asyncio.CancelledError:
@@ -608,7 +612,28 @@ async def _with_timeout(awaitable: Awaitable, seconds: float,
         task.cancel()
         task.add_done_callback(_retrieve)  # whatever it ends with, the verdict is timeout
         raise error()
-    return task.result()
+    value, raised = task.result()
+    if raised is not None:
+        raise raised
+    return value
+
+
+async def _held(awaitable: Awaitable) -> tuple:
+    """(value, None) or (None, what it raised): a SystemExit raised in a task of its own
+    would otherwise leave the event loop itself (asyncio re-raises it there)."""
+    try:
+        return await awaitable, None
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        return None, exc
+
+
+def _cancelling(task: Optional[asyncio.Task]) -> bool:
+    """Whether the task is being cancelled. Python 3.10 cannot tell (no
+    ``Task.cancelling``): there every CancelledError counts as a cancellation."""
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is None or cancelling() > 0
 
 
 def _retrieve(task: asyncio.Future) -> None:
@@ -1786,7 +1811,11 @@ class _Store:
             return True
 
     async def cancelled_children(self, run_id: str) -> list:
-        """The cancelled child runs the run still awaits (their steps are waiting)."""
+        """The cancelled child runs the run still awaits (their steps are waiting) --
+        none if its compensations had begun: a resume then only compensates."""
+        if await self.fetch(self.sql("SELECT 1 FROM {p}events WHERE run_id = ? AND "
+                                     "event_type = 'workflow_compensating'"), (run_id,)):
+            return []
         rows = await self.fetch(self.sql(
             "SELECT output FROM {p}steps WHERE run_id = ? AND kind = 'child' AND "
             "status = 'waiting'"), (run_id,))
@@ -3734,8 +3763,9 @@ def _same_function(old: Callable, new: Callable) -> bool:
         return True
     if (old.__module__, old.__qualname__) != (new.__module__, new.__qualname__):
         return False
-    code = getattr(old, "__code__", None)
-    return code is not None and code is not getattr(new, "__code__", None)
+    # (Through decorators made with functools.wraps: their wrapper's code is shared.)
+    code = getattr(inspect.unwrap(old), "__code__", None)
+    return code is not None and code is not getattr(inspect.unwrap(new), "__code__", None)
 
 
 def workflow(name: Optional[str] = None, retry_policy: Optional[RetryPolicy] = None,
@@ -4765,7 +4795,7 @@ class _Execution:
             except asyncio.CancelledError as exc:
                 if step in self.abandoned:  # the workflow gave the step up
                     error, given_up = exc, True
-                elif asyncio.current_task().cancelling():
+                elif _cancelling(asyncio.current_task()):
                     raise  # the execution stops (see halt)
                 else:  # raised by the activity itself: a failure like any other
                     error = exc
@@ -5991,7 +6021,8 @@ class TinyWorkflowClient:
                     self._queues_stored[queue.name] = queue
             except BaseException as exc:
                 await self._store.close()
-                if isinstance(exc, (OSError, sqlite3.Error)):  # the driver's, said our way
+                if isinstance(exc, (OSError, sqlite3.Error)) and not isinstance(
+                        exc, TinyWorkflowError):  # the driver's, said our way
                     kind = (DatabaseBusyError if isinstance(_database_error(exc),
                                                             DatabaseBusyError)
                             else DatabaseUnavailableError)
@@ -6103,10 +6134,14 @@ class TinyWorkflowClient:
         return run_id
 
     async def _until_final(self, run_id: str) -> None:
-        """Until the run has reached a final state, wherever it executes."""
+        """Until the run (and, if it continued as new, its chain) has reached a final
+        state, wherever it executes."""
         async def look(row: dict) -> Any:
+            if row["status"] == "continued":
+                return _loads(row["output_data"])["continued_as"]
             return None if row["status"] in _TERMINAL else _NOT_YET
-        await self._watch(run_id, None, look, "finished")
+        while run_id is not None:
+            run_id = await self._watch(run_id, None, look, "finished")
 
     async def _insert_once(self, run: dict, events: list) -> Optional[str]:
         """Store the run; None, or the id of the run its idempotency key or run id
@@ -6854,6 +6889,8 @@ class TinyWorkflowClient:
         finally:
             advertiser.cancel()
             retainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await retainer  # (a delete batch in flight rolls back first)
             await self._drain(engine, running)
             with contextlib.suppress(Exception):
                 await self._store.retire(engine.worker_id)
@@ -6864,7 +6901,8 @@ class TinyWorkflowClient:
         started = time.time()  # liveness: the machine's time
         while True:
             now = time.time()
-            serves = {name: {"max_retries": d.retry_policy.max_retries, "timeout": d.timeout}
+            serves = {name: {"max_retries": d.retry_policy.max_retries, "timeout": d.timeout,
+                             "retention_days": d.retention_days}
                       for name, d in _WORKFLOWS.items()}
             try:
                 await self._store.advertise({
@@ -6886,6 +6924,12 @@ class TinyWorkflowClient:
                    if d.retention_days is not None}
             if own or self._retention_days is not None:
                 try:
+                    # The policies of the workflows other live workers serve count too.
+                    for _, _, _, served, _, _ in await self._store.live_workers(time.time()):
+                        for name, options in (_loads(served) or {}).items():
+                            days = (options or {}).get("retention_days")
+                            if days is not None and name not in own:
+                                own[name] = days
                     if await self._store.take_turn("retention_at", _RETENTION_EVERY,
                                                    time.time()):
                         now, deleted = engine.clock(), 0

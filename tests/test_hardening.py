@@ -52,9 +52,25 @@ async def ok(value):
     return value
 
 
+@activity(name="hard_raises_with_timeout", retry_policy=TWICE, timeout=30)
+async def raises_with_timeout(token: str, kind: str):
+    """With a timeout the call runs in a task of its own (where asyncio would let a
+    SystemExit leave the event loop)."""
+    RAN[token] += 1
+    raise BASE_EXCEPTIONS[kind]()
+
+
+@activity(name="hard_raises_in_thread_with_timeout", retry_policy=TWICE, timeout=30)
+def raises_in_thread_with_timeout(token: str, kind: str):
+    RAN[token] += 1
+    raise BASE_EXCEPTIONS[kind]()
+
+
 @workflow(name="hard_base_exception", retry_policy=RetryPolicy(max_retries=0))
 async def base_exception(ctx):
-    fn = raises_in_thread if ctx.get_input("thread") else raises
+    fn = {(False, False): raises, (True, False): raises_in_thread,
+          (False, True): raises_with_timeout, (True, True): raises_in_thread_with_timeout}[
+        bool(ctx.get_input("thread")), bool(ctx.get_input("timeout"))]
     try:
         await ctx.execute_activity(fn, ctx.get_input("token"), ctx.get_input("kind"))
     except ActivityError as exc:
@@ -78,16 +94,18 @@ async def worker(db_url):
 # ---- 4. activities that raise a BaseException ---------------------------------------------
 
 
+@pytest.mark.parametrize("timeout", [False, True], ids=["", "timeout"])
 @pytest.mark.parametrize("thread", [False, True], ids=["async", "thread"])
 @pytest.mark.parametrize("kind", sorted(BASE_EXCEPTIONS))
-async def test_a_base_exception_fails_the_attempt_and_the_policy_applies(worker, kind, thread):
+async def test_a_base_exception_fails_the_attempt_and_the_policy_applies(worker, kind, thread,
+                                                                       timeout):
     """SystemExit, CancelledError, GeneratorExit or the application's own BaseException
     raised by an activity fails that attempt like any exception: recorded with its type,
     retried by the activity's policy (three attempts), then the workflow gets an
     ActivityError naming the type. The worker lives on and runs the next workflow."""
     token = uuid.uuid4().hex
     run_id = await worker.start_workflow("hard_base_exception", {
-        "token": token, "kind": kind, "thread": thread})
+        "token": token, "kind": kind, "thread": thread, "timeout": timeout})
     with pytest.raises(WorkflowFailedError):
         await worker.wait_for_result(run_id, timeout=30)
     assert RAN[token] == 3
@@ -531,3 +549,29 @@ async def test_an_input_too_large_for_the_database_names_the_limit(client, backe
     with pytest.raises(SerializationError, match="max_allowed_packet"):
         await client.schedule_delayed_workflow("hard_ok_workflow", 60, {"value": big})
     assert await client.list_workflow_executions() == []
+
+
+def test_a_module_of_decorated_activities_imported_again_registers_again():
+    """Decorators made with functools.wraps share their wrapper's code across reloads
+    (the decorator's module is not run again): the function under it tells a reload
+    from a second function."""
+    import functools
+    import types
+    from tinyworkflow import _ACTIVITIES
+
+    def timed(fn):
+        @functools.wraps(fn)
+        async def wrapper(*args):
+            return await fn(*args)
+        return wrapper
+
+    source = ("from tinyworkflow import activity\n"
+              "@activity(name='hard_reloaded_wrapped')\n"
+              "@timed\n"
+              "async def fetch(x):\n"
+              "    return x\n")
+    for _ in range(2):  # the module with the activity is run again, the decorator not
+        module = types.ModuleType("hard_reload_wrapped")
+        module.timed = timed
+        exec(compile(source, "hard_reload_wrapped.py", "exec"), module.__dict__)
+        assert _ACTIVITIES["hard_reloaded_wrapped"].fn is module.fetch

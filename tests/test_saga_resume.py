@@ -153,3 +153,31 @@ async def test_resuming_a_parent_cancelled_while_awaiting_its_child_resumes_the_
     await worker.send_signal(child_id, "go")
     assert await worker.wait_for_result(parent_id, timeout=30) == "child done"
     assert RAN[token, "child"] == 1
+
+
+@workflow(name="resume_saga_parent", retry_policy=NO_RETRY)
+async def saga_parent(ctx):
+    token = ctx.get_input("token")
+    await ctx.execute_activity(charge, token)
+    ctx.add_compensation(refund, token)
+    return await ctx.execute_child_workflow("resume_child", {"token": token})
+
+
+async def test_resuming_a_parent_that_only_compensates_leaves_its_child_cancelled(worker):
+    """The parent's compensation had begun (cancelled, then its refund failed): resuming
+    it compensates again; the child it awaited stays cancelled -- nothing awaits it."""
+    token = uuid.uuid4().hex
+    FAILING.add(token)
+    parent_id = await worker.start_workflow("resume_saga_parent", {"token": token})
+    while not [r for r in await worker.list_workflow_executions()
+               if r.parent_run_id == parent_id]:
+        await asyncio.sleep(0.05)
+    (child_run,) = [r for r in await worker.list_workflow_executions()
+                    if r.parent_run_id == parent_id]
+    assert await worker.cancel_workflow(parent_id)
+    await until_status(worker, parent_id, "failed")  # its refund failed
+    FAILING.discard(token)
+    await worker.resume_workflow(parent_id)
+    await until_status(worker, parent_id, "compensated")
+    assert (await worker.get_workflow_status(child_run.run_id)).status == "cancelled"
+    assert RAN[token, "charge"] == 1 and RAN[token, "refund"] == 2 and RAN[token, "child"] == 0
