@@ -260,6 +260,7 @@ class _Progress:
     def __init__(self, client: tinyworkflow.TinyWorkflowClient):
         self.client = client
         self.shown: set = set()
+        self.done = False  # follow stops (also should a cancellation get lost on its way)
 
     async def show(self, run_id: str) -> None:
         for step in await self.client.get_workflow_steps(run_id):
@@ -272,7 +273,7 @@ class _Progress:
                   f"{_seconds(step.duration)}{attempts}", file=sys.stderr, flush=True)
 
     async def follow(self, run_id: str, every: float = 0.25) -> None:
-        while True:
+        while not self.done:
             try:
                 await self.show(run_id)
             except Exception as exc:  # progress is a courtesy: the run's outcome decides
@@ -301,6 +302,9 @@ async def _cmd_start(client, args) -> int:
         run_id = await client.start_workflow(args.name, args.input, wait=True, **options)
     finally:
         if follower:
+            # Python 3.11's asyncio.wait_for (the drivers' connect) can lose a
+            # cancellation that meets a completion: the flag ends the loop regardless.
+            progress.done = True
             follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await follower
