@@ -95,6 +95,7 @@ import re
 import socket
 import sqlite3
 import sys
+import threading
 import time
 import traceback
 import types
@@ -1480,6 +1481,11 @@ class _Store:
                 "the server, or keep large data elsewhere and pass a reference")
         return text
 
+    def twin(self) -> Optional["_Store"]:
+        """A new, unconnected store of the same database (None for an in-memory one,
+        which no other connection can see)."""
+        raise NotImplementedError
+
     # -- backend primitives
     async def connect(self) -> None:
         raise NotImplementedError
@@ -2529,7 +2535,7 @@ class _SQLiteStore(_Store):
 
     def __init__(self, path: str, options: dict, prefix: str):
         super().__init__(_SQLITE, prefix)
-        self.path = path
+        self.path, self.options = path, options
         self.synchronous = options.get("synchronous", "full").upper()
         self.timeout = float(options.get("timeout", 15))
         self._conn = None
@@ -2561,6 +2567,10 @@ class _SQLiteStore(_Store):
         except BaseException:
             await self.close()
             raise
+
+    def twin(self) -> Optional["_SQLiteStore"]:
+        return None if self.path == ":memory:" else _SQLiteStore(self.path, self.options,
+                                                                  self.prefix)
 
     def _configure_sync(self) -> bool:
         db, wal = self._db, False
@@ -3040,6 +3050,9 @@ class _ServerStore(_Store):
         self.target, self.options, self.url = target, options, _redact(url)
         self.key = f"{self.url.partition('?')[0]}#{prefix}"
         self._pool: Optional[_Pool] = None
+
+    def twin(self) -> "_ServerStore":
+        return type(self)(self.target, self.options, self.prefix, self.url)
 
     # -- driver calls, per backend
     async def _open(self):
@@ -5621,6 +5634,17 @@ class _Engine:
         self.draining: set[str] = set()  # owner tokens whose runs stop before their next step
         self.in_queues: collections.Counter = collections.Counter()  # queue -> claimed here
         self._claiming = asyncio.Lock()  # one claim at a time: in_queues stays exact
+        # The runs executing here (owner token -> run), and the owners whose execution
+        # is stopping (its lease is kept whatever the run's status): what the watchdog
+        # renews while the event loop is blocked.
+        self.leases: dict[str, dict] = {}
+        self.stopping: set[str] = set()
+        self._watchdog: Optional[_Watchdog] = None
+
+    def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
 
     def new_owner(self) -> str:
         """A fencing token: unique per claim, so even this worker's own earlier,
@@ -5685,6 +5709,9 @@ class _Engine:
         run_id, owner = run["run_id"], run["owner"]
         task, done = asyncio.ensure_future(self._execute(run)), asyncio.Event()
         self._tasks[run_id] = (owner, task, done)
+        self.leases[owner] = run
+        if self._watchdog is None:
+            self._watchdog = _Watchdog(self)
         heartbeat = asyncio.ensure_future(self._heartbeat(run))
         try:
             await task
@@ -5703,6 +5730,8 @@ class _Engine:
                     with contextlib.suppress(Exception):  # else the lease runs out by itself
                         await self.store.settle_run(run_id, owner, self.clock())
             finally:
+                self.leases.pop(owner, None)
+                self.stopping.discard(owner)
                 if self._tasks.get(run_id, (None,))[0] == owner:
                     del self._tasks[run_id]
                 if run["queue_name"]:
@@ -5732,6 +5761,7 @@ class _Engine:
                 _log.info("run %s is no longer ours (cancelled or taken over); stopping", run_id)
                 self.cancel_local(run_id, owner)
                 stopping = True
+                self.stopping.add(owner)
 
     def cancel_local(self, run_id: str, owner: Optional[str] = None) -> None:
         """Stop this engine's execution of a run (only the one under ``owner``, if given)."""
@@ -5898,6 +5928,122 @@ class _Engine:
             await self._finish(run, "compensated", None, error, ("workflow_compensated", {}))
 
 
+class _Watchdog:
+    """Keeps an engine's leases while something blocks its event loop.
+
+    An ``async def`` activity that computes for long or calls ``time.sleep`` stops the
+    event loop, and the heartbeats with it: the leases would expire, another worker
+    would take the runs over and run the step again, and the same would happen to it
+    -- a ping-pong without end. So a thread watches the loop. A timer on the loop
+    marks every ``lease / 6`` seconds that the loop runs; once the mark is a beat
+    late, the thread renews the leases of the runs executing here through a
+    connection of its own (fenced like every renewal: only what is still ours), and
+    past a third of the lease it logs a warning that names the activity (or workflow)
+    blocking the loop and the line it is on. A loop that never runs again keeps its
+    runs until the process is killed; code that holds the GIL throughout (some C
+    extensions) stops this thread too."""
+
+    def __init__(self, engine: _Engine):
+        self.engine, self.beat = engine, engine.lease / 6
+        self.loop, self.loop_thread = asyncio.get_running_loop(), threading.get_ident()
+        self.seen = time.monotonic()  # when the loop last ran the timer
+        self.warned = 0.0  # how long the loop had been blocked at the last warning
+        self.handle = self.loop.call_later(self.beat, self._tick)
+        self.stopped = threading.Event()
+        threading.Thread(target=self._watch, daemon=True,
+                         name=f"tinyworkflow watchdog {engine.worker_id}").start()
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if self.warned:
+            _log.warning("worker %s: the event loop runs again, after %.1f s blocked",
+                         self.engine.worker_id, now - self.seen - self.beat)
+            self.warned = 0.0
+        self.seen = now
+        self.handle = self.loop.call_later(self.beat, self._tick)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.handle.cancel()
+
+    def _watch(self) -> None:
+        engine, lease = self.engine, self.engine.lease
+        loop, store, renewed = None, None, 0.0  # the loop and connection: when needed
+        try:
+            while not self.stopped.wait(self.beat / 2) and not self.loop.is_closed():
+                late = time.monotonic() - self.seen - self.beat  # the loop stood still
+                held = list(engine.leases.items())
+                # (A loop that stopped, not blocked, executes nothing: its leases expire.)
+                if late < self.beat or not held or not self.loop.is_running():
+                    if store is not None:
+                        loop.run_until_complete(self._close(store))
+                    store, renewed = None, 0.0
+                    continue
+                warned = self.warned
+                if late >= (warned + lease if warned else lease / 3):  # then once a lease
+                    _log.warning(
+                        "worker %s: the event loop has been blocked for %.1f s (the lease is "
+                        "%g s) %s. The leases of the runs executing here (%d) are renewed from "
+                        "a thread meanwhile, so no other worker takes them over. Code that "
+                        "blocks belongs in a sync activity (a plain def runs in a thread) or "
+                        "behind asyncio.to_thread.", engine.worker_id, late, lease,
+                        self._culprit(), len(held))
+                    self.warned = late
+                if time.monotonic() - renewed >= lease / 3:
+                    if store is None:
+                        store = engine.store.twin()
+                        if store is None:  # in memory: no other worker can take it over
+                            continue
+                        loop = loop or asyncio.new_event_loop()
+                        try:
+                            loop.run_until_complete(store.connect())
+                        except Exception:
+                            _log.warning("worker %s: the watchdog could not connect to renew "
+                                         "the leases", engine.worker_id, exc_info=True)
+                            store = None
+                            continue
+                    loop.run_until_complete(self._renew(store, held))
+                    renewed = time.monotonic()
+        finally:
+            if store is not None:
+                loop.run_until_complete(self._close(store))
+            if loop is not None:
+                loop.close()
+
+    async def _renew(self, store: _Store, held: list) -> None:
+        engine, lease = self.engine, self.engine.lease
+        for owner, run in held:
+            status = None if owner in engine.stopping else run["status"]
+            try:
+                await asyncio.wait_for(store.renew_lease(
+                    run["run_id"], owner, engine.clock(), time.time() + lease, status),
+                    lease / 3)
+            except Exception:
+                _log.warning("run %s: the watchdog could not renew its lease", run["run_id"],
+                             exc_info=True)
+
+    @staticmethod
+    async def _close(store: _Store) -> None:
+        with contextlib.suppress(Exception):
+            await store.close()
+
+    def _culprit(self) -> str:
+        """Where the loop's thread is: in which activity or workflow, on which line."""
+        codes = {}
+        for kind, registry in (("activity", _ACTIVITIES), ("workflow", _WORKFLOWS)):
+            for name, definition in list(registry.items()):
+                with contextlib.suppress(Exception):
+                    codes[inspect.unwrap(definition.fn).__code__] = f"{kind} {name!r}"
+        frame, where = sys._current_frames().get(self.loop_thread), None
+        while frame is not None:
+            where = where or (f"{frame.f_code.co_filename}:{frame.f_lineno} "
+                              f"in {frame.f_code.co_name}")
+            if frame.f_code in codes:
+                return f"in {codes[frame.f_code]}, at {where}"
+            frame = frame.f_back
+        return f"at {where}" if where else "outside Python code"
+
+
 # ---- client -----------------------------------------------------------------------------
 
 
@@ -6040,7 +6186,8 @@ class TinyWorkflowClient:
             await self.stop_worker()
         finally:
             if self._engine is not None:
-                self._engine = None
+                engine, self._engine = self._engine, None
+                engine.close()
                 await self._store.close()
 
     async def __aenter__(self) -> "TinyWorkflowClient":

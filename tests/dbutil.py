@@ -71,6 +71,18 @@ servers_only = pytest.mark.parametrize("backend", SERVERS)
 # ---- URLs -------------------------------------------------------------------------------
 
 
+def child_env() -> dict:
+    """The environment of a test's child process: imports tinyworkflow and the tests'
+    modules from this checkout, and no database URL or lease from the caller's."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ)
+    for name in ("TINYWORKFLOW_DATABASE_URL", "TINYWORKFLOW_LEASE_SECONDS"):
+        env.pop(name, None)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (os.path.dirname(tests), tests, os.environ.get("PYTHONPATH")) if p)
+    return env
+
+
 def backend_of(url: str) -> str:
     """'sqlite', 'postgres' or 'mysql' for any URL form tinyworkflow accepts."""
     if url.strip() == ":memory:":

@@ -20,14 +20,13 @@ from datetime import timedelta, timezone
 import pytest
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(TESTS)
 if TESTS not in sys.path:  # import the helpers under one name, whatever pytest's import mode
     sys.path.insert(0, TESTS)
 
 import dbutil  # noqa: E402
 import servers_workflows as sw  # noqa: E402
 import tinyworkflow  # noqa: E402
-from dbutil import servers_only, until  # noqa: E402
+from dbutil import child_env, servers_only, until  # noqa: E402
 from tinyworkflow import (RetryPolicy, TinyWorkflowClient, WorkflowContext,  # noqa: E402
                           activity, workflow)
 
@@ -37,15 +36,6 @@ FINAL = ("completed", "failed", "cancelled")
 
 def with_options(url: str, options: str) -> str:
     return url + ("&" if "?" in url else "?") + options
-
-
-def child_env() -> dict:
-    env = dict(os.environ)
-    for name in ("TINYWORKFLOW_DATABASE_URL", "TINYWORKFLOW_LEASE_SECONDS"):
-        env.pop(name, None)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, TESTS, os.environ.get("PYTHONPATH"))
-                                        if p)
-    return env
 
 
 
