@@ -24,11 +24,14 @@ stored result without running, and the run carries on where it stopped.
 
     asyncio.run(main())
 
-Sections, in dependency order (grep for "# ---- "): statuses and models,
-errors, helpers, retry policy, time, storage (URLs, dialect, store, SQLite),
-registry and decorators, the workflow loop (each run's own deterministic event
-loop, which replays its steps' outcomes in their recorded order), workflow context,
-engine, client, command-line hand-off.
+Sections, in dependency order, each using only what stands above it (grep for
+"# ---- "): statuses and records; errors; helpers; retry policy; time; schedule
+times; dialects: database URLs; dialects: SQL, migrations; wake-ups in this
+process; the store; SQLite; database servers: pool, transactions, base store;
+PostgreSQL; MySQL; registry and decorators; the workflow loop (each run's own
+deterministic event loop, which replays its steps' outcomes in their recorded
+order); workflow context; engine: one run, replayed; engine: claims, leases, the
+watchdog; client; command-line hand-off.
 """
 
 from __future__ import annotations
@@ -118,7 +121,7 @@ _KEY_LENGTH = 255  # the longest name or id (workflow, activity, workflow_id) in
 _MAX_COUNT = 2**31 - 1
 
 
-# ---- statuses and models ----------------------------------------------------------------
+# ---- statuses and records ---------------------------------------------------------------
 
 
 class WorkflowStatus(str, enum.Enum):
@@ -595,6 +598,22 @@ def _rebuild_error(record: dict, run_id: str, step: int) -> BaseException:
     return ActivityError(message, error_type=record.get("type", ""), run_id=run_id, step=step)
 
 
+async def _held(awaitable: Awaitable) -> tuple:
+    """(value, None) or (None, what it raised): a SystemExit raised in a task of its own
+    would otherwise leave the event loop itself (asyncio re-raises it there)."""
+    try:
+        return await awaitable, None
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        return None, exc
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 async def _with_timeout(awaitable: Awaitable, seconds: float,
                         error: Callable[[], Exception]):
     """Await with a time limit (the machine's time), telling our timeout apart from a
@@ -619,17 +638,6 @@ async def _with_timeout(awaitable: Awaitable, seconds: float,
     return value
 
 
-async def _held(awaitable: Awaitable) -> tuple:
-    """(value, None) or (None, what it raised): a SystemExit raised in a task of its own
-    would otherwise leave the event loop itself (asyncio re-raises it there)."""
-    try:
-        return await awaitable, None
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        raise
-    except BaseException as exc:
-        return None, exc
-
-
 def _cancelling(task: Optional[asyncio.Task]) -> bool:
     """Whether the task is being cancelled. Python 3.10 cannot tell (no
     ``Task.cancelling``): there every CancelledError counts as a cancellation."""
@@ -637,9 +645,49 @@ def _cancelling(task: Optional[asyncio.Task]) -> bool:
     return cancelling is None or cancelling() > 0
 
 
-def _retrieve(task: asyncio.Future) -> None:
-    if not task.cancelled():
-        task.exception()
+def _check_name(what: str, name: Any) -> None:
+    if not isinstance(name, str) or not name or len(name) > _KEY_LENGTH or "\x00" in name:
+        raise ValueError(f"{what} is a non-empty string of at most {_KEY_LENGTH} "
+                         f"characters, without NUL, got {name!r}")
+
+
+def _check_count(what: str, value: Any, low: int = 0) -> None:
+    """A limit, an offset or a step number: a whole number from ``low`` to _MAX_COUNT."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= _MAX_COUNT:
+        raise ValueError(f"{what} must be a whole number from {low} to {_MAX_COUNT}, "
+                         f"got {value!r}")
+
+
+def _check_days(what: str, days: Any) -> None:
+    """A retention period: days from 0 to 100 years (not NaN, not infinite)."""
+    if (isinstance(days, bool) or not isinstance(days, (int, float))
+            or not 0 <= days * 86400 <= _MAX_SECONDS):  # NaN too
+        raise ValueError(f"{what} must be a number of days from 0 to "
+                         f"{_MAX_SECONDS / 86400:g} ({_MAX_TEXT}), got {days!r}")
+
+
+def _check_timeout(what: str, timeout: Any) -> None:
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not 0 <= timeout <= _MAX_SECONDS):  # NaN too
+        raise ValueError(f"{what} timeout must be None or seconds from 0 to {_MAX_SECONDS:g} "
+                         f"({_MAX_TEXT}), got {timeout!r}")
+
+
+def _run_filters(status: Any, workflow_name: Any, run_id_prefix: Any,
+                 parent_run_id: Any) -> dict:
+    """The checked filters of list/count_workflow_executions, as run columns."""
+    if status is not None:
+        try:
+            status = WorkflowStatus(status).value
+        except ValueError:
+            raise ValueError(f"unknown status {status!r}; statuses: "
+                             f"{', '.join(s.value for s in WorkflowStatus)}") from None
+    for what, value in (("workflow_name", workflow_name), ("run_id_prefix", run_id_prefix),
+                        ("parent_run_id", parent_run_id)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{what} must be a string, got {value!r}")
+    return {"status": status, "workflow_name": workflow_name, "prefix": run_id_prefix or None,
+            "parent_run_id": parent_run_id}
 
 
 # ---- retry policy -----------------------------------------------------------------------
@@ -715,6 +763,16 @@ class Clock:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(event.wait(), max(min(limits), 0.0) if limits else None)
         return event.is_set()
+
+
+class _Work:
+    """Database calls and activities in flight, which the event loop cannot show as
+    ready work: ``TestClock.settle`` waits for them."""
+
+    count = 0
+
+
+_WORK = _Work()
 
 
 class TestClock(Clock):
@@ -812,16 +870,6 @@ class TestClock(Clock):
                 quiet = 0
             else:
                 quiet += 1
-
-
-class _Work:
-    """Database calls and activities in flight, which the event loop cannot show as
-    ready work: ``TestClock.settle`` waits for them."""
-
-    count = 0
-
-
-_WORK = _Work()
 
 
 _REAL_CLOCK = Clock()
@@ -1011,7 +1059,7 @@ def _catch_up(value: Any) -> int:
     return value
 
 
-# ---- storage: URLs ----------------------------------------------------------------------
+# ---- dialects: database URLs ------------------------------------------------------------
 
 _SCHEMES = {
     "sqlite": "sqlite",
@@ -1030,6 +1078,8 @@ _URL_FORMS = (
     "mysql+aiomysql://user:pass@host:3306/db (also mysql+asyncmy://, mysql://)"
 )
 _SQLITE_OPTIONS = {"synchronous": ("full", "normal", "off", "extra"), "timeout": None}
+_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True,
+             "false": False, "0": False, "no": False, "off": False}
 # Options of the PostgreSQL and MySQL URLs that tinyworkflow reads itself: (parse, check,
 # default, what a bad value must be). The pool follows the usage guide's numbers.
 _SERVER_OPTIONS: dict[str, tuple] = {
@@ -1041,8 +1091,6 @@ _SERVER_OPTIONS: dict[str, tuple] = {
     "pool_timeout": (float, lambda v: v > 0, 30.0, "seconds > 0"),
     "connect_timeout": (float, lambda v: v > 0, 10.0, "seconds > 0"),
 }
-_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True,
-             "false": False, "0": False, "no": False, "off": False}
 # MySQL connection options passed on to aiomysql. Text is stored as utf8mb4 (all of
 # Unicode); a connection in another character set would mangle it.
 _MYSQL_OPTIONS = {"charset": ("utf8mb4",), "unix_socket": None}
@@ -1070,46 +1118,6 @@ def _redact(url: str) -> str:
         query = "?" + "&".join(f"{k}=***" if k.lower() in ("password", "sslpassword")
                                else f"{k}={v}" for k, v in parse_qsl(query, True))
     return f"{scheme}://{head}{where}{query}"
-
-
-def _parse_url(url: str) -> tuple[str, Any, dict]:
-    """Split a database URL into (backend, target, options); ValueError if malformed.
-    The target is a file path for SQLite and a dict of connection settings otherwise."""
-    if not isinstance(url, str) or not url.strip():
-        raise ValueError(f"database URL must be a non-empty string; accepted forms: {_URL_FORMS}")
-    if url.strip() == ":memory:":
-        return "sqlite", ":memory:", {}
-    scheme, sep, rest = url.strip().partition("://")
-    backend = _SCHEMES.get(scheme.lower()) if sep else None
-    if backend is None:
-        raise ValueError(f"unsupported database URL {_redact(url)!r}; accepted forms: {_URL_FORMS}")
-    if backend != "sqlite":
-        return _parse_server_url(backend, url.strip())
-    path, _, query = rest.partition("?")
-    if path and not path.startswith("/"):
-        raise ValueError(
-            f"SQLite URL {url!r} needs three slashes before a relative path "
-            f"(sqlite:///data/app.db) and four before an absolute one (sqlite:////var/app.db)"
-        )
-    path = unquote(path[1:])
-    options = dict(parse_qsl(query, keep_blank_values=True))
-    for key, value in options.items():
-        if key not in _SQLITE_OPTIONS:
-            raise ValueError(
-                f"unknown SQLite URL option {key!r} in {url!r}; known options: "
-                f"synchronous=full|normal|off|extra, timeout=<seconds>"
-            )
-        allowed = _SQLITE_OPTIONS[key]
-        if allowed and value.lower() not in allowed:
-            raise ValueError(f"SQLite option {key}={value!r} must be one of {', '.join(allowed)}")
-        if key == "timeout":
-            try:
-                if not (math.isfinite(float(value)) and float(value) >= 0):
-                    raise ValueError
-            except ValueError:
-                raise ValueError(f"SQLite option timeout={value!r} must be a finite number "
-                                 "of seconds >= 0") from None
-    return "sqlite", path or ":memory:", options
 
 
 def _parse_server_url(backend: str, url: str) -> tuple[str, dict, dict]:
@@ -1164,7 +1172,47 @@ def _parse_server_url(backend: str, url: str) -> tuple[str, dict, dict]:
     return backend, target, options
 
 
-# ---- storage: dialect -------------------------------------------------------------------
+def _parse_url(url: str) -> tuple[str, Any, dict]:
+    """Split a database URL into (backend, target, options); ValueError if malformed.
+    The target is a file path for SQLite and a dict of connection settings otherwise."""
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError(f"database URL must be a non-empty string; accepted forms: {_URL_FORMS}")
+    if url.strip() == ":memory:":
+        return "sqlite", ":memory:", {}
+    scheme, sep, rest = url.strip().partition("://")
+    backend = _SCHEMES.get(scheme.lower()) if sep else None
+    if backend is None:
+        raise ValueError(f"unsupported database URL {_redact(url)!r}; accepted forms: {_URL_FORMS}")
+    if backend != "sqlite":
+        return _parse_server_url(backend, url.strip())
+    path, _, query = rest.partition("?")
+    if path and not path.startswith("/"):
+        raise ValueError(
+            f"SQLite URL {url!r} needs three slashes before a relative path "
+            f"(sqlite:///data/app.db) and four before an absolute one (sqlite:////var/app.db)"
+        )
+    path = unquote(path[1:])
+    options = dict(parse_qsl(query, keep_blank_values=True))
+    for key, value in options.items():
+        if key not in _SQLITE_OPTIONS:
+            raise ValueError(
+                f"unknown SQLite URL option {key!r} in {url!r}; known options: "
+                f"synchronous=full|normal|off|extra, timeout=<seconds>"
+            )
+        allowed = _SQLITE_OPTIONS[key]
+        if allowed and value.lower() not in allowed:
+            raise ValueError(f"SQLite option {key}={value!r} must be one of {', '.join(allowed)}")
+        if key == "timeout":
+            try:
+                if not (math.isfinite(float(value)) and float(value) >= 0):
+                    raise ValueError
+            except ValueError:
+                raise ValueError(f"SQLite option timeout={value!r} must be a finite number "
+                                 "of seconds >= 0") from None
+    return "sqlite", path or ":memory:", options
+
+
+# ---- dialects: SQL, migrations ----------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1446,7 +1494,33 @@ _EVENT_COLUMNS = "run_id, event_type, event_data, timestamp"
 _EVENT_INSERT = f"INSERT INTO {{p}}events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?)"
 
 
-# ---- storage: the store -----------------------------------------------------------------
+# The next approval a run waits for (after one was decided or given up).
+_NEXT_APPROVAL = ("UPDATE {p}runs SET approval_required = (SELECT name FROM {p}steps WHERE "
+                  "run_id = ? AND kind = 'approval' AND status = 'waiting' ORDER BY step "
+                  "LIMIT 1) WHERE run_id = ?")
+
+
+# ---- wake-ups in this process -----------------------------------------------------------
+
+
+# Workers of this process, by database: a run stored by any client wakes them at once.
+_LOCAL_WORKERS: dict[str, set] = {}
+# Executions of this process waiting in memory for a signal, by (database, run id).
+_SIGNAL_WAITERS: dict[tuple, set] = {}
+
+
+def _wake_local(key: str) -> None:
+    """A run became due: wake this process's workers on the database ``key``."""
+    for wakeup in _LOCAL_WORKERS.get(key, ()):
+        wakeup.set()
+
+
+def _signal_came(key: str, run_id: str) -> None:
+    for event in _SIGNAL_WAITERS.get((key, run_id), ()):
+        event.set()
+
+
+# ---- the store --------------------------------------------------------------------------
 
 
 class _Store:
@@ -2450,72 +2524,46 @@ class _Store:
         return await self.batch(ops, fence=True)
 
 
-# Workers of this process, by database: a run stored by any client wakes them at once.
-_LOCAL_WORKERS: dict[str, set] = {}
-# Executions of this process waiting in memory for a signal, by (database, run id).
-_SIGNAL_WAITERS: dict[tuple, set] = {}
+# ---- SQLite -----------------------------------------------------------------------------
 
 
-def _wake_local(key: str) -> None:
-    """A run became due: wake this process's workers on the database ``key``."""
-    for wakeup in _LOCAL_WORKERS.get(key, ()):
-        wakeup.set()
+_INLINE_COMMIT_LIMIT = 0.002  # seconds a write batch may hold the event loop, on average
 
 
-def _signal_came(key: str, run_id: str) -> None:
-    for event in _SIGNAL_WAITERS.get((key, run_id), ()):
-        event.set()
+def _resolve(group: list, results: list) -> None:
+    for (_, _, future), result in zip(group, results):
+        if future.done():  # its caller was cancelled; the write stands or not alike
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result if isinstance(result, Exception) else
+                                 TinyWorkflowError(f"write interrupted: {result!r}"))
+        else:
+            future.set_result(result)
 
 
-def _run_filters(status: Any, workflow_name: Any, run_id_prefix: Any,
-                 parent_run_id: Any) -> dict:
-    """The checked filters of list/count_workflow_executions, as run columns."""
-    if status is not None:
-        try:
-            status = WorkflowStatus(status).value
-        except ValueError:
-            raise ValueError(f"unknown status {status!r}; statuses: "
-                             f"{', '.join(s.value for s in WorkflowStatus)}") from None
-    for what, value in (("workflow_name", workflow_name), ("run_id_prefix", run_id_prefix),
-                        ("parent_run_id", parent_run_id)):
-        if value is not None and not isinstance(value, str):
-            raise TypeError(f"{what} must be a string, got {value!r}")
-    return {"status": status, "workflow_name": workflow_name, "prefix": run_id_prefix or None,
-            "parent_run_id": parent_run_id}
+def _is_busy(exc: BaseException) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)  # SQLITE_BUSY, SQLITE_LOCKED
 
 
-def _check_name(what: str, name: Any) -> None:
-    if not isinstance(name, str) or not name or len(name) > _KEY_LENGTH or "\x00" in name:
-        raise ValueError(f"{what} is a non-empty string of at most {_KEY_LENGTH} "
-                         f"characters, without NUL, got {name!r}")
+class _Abandoned(Exception):
+    """A queued thread call whose caller was cancelled before it started."""
 
 
-def _check_count(what: str, value: Any, low: int = 0) -> None:
-    """A limit, an offset or a step number: a whole number from ``low`` to _MAX_COUNT."""
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= _MAX_COUNT:
-        raise ValueError(f"{what} must be a whole number from {low} to {_MAX_COUNT}, "
-                         f"got {value!r}")
+class _SQLiteTransaction:
+    def __init__(self, store: _SQLiteStore):
+        self._store = store
 
+    async def fetch(self, sql: str, params: tuple = ()) -> list:
+        return await self._store._call(self._store._fetch_sync, sql, params)
 
-# The retention policy is applied at most once an hour (among all workers); each worker
-# looks whether it is its turn every few minutes.
-_RETENTION_EVERY = 3600.0
-_RETENTION_LOOK = 300.0
+    async def execute(self, sql: str, params: tuple = ()) -> int:
+        return await self._store._call(self._execute_sync, sql, params)
 
+    async def executemany(self, sql: str, rows: list) -> None:
+        await self._store._call(self._store._db.executemany, sql, rows)
 
-def _check_days(what: str, days: Any) -> None:
-    """A retention period: days from 0 to 100 years (not NaN, not infinite)."""
-    if (isinstance(days, bool) or not isinstance(days, (int, float))
-            or not 0 <= days * 86400 <= _MAX_SECONDS):  # NaN too
-        raise ValueError(f"{what} must be a number of days from 0 to "
-                         f"{_MAX_SECONDS / 86400:g} ({_MAX_TEXT}), got {days!r}")
-
-
-def _check_timeout(what: str, timeout: Any) -> None:
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                or not 0 <= timeout <= _MAX_SECONDS):  # NaN too
-        raise ValueError(f"{what} timeout must be None or seconds from 0 to {_MAX_SECONDS:g} "
-                         f"({_MAX_TEXT}), got {timeout!r}")
+    def _execute_sync(self, sql: str, params: tuple) -> int:
+        return self._store._db.execute(sql, params).rowcount
 
 
 class _SQLiteStore(_Store):
@@ -2780,43 +2828,15 @@ class _SQLiteStore(_Store):
                 raise
 
 
-_INLINE_COMMIT_LIMIT = 0.002  # seconds a write batch may hold the event loop, on average
+# ---- database servers: pool, transactions, base store -----------------------------------
 
 
-def _resolve(group: list, results: list) -> None:
-    for (_, _, future), result in zip(group, results):
-        if future.done():  # its caller was cancelled; the write stands or not alike
-            continue
-        if isinstance(result, BaseException):
-            future.set_exception(result if isinstance(result, Exception) else
-                                 TinyWorkflowError(f"write interrupted: {result!r}"))
-        else:
-            future.set_result(result)
-
-
-def _is_busy(exc: BaseException) -> bool:
-    return "locked" in str(exc) or "busy" in str(exc)  # SQLITE_BUSY, SQLITE_LOCKED
-
-
-class _Abandoned(Exception):
-    """A queued thread call whose caller was cancelled before it started."""
-
-
-class _SQLiteTransaction:
-    def __init__(self, store: _SQLiteStore):
-        self._store = store
-
-    async def fetch(self, sql: str, params: tuple = ()) -> list:
-        return await self._store._call(self._store._fetch_sync, sql, params)
-
-    async def execute(self, sql: str, params: tuple = ()) -> int:
-        return await self._store._call(self._execute_sync, sql, params)
-
-    async def executemany(self, sql: str, rows: list) -> None:
-        await self._store._call(self._store._db.executemany, sql, rows)
-
-    def _execute_sync(self, sql: str, params: tuple) -> int:
-        return self._store._db.execute(sql, params).rowcount
+def _import_driver(module: str, extra: str, backend: str) -> types.ModuleType:
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ImportError(f"tinyworkflow needs {module} for {backend}: "
+                          f'pip install "tinyworkflow[{extra}]"') from None
 
 
 class _Pool:
@@ -3030,6 +3050,20 @@ class _Pool:
         await asyncio.gather(*(self._close_one(conn) for conn, _, _ in idle), *self._closing)
 
 
+class _ServerTransaction:
+    def __init__(self, store: _ServerStore, conn):
+        self._store, self._conn = store, conn
+
+    async def fetch(self, sql: str, params: tuple = ()) -> list:
+        return await self._store._fetch(self._conn, sql, params)
+
+    async def execute(self, sql: str, params: tuple = ()) -> int:
+        return await self._store._execute(self._conn, sql, params)
+
+    async def executemany(self, sql: str, rows: list) -> None:
+        await self._store._executemany(self._conn, sql, rows)
+
+
 class _ServerStore(_Store):
     """A database server through a driver and a connection pool (PostgreSQL, MySQL).
 
@@ -3173,29 +3207,10 @@ class _ServerStore(_Store):
             await self._execute(conn, "COMMIT", ())
 
 
-class _ServerTransaction:
-    def __init__(self, store: _ServerStore, conn):
-        self._store, self._conn = store, conn
-
-    async def fetch(self, sql: str, params: tuple = ()) -> list:
-        return await self._store._fetch(self._conn, sql, params)
-
-    async def execute(self, sql: str, params: tuple = ()) -> int:
-        return await self._store._execute(self._conn, sql, params)
-
-    async def executemany(self, sql: str, rows: list) -> None:
-        await self._store._executemany(self._conn, sql, rows)
+# ---- PostgreSQL -------------------------------------------------------------------------
 
 
 _NOTIFY = "SELECT pg_notify($1, $2)"
-
-
-def _import_driver(module: str, extra: str, backend: str) -> types.ModuleType:
-    try:
-        return __import__(module)
-    except ImportError:
-        raise ImportError(f"tinyworkflow needs {module} for {backend}: "
-                          f'pip install "tinyworkflow[{extra}]"') from None
 
 
 def _schema_lock_key(name: str) -> int:
@@ -3538,6 +3553,9 @@ class _PostgresStore(_ServerStore):
             pause = min(pause * 2, 5.0)
 
 
+# ---- MySQL ------------------------------------------------------------------------------
+
+
 class _MySQLStore(_ServerStore):
     """MySQL 8 / MariaDB 10.6+ through aiomysql. Sessions run in UTC, in strict mode
     (a value that does not fit is an error, not truncated) and at READ COMMITTED
@@ -3689,6 +3707,16 @@ class _WorkflowDef:
     retention_days: Optional[float] = None
 
 
+def _outcome(fn: Callable, args: tuple, kwargs: dict) -> tuple:
+    """(result, None) or (None, what it raised), in a thread: raised again in the
+    caller's coroutine, since a BaseException such as GeneratorExit thrown into an
+    awaiting task would close that task's coroutines rather than reach them."""
+    try:
+        return fn(*args, **kwargs), None
+    except BaseException as exc:
+        return None, exc
+
+
 @dataclasses.dataclass(frozen=True)
 class _ActivityDef:
     name: str
@@ -3720,16 +3748,6 @@ class _ActivityDef:
         return result
 
 
-def _outcome(fn: Callable, args: tuple, kwargs: dict) -> tuple:
-    """(result, None) or (None, what it raised), in a thread: raised again in the
-    caller's coroutine, since a BaseException such as GeneratorExit thrown into an
-    awaiting task would close that task's coroutines rather than reach them."""
-    try:
-        return fn(*args, **kwargs), None
-    except BaseException as exc:
-        return None, exc
-
-
 _WORKFLOWS: dict[str, _WorkflowDef] = {}
 _ACTIVITIES: dict[str, _ActivityDef] = {}
 _QUEUES: dict[str, "Queue"] = {}
@@ -3752,20 +3770,6 @@ def _check_options(kind: str, name: Any, retry_policy: Any, timeout: Any) -> Non
                          f"most {_MAX_SECONDS:g} ({_MAX_TEXT}), got {timeout!r}")
 
 
-def _register(registry: dict, kind: str, definition) -> None:
-    old = registry.get(definition.name)
-    if old is not None and not _same_function(old.fn, definition.fn):
-        again = "<locals>" in old.fn.__qualname__ and old.fn.__qualname__ == getattr(
-            definition.fn, "__qualname__", None)
-        raise ValueError(
-            f"a {kind} named {definition.name!r} is already registered "
-            f"({old.fn.__module__}.{old.fn.__qualname__}); give one of them another name"
-            + ("; this one is the same def run again (a factory, or a function that "
-               "defines it called twice): define it once, at module level, or give each "
-               "function it makes a name of its own" if again else ""))
-    registry[definition.name] = definition
-
-
 def _same_function(old: Callable, new: Callable) -> bool:
     """Whether ``new`` is ``old`` registered again: the same function, or its module
     imported again (a reload, a notebook cell run again: the same name, new code).
@@ -3779,6 +3783,20 @@ def _same_function(old: Callable, new: Callable) -> bool:
     # (Through decorators made with functools.wraps: their wrapper's code is shared.)
     code = getattr(inspect.unwrap(old), "__code__", None)
     return code is not None and code is not getattr(inspect.unwrap(new), "__code__", None)
+
+
+def _register(registry: dict, kind: str, definition) -> None:
+    old = registry.get(definition.name)
+    if old is not None and not _same_function(old.fn, definition.fn):
+        again = "<locals>" in old.fn.__qualname__ and old.fn.__qualname__ == getattr(
+            definition.fn, "__qualname__", None)
+        raise ValueError(
+            f"a {kind} named {definition.name!r} is already registered "
+            f"({old.fn.__module__}.{old.fn.__qualname__}); give one of them another name"
+            + ("; this one is the same def run again (a factory, or a function that "
+               "defines it called twice): define it once, at module level, or give each "
+               "function it makes a name of its own" if again else ""))
+    registry[definition.name] = definition
 
 
 def workflow(name: Optional[str] = None, retry_policy: Optional[RetryPolicy] = None,
@@ -4277,6 +4295,319 @@ class ChildWorkflowHandle:
 
     def __repr__(self) -> str:
         return f"<ChildWorkflowHandle {self.workflow_name!r} run_id={self.run_id!r}>"
+
+
+# ---- workflow context -------------------------------------------------------------------
+
+
+class WorkflowContext:
+    """What a workflow function receives: its input and its durable operations.
+
+    You await what waits -- activities, timers, signal and approval waits, child
+    results -- and they are steps: numbered when *called* (an activity starts right
+    then), recorded with their outcome, replayed from the record after a crash. What
+    only records or reads is a plain call: ``now()``, ``uuid4()``, ``random()``,
+    ``patched()``, ``set_event()``, ``add_compensation()``, ``continue_as_new()``.
+    Any asyncio composition of steps (gather, wait, wait_for, timeout, TaskGroup,
+    as_completed, Event, asyncio.sleep) is exact and durable: the workflow runs on a
+    deterministic loop of its own whose timers are durable timers.
+    """
+
+    def __init__(self, execution: _Execution, run: dict):
+        self.run_id: str = run["run_id"]
+        self.workflow_id: str = run["workflow_id"]
+        self.workflow_name: str = run["workflow_name"]
+        self.input_data: Any = _loads(run["input_data"])
+        self.retry_count: int = run["retry_count"]
+        self._x = execution
+
+    def get_input(self, key: str, default: Any = None) -> Any:
+        """``input_data[key]``, or ``default`` when the key (or the whole input) is missing."""
+        if self.input_data is None:
+            return default
+        if not isinstance(self.input_data, dict):
+            raise TypeError(f"the input of run {self.run_id} is a "
+                            f"{type(self.input_data).__name__}, not a dict; read ctx.input_data")
+        return self.input_data.get(key, default)
+
+    # -- activities
+    def execute_activity(self, fn: Any, *args: Any, **kwargs: Any) -> "asyncio.Future[Any]":
+        """Start an activity as the next step; await it for its (recorded) result.
+
+        ``await ctx.execute_activity(fetch_user, user_id)``. It starts when called, so
+        ``asyncio.gather(ctx.execute_activity(a), ctx.execute_activity(b))`` runs both at
+        once. A step recorded as done returns its stored value without running. The
+        result is the JSON round-trip of what the activity returned, on the first run
+        and on every replay alike; a failure (after the activity's retries) is raised.
+        """
+        execution = self._x
+        if asyncio._get_running_loop() is not execution.loop:
+            execution.usable()  # raises
+        return execution.activity(_activity_def(fn), args, kwargs)
+
+    def execute_parallel(self, *calls: Any) -> "asyncio.Future[list]":
+        """Run activities concurrently, one step each; await it for their results in order.
+
+        ``a, b = await ctx.execute_parallel((fetch_a, (x,), {}), (fetch_b, (y,), {}))``.
+        Every branch finishes (and is recorded) before the first error, in call order,
+        is raised.
+        """
+        self._x.usable()
+        branches = [self.execute_activity(fn, *args, **kwargs)
+                    for fn, args, kwargs in map(_parallel_call, calls)]
+
+        async def every_branch() -> list:
+            results = await asyncio.gather(*branches, return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            return results
+        return self._x.loop.create_task(every_branch())
+
+    # -- durable timers
+    def sleep(self, seconds: float) -> "asyncio.Future[None]":
+        """Wait ``seconds`` as a step: the timer is recorded, so a run resumed after a
+        crash or a restart wakes at the original deadline, and a timer that fired does
+        not wait again. A wait longer than a second holds nothing in memory: the run is
+        parked in the database until then (a workflow may sleep for days).
+        ``asyncio.sleep`` in a workflow is just as durable; this is the explicit
+        spelling, recorded as a step as soon as it is set."""
+        if (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+                or not 0 <= seconds <= _MAX_SECONDS):  # NaN too
+            raise ValueError(f"sleep needs seconds from 0 to {_MAX_SECONDS:g} ({_MAX_TEXT}), "
+                             f"got {seconds!r}")
+        self._x.usable()
+        return self._sleep(self._x.loop.time() + seconds)
+
+    def sleep_until(self, when: datetime) -> "asyncio.Future[None]":
+        """Wait until ``when`` (a timezone-aware datetime) as a step; see ``sleep``."""
+        if not isinstance(when, datetime) or when.tzinfo is None:
+            raise ValueError(f"sleep_until needs a timezone-aware datetime, got {when!r}")
+        self._x.usable()
+        return self._sleep(when.timestamp(), absolute=True)
+
+    def _sleep(self, deadline: float, absolute: bool = False) -> "asyncio.Future[None]":
+        future = _Step(loop=self._x.loop)
+        handle = self._x.timer(deadline, _settle_future, (future, None), None, "sleep", future,
+                               absolute)
+        future.on_cancel = handle.cancel
+        return future
+
+    # -- signals
+    def wait_for_signal(self, name: str, timeout: Optional[float] = None) -> "asyncio.Future[Any]":
+        """The payload of the next signal ``name`` sent to this run
+        (``client.send_signal``), as a step. Signals are stored: one sent before the
+        workflow waits is not lost, several are received in the order sent, each by one
+        wait. While none is there the run is parked (nothing in memory) until one comes
+        or ``timeout`` seconds (of workflow time) have passed since the wait began; then
+        ``TimeoutError`` (recorded: a replay raises it again). A wait the workflow gives
+        up (cancelled, a race lost) takes no signal."""
+        _check_name("a signal name", name)
+        _check_timeout("wait_for_signal", timeout)
+        self._x.usable()
+        return self._x.wait("signal", name, timeout, "signal_waiting")
+
+    # -- approvals
+    def wait_for_approval(self, key: str, timeout: Optional[float] = None
+                          ) -> "asyncio.Future[bool]":
+        """Wait for a person to approve or reject the run, as a step: True once
+        ``client.approve_workflow(run_id)`` is called, False for ``reject_workflow``.
+        Meanwhile ``approval_required`` is ``key`` (listed by
+        ``client.get_pending_approvals()``) and, once nothing else is in flight, the
+        run is ``paused`` and holds nothing in memory; the decision is stored, so it
+        survives any restart. With no decision ``timeout`` seconds after the wait
+        began: ``TimeoutError`` (recorded: a replay raises it again)."""
+        _check_name("an approval key", key)
+        _check_timeout("wait_for_approval", timeout)
+        self._x.usable()
+        return self._x.wait("approval", key, timeout, "approval_requested")
+
+    # -- child workflows
+    def start_child_workflow(self, workflow_name: str, input_data: Any = None,
+                             workflow_id: Optional[str] = None
+                             ) -> "asyncio.Future[ChildWorkflowHandle]":
+        """Start a run of ``workflow_name`` as this run's child (its ``parent_run_id``
+        is this run); await it for the child's handle, and ``await handle`` for its
+        result. Starting is a step: the child's run id is recorded with it, in the same
+        transaction as the child run, so a replay gets the same child and a crash
+        never starts it twice. Fan out by starting several, then awaiting them::
+
+            handles = [await ctx.start_child_workflow("resize", {"image": i}) for i in images]
+            sizes = await asyncio.gather(*handles)
+
+        A worker executes the child (any worker serving it, or this process);
+        cancelling this run cancels its unfinished children. ``workflow_id`` defaults
+        to the child's workflow name."""
+        if not isinstance(workflow_name, str) or not workflow_name:
+            raise TypeError(f"start_child_workflow takes a workflow name, got {workflow_name!r}")
+        _check_workflow_id(workflow_id)
+        x = self._x
+        x.usable()
+        step = x.new_step()
+        record = x.history.get(step)
+        if record is not None:
+            x.check_replay(step, record, "child", workflow_name)
+            # A child that failed in an earlier attempt of this run is started anew (that
+            # is what a workflow retry means); any other is this run's child still.
+            if record["status"] == "failed" and record["run_attempt"] != self.retry_count:
+                record = None
+        input_text = None if record is not None else _dumps(
+            input_data, f"the input of child workflow {workflow_name!r}")
+        return x.start_child(workflow_name, input_text, workflow_id, record, step)
+
+    def execute_child_workflow(self, workflow_name: str, input_data: Any = None,
+                               workflow_id: Optional[str] = None) -> "asyncio.Future[Any]":
+        """Run ``workflow_name`` as a child run; await it for its result. If the child
+        fails (or is cancelled): ``WorkflowFailedError``. See ``start_child_workflow``."""
+        started = self.start_child_workflow(workflow_name, input_data, workflow_id)
+
+        async def result() -> Any:
+            return await (await started)
+        return self._x.loop.create_task(result())
+
+    # -- continue as new
+    def continue_as_new(self, input_data: Any = None) -> NoReturn:
+        """End this run and start a fresh one of the same workflow with ``input_data``
+        (None if not given: pass ``ctx.input_data`` to keep it), the same
+        ``workflow_id`` and an empty history: a workflow that loops forever (a poller,
+        an entity) calls it now and then so that no history grows without bound.
+        This run ends as ``continued``, its ``output_data`` naming the successor
+        (``{"continued_as": run_id}``); ``wait_for_result`` follows the chain. Raises
+        (it does not return): call it as the workflow's last statement."""
+        self._x.usable()
+        self._x.successor = _dumps(input_data, f"the input of the run that continues "
+                                               f"{self.workflow_name!r}")
+        raise _ContinuedAsNew(self._x.successor)
+
+    # -- sagas
+    def add_compensation(self, fn: Any, *args: Any, **kwargs: Any) -> None:
+        """Register the activity ``fn(*args, **kwargs)`` that undoes what the run has
+        done so far (cancel a booking, refund a payment), as a step. If the run finally
+        fails (its retries exhausted) or is cancelled, the compensations registered so
+        far run in reverse order, each as a step with its activity's retry policy, and
+        the run ends ``compensated`` (or ``failed`` if one of them failed: the others
+        still run). Register right after the step it undoes succeeded::
+
+            booking = await ctx.execute_activity(book_hotel, trip)
+            ctx.add_compensation(cancel_hotel, booking)
+
+        ``fn`` must be a registered ``@activity``: compensations may run after a crash,
+        in another process, which finds it by name."""
+        definition = _activity_def(fn)
+        if _ACTIVITIES.get(definition.name) is not definition:
+            raise TypeError(f"add_compensation takes a registered @activity (it is found by "
+                            f"name when compensating, perhaps in another process), got {fn!r}")
+        x = self._x
+        x.usable()
+        step = x.new_step()
+        record = x.history.get(step)
+        if record is not None:
+            x.check_replay(step, record, "compensation", definition.name)
+            return
+        arguments = _dumps({"args": args, "kwargs": kwargs},
+                           f"the arguments of compensation {definition.name!r}")
+        if not x.torn_down:
+            x.writes.append((x.row(step, definition.name, "compensation", "registered",
+                                   input=arguments, attempts=0),
+                             ("compensation_registered", {"step": step,
+                                                          "name": definition.name}), ()))
+
+    # -- deterministic values: the same on every replay, nothing recorded
+    def now(self) -> datetime:
+        """The workflow's current time (an aware UTC datetime): the recorded time of
+        what the workflow last received, so a replay reads the same instant. Use it
+        instead of ``datetime.now()``; ``asyncio.get_running_loop().time()`` is the same
+        in seconds."""
+        self._x.usable()
+        return datetime.fromtimestamp(self._x.loop.time(), timezone.utc)
+
+    def uuid4(self) -> uuid.UUID:
+        """A random UUID from the run's generator (see ``random``): a replay gets the
+        same one."""
+        self._x.usable()
+        return uuid.UUID(int=self._x.random.getrandbits(128), version=4)
+
+    def random(self) -> random.Random:
+        """The run's random generator (a ``random.Random`` seeded from the run id):
+        ``ctx.random().randint(1, 6)``. A replay draws the same numbers, in the same
+        order, as long as the workflow draws them in the same order."""
+        self._x.usable()
+        return self._x.random
+
+    # -- versioning
+    def patched(self, change_id: str) -> bool:
+        """Whether this run takes the new path of a code change: True for a run that
+        reaches this point for the first time with this code (the decision is recorded
+        as a step), False for a run whose history was recorded before the change::
+
+            if ctx.patched("send-sms"):
+                await ctx.execute_activity(send_sms, order)  # new runs
+            else:
+                await ctx.execute_activity(send_email, order)  # runs already past here
+
+        Deploy it, and runs in flight keep their old path. Once none of them is left,
+        drop the old branch and replace the call with ``ctx.deprecate_patch(change_id)``;
+        once no run recorded with the patch is left either, delete that call too."""
+        _check_name("a change id", change_id)
+        x = self._x
+        x.usable()
+        step = x.peek()
+        record = x.history.get(step)
+        if record is None and step > x.last_recorded:  # new ground: the new code decides
+            x.new_step()
+            if not x.torn_down:
+                x.markers.append((x.row(step, change_id, "patch", "completed", output="true"),
+                                  ("step_completed", {"step": step, "name": change_id,
+                                                      "kind": "patch"})))
+            return True
+        if record is not None and (record["kind"], record["name"]) == ("patch", change_id):
+            x.new_step()
+            return True
+        return False  # this run recorded other steps here: the old code's path
+
+    def deprecate_patch(self, change_id: str) -> None:
+        """Stand in for ``patched(change_id)`` once its old branch is deleted: runs that
+        recorded the patch replay past its marker; new runs record nothing."""
+        _check_name("a change id", change_id)
+        x = self._x
+        x.usable()
+        record = x.history.get(x.peek())
+        if record is not None and (record["kind"], record["name"]) == ("patch", change_id):
+            x.new_step()
+
+    # -- published state
+    def set_event(self, key: str, value: Any) -> None:
+        """Publish ``value`` (JSON) under ``key`` as a step, for
+        ``client.get_event(run_id, key)`` to read: progress, a stage, a partial result.
+        It is recorded right after the workflow's current activation (before anything
+        else reaches it). Setting a key again publishes the new value; a replay writes
+        nothing."""
+        _check_name("an event key", key)
+        x = self._x
+        x.usable()
+        step = x.new_step()
+        record = x.history.get(step)
+        if record is not None:
+            x.check_replay(step, record, "event", key)
+            return
+        output = _dumps(value, f"the value of event {key!r}")
+        if not x.torn_down:
+            x.writes.append((x.row(step, key, "event", "completed", output=output),
+                             ("event_set", {"step": step, "key": key}), ()))
+
+
+# ---- engine: one run, replayed ----------------------------------------------------------
+
+
+def _recorded_deadline(record: dict, default: Optional[float]) -> Optional[float]:
+    """The deadline a wait's row recorded (rows of older versions: in its output or
+    input)."""
+    if record.get("deadline") is not None:
+        return record["deadline"]
+    if record["kind"] == "approval":
+        return (_loads(record["input"]) or {}).get("deadline", default)
+    value = _loads(record["output"])
+    return value if isinstance(value, (int, float)) else default
 
 
 class _Execution:
@@ -5298,323 +5629,123 @@ class _Execution:
             self.waits.clear()
 
 
-def _recorded_deadline(record: dict, default: Optional[float]) -> Optional[float]:
-    """The deadline a wait's row recorded (rows of older versions: in its output or
-    input)."""
-    if record.get("deadline") is not None:
-        return record["deadline"]
-    if record["kind"] == "approval":
-        return (_loads(record["input"]) or {}).get("deadline", default)
-    value = _loads(record["output"])
-    return value if isinstance(value, (int, float)) else default
+# ---- engine: claims, leases, the watchdog -----------------------------------------------
 
 
-# The next approval a run waits for (after one was decided or given up).
-_NEXT_APPROVAL = ("UPDATE {p}runs SET approval_required = (SELECT name FROM {p}steps WHERE "
-                  "run_id = ? AND kind = 'approval' AND status = 'waiting' ORDER BY step "
-                  "LIMIT 1) WHERE run_id = ?")
+class _Watchdog:
+    """Keeps an engine's leases while something blocks its event loop.
 
+    An ``async def`` activity that computes for long or calls ``time.sleep`` stops the
+    event loop, and the heartbeats with it: the leases would expire, another worker
+    would take the runs over and run the step again, and the same would happen to it
+    -- a ping-pong without end. So a thread watches the loop. A timer on the loop
+    marks every ``lease / 6`` seconds that the loop runs; once the mark is a beat
+    late, the thread renews the leases of the runs executing here through a
+    connection of its own (fenced like every renewal: only what is still ours), and
+    past a third of the lease it logs a warning that names the activity (or workflow)
+    blocking the loop and the line it is on. A loop that never runs again keeps its
+    runs until the process is killed; code that holds the GIL throughout (some C
+    extensions) stops this thread too."""
 
-# ---- workflow context ---------------------------------------------------------------------
+    def __init__(self, engine: _Engine):
+        self.engine, self.beat = engine, engine.lease / 6
+        self.loop, self.loop_thread = asyncio.get_running_loop(), threading.get_ident()
+        self.seen = time.monotonic()  # when the loop last ran the timer
+        self.warned = 0.0  # how long the loop had been blocked at the last warning
+        self.handle = self.loop.call_later(self.beat, self._tick)
+        self.stopped = threading.Event()
+        threading.Thread(target=self._watch, daemon=True,
+                         name=f"tinyworkflow watchdog {engine.worker_id}").start()
 
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if self.warned:
+            _log.warning("worker %s: the event loop runs again, after %.1f s blocked",
+                         self.engine.worker_id, now - self.seen - self.beat)
+            self.warned = 0.0
+        self.seen = now
+        self.handle = self.loop.call_later(self.beat, self._tick)
 
-class WorkflowContext:
-    """What a workflow function receives: its input and its durable operations.
+    def stop(self) -> None:
+        self.stopped.set()
+        self.handle.cancel()
 
-    You await what waits -- activities, timers, signal and approval waits, child
-    results -- and they are steps: numbered when *called* (an activity starts right
-    then), recorded with their outcome, replayed from the record after a crash. What
-    only records or reads is a plain call: ``now()``, ``uuid4()``, ``random()``,
-    ``patched()``, ``set_event()``, ``add_compensation()``, ``continue_as_new()``.
-    Any asyncio composition of steps (gather, wait, wait_for, timeout, TaskGroup,
-    as_completed, Event, asyncio.sleep) is exact and durable: the workflow runs on a
-    deterministic loop of its own whose timers are durable timers.
-    """
+    def _watch(self) -> None:
+        engine, lease = self.engine, self.engine.lease
+        loop, store, renewed = None, None, 0.0  # the loop and connection: when needed
+        try:
+            while not self.stopped.wait(self.beat / 2) and not self.loop.is_closed():
+                late = time.monotonic() - self.seen - self.beat  # the loop stood still
+                held = list(engine.leases.items())
+                # (A loop that stopped, not blocked, executes nothing: its leases expire.)
+                if late < self.beat or not held or not self.loop.is_running():
+                    if store is not None:
+                        loop.run_until_complete(self._close(store))
+                    store, renewed = None, 0.0
+                    continue
+                warned = self.warned
+                if late >= (warned + lease if warned else lease / 3):  # then once a lease
+                    _log.warning(
+                        "worker %s: the event loop has been blocked for %.1f s (the lease is "
+                        "%g s) %s. The leases of the runs executing here (%d) are renewed from "
+                        "a thread meanwhile, so no other worker takes them over. Code that "
+                        "blocks belongs in a sync activity (a plain def runs in a thread) or "
+                        "behind asyncio.to_thread.", engine.worker_id, late, lease,
+                        self._culprit(), len(held))
+                    self.warned = late
+                if time.monotonic() - renewed >= lease / 3:
+                    if store is None:
+                        store = engine.store.twin()
+                        if store is None:  # in memory: no other worker can take it over
+                            continue
+                        loop = loop or asyncio.new_event_loop()
+                        try:
+                            loop.run_until_complete(store.connect())
+                        except Exception:
+                            _log.warning("worker %s: the watchdog could not connect to renew "
+                                         "the leases", engine.worker_id, exc_info=True)
+                            store = None
+                            continue
+                    loop.run_until_complete(self._renew(store, held))
+                    renewed = time.monotonic()
+        finally:
+            if store is not None:
+                loop.run_until_complete(self._close(store))
+            if loop is not None:
+                loop.close()
 
-    def __init__(self, execution: _Execution, run: dict):
-        self.run_id: str = run["run_id"]
-        self.workflow_id: str = run["workflow_id"]
-        self.workflow_name: str = run["workflow_name"]
-        self.input_data: Any = _loads(run["input_data"])
-        self.retry_count: int = run["retry_count"]
-        self._x = execution
+    async def _renew(self, store: _Store, held: list) -> None:
+        engine, lease = self.engine, self.engine.lease
+        for owner, run in held:
+            status = None if owner in engine.stopping else run["status"]
+            try:
+                await asyncio.wait_for(store.renew_lease(
+                    run["run_id"], owner, engine.clock(), time.time() + lease, status),
+                    lease / 3)
+            except Exception:
+                _log.warning("run %s: the watchdog could not renew its lease", run["run_id"],
+                             exc_info=True)
 
-    def get_input(self, key: str, default: Any = None) -> Any:
-        """``input_data[key]``, or ``default`` when the key (or the whole input) is missing."""
-        if self.input_data is None:
-            return default
-        if not isinstance(self.input_data, dict):
-            raise TypeError(f"the input of run {self.run_id} is a "
-                            f"{type(self.input_data).__name__}, not a dict; read ctx.input_data")
-        return self.input_data.get(key, default)
+    @staticmethod
+    async def _close(store: _Store) -> None:
+        with contextlib.suppress(Exception):
+            await store.close()
 
-    # -- activities
-    def execute_activity(self, fn: Any, *args: Any, **kwargs: Any) -> "asyncio.Future[Any]":
-        """Start an activity as the next step; await it for its (recorded) result.
-
-        ``await ctx.execute_activity(fetch_user, user_id)``. It starts when called, so
-        ``asyncio.gather(ctx.execute_activity(a), ctx.execute_activity(b))`` runs both at
-        once. A step recorded as done returns its stored value without running. The
-        result is the JSON round-trip of what the activity returned, on the first run
-        and on every replay alike; a failure (after the activity's retries) is raised.
-        """
-        execution = self._x
-        if asyncio._get_running_loop() is not execution.loop:
-            execution.usable()  # raises
-        return execution.activity(_activity_def(fn), args, kwargs)
-
-    def execute_parallel(self, *calls: Any) -> "asyncio.Future[list]":
-        """Run activities concurrently, one step each; await it for their results in order.
-
-        ``a, b = await ctx.execute_parallel((fetch_a, (x,), {}), (fetch_b, (y,), {}))``.
-        Every branch finishes (and is recorded) before the first error, in call order,
-        is raised.
-        """
-        self._x.usable()
-        branches = [self.execute_activity(fn, *args, **kwargs)
-                    for fn, args, kwargs in map(_parallel_call, calls)]
-
-        async def every_branch() -> list:
-            results = await asyncio.gather(*branches, return_exceptions=True)
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
-            return results
-        return self._x.loop.create_task(every_branch())
-
-    # -- durable timers
-    def sleep(self, seconds: float) -> "asyncio.Future[None]":
-        """Wait ``seconds`` as a step: the timer is recorded, so a run resumed after a
-        crash or a restart wakes at the original deadline, and a timer that fired does
-        not wait again. A wait longer than a second holds nothing in memory: the run is
-        parked in the database until then (a workflow may sleep for days).
-        ``asyncio.sleep`` in a workflow is just as durable; this is the explicit
-        spelling, recorded as a step as soon as it is set."""
-        if (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
-                or not 0 <= seconds <= _MAX_SECONDS):  # NaN too
-            raise ValueError(f"sleep needs seconds from 0 to {_MAX_SECONDS:g} ({_MAX_TEXT}), "
-                             f"got {seconds!r}")
-        self._x.usable()
-        return self._sleep(self._x.loop.time() + seconds)
-
-    def sleep_until(self, when: datetime) -> "asyncio.Future[None]":
-        """Wait until ``when`` (a timezone-aware datetime) as a step; see ``sleep``."""
-        if not isinstance(when, datetime) or when.tzinfo is None:
-            raise ValueError(f"sleep_until needs a timezone-aware datetime, got {when!r}")
-        self._x.usable()
-        return self._sleep(when.timestamp(), absolute=True)
-
-    def _sleep(self, deadline: float, absolute: bool = False) -> "asyncio.Future[None]":
-        future = _Step(loop=self._x.loop)
-        handle = self._x.timer(deadline, _settle_future, (future, None), None, "sleep", future,
-                               absolute)
-        future.on_cancel = handle.cancel
-        return future
-
-    # -- signals
-    def wait_for_signal(self, name: str, timeout: Optional[float] = None) -> "asyncio.Future[Any]":
-        """The payload of the next signal ``name`` sent to this run
-        (``client.send_signal``), as a step. Signals are stored: one sent before the
-        workflow waits is not lost, several are received in the order sent, each by one
-        wait. While none is there the run is parked (nothing in memory) until one comes
-        or ``timeout`` seconds (of workflow time) have passed since the wait began; then
-        ``TimeoutError`` (recorded: a replay raises it again). A wait the workflow gives
-        up (cancelled, a race lost) takes no signal."""
-        _check_name("a signal name", name)
-        _check_timeout("wait_for_signal", timeout)
-        self._x.usable()
-        return self._x.wait("signal", name, timeout, "signal_waiting")
-
-    # -- approvals
-    def wait_for_approval(self, key: str, timeout: Optional[float] = None
-                          ) -> "asyncio.Future[bool]":
-        """Wait for a person to approve or reject the run, as a step: True once
-        ``client.approve_workflow(run_id)`` is called, False for ``reject_workflow``.
-        Meanwhile ``approval_required`` is ``key`` (listed by
-        ``client.get_pending_approvals()``) and, once nothing else is in flight, the
-        run is ``paused`` and holds nothing in memory; the decision is stored, so it
-        survives any restart. With no decision ``timeout`` seconds after the wait
-        began: ``TimeoutError`` (recorded: a replay raises it again)."""
-        _check_name("an approval key", key)
-        _check_timeout("wait_for_approval", timeout)
-        self._x.usable()
-        return self._x.wait("approval", key, timeout, "approval_requested")
-
-    # -- child workflows
-    def start_child_workflow(self, workflow_name: str, input_data: Any = None,
-                             workflow_id: Optional[str] = None
-                             ) -> "asyncio.Future[ChildWorkflowHandle]":
-        """Start a run of ``workflow_name`` as this run's child (its ``parent_run_id``
-        is this run); await it for the child's handle, and ``await handle`` for its
-        result. Starting is a step: the child's run id is recorded with it, in the same
-        transaction as the child run, so a replay gets the same child and a crash
-        never starts it twice. Fan out by starting several, then awaiting them::
-
-            handles = [await ctx.start_child_workflow("resize", {"image": i}) for i in images]
-            sizes = await asyncio.gather(*handles)
-
-        A worker executes the child (any worker serving it, or this process);
-        cancelling this run cancels its unfinished children. ``workflow_id`` defaults
-        to the child's workflow name."""
-        if not isinstance(workflow_name, str) or not workflow_name:
-            raise TypeError(f"start_child_workflow takes a workflow name, got {workflow_name!r}")
-        _check_workflow_id(workflow_id)
-        x = self._x
-        x.usable()
-        step = x.new_step()
-        record = x.history.get(step)
-        if record is not None:
-            x.check_replay(step, record, "child", workflow_name)
-            # A child that failed in an earlier attempt of this run is started anew (that
-            # is what a workflow retry means); any other is this run's child still.
-            if record["status"] == "failed" and record["run_attempt"] != self.retry_count:
-                record = None
-        input_text = None if record is not None else _dumps(
-            input_data, f"the input of child workflow {workflow_name!r}")
-        return x.start_child(workflow_name, input_text, workflow_id, record, step)
-
-    def execute_child_workflow(self, workflow_name: str, input_data: Any = None,
-                               workflow_id: Optional[str] = None) -> "asyncio.Future[Any]":
-        """Run ``workflow_name`` as a child run; await it for its result. If the child
-        fails (or is cancelled): ``WorkflowFailedError``. See ``start_child_workflow``."""
-        started = self.start_child_workflow(workflow_name, input_data, workflow_id)
-
-        async def result() -> Any:
-            return await (await started)
-        return self._x.loop.create_task(result())
-
-    # -- continue as new
-    def continue_as_new(self, input_data: Any = None) -> NoReturn:
-        """End this run and start a fresh one of the same workflow with ``input_data``
-        (None if not given: pass ``ctx.input_data`` to keep it), the same
-        ``workflow_id`` and an empty history: a workflow that loops forever (a poller,
-        an entity) calls it now and then so that no history grows without bound.
-        This run ends as ``continued``, its ``output_data`` naming the successor
-        (``{"continued_as": run_id}``); ``wait_for_result`` follows the chain. Raises
-        (it does not return): call it as the workflow's last statement."""
-        self._x.usable()
-        self._x.successor = _dumps(input_data, f"the input of the run that continues "
-                                               f"{self.workflow_name!r}")
-        raise _ContinuedAsNew(self._x.successor)
-
-    # -- sagas
-    def add_compensation(self, fn: Any, *args: Any, **kwargs: Any) -> None:
-        """Register the activity ``fn(*args, **kwargs)`` that undoes what the run has
-        done so far (cancel a booking, refund a payment), as a step. If the run finally
-        fails (its retries exhausted) or is cancelled, the compensations registered so
-        far run in reverse order, each as a step with its activity's retry policy, and
-        the run ends ``compensated`` (or ``failed`` if one of them failed: the others
-        still run). Register right after the step it undoes succeeded::
-
-            booking = await ctx.execute_activity(book_hotel, trip)
-            ctx.add_compensation(cancel_hotel, booking)
-
-        ``fn`` must be a registered ``@activity``: compensations may run after a crash,
-        in another process, which finds it by name."""
-        definition = _activity_def(fn)
-        if _ACTIVITIES.get(definition.name) is not definition:
-            raise TypeError(f"add_compensation takes a registered @activity (it is found by "
-                            f"name when compensating, perhaps in another process), got {fn!r}")
-        x = self._x
-        x.usable()
-        step = x.new_step()
-        record = x.history.get(step)
-        if record is not None:
-            x.check_replay(step, record, "compensation", definition.name)
-            return
-        arguments = _dumps({"args": args, "kwargs": kwargs},
-                           f"the arguments of compensation {definition.name!r}")
-        if not x.torn_down:
-            x.writes.append((x.row(step, definition.name, "compensation", "registered",
-                                   input=arguments, attempts=0),
-                             ("compensation_registered", {"step": step,
-                                                          "name": definition.name}), ()))
-
-    # -- deterministic values: the same on every replay, nothing recorded
-    def now(self) -> datetime:
-        """The workflow's current time (an aware UTC datetime): the recorded time of
-        what the workflow last received, so a replay reads the same instant. Use it
-        instead of ``datetime.now()``; ``asyncio.get_running_loop().time()`` is the same
-        in seconds."""
-        self._x.usable()
-        return datetime.fromtimestamp(self._x.loop.time(), timezone.utc)
-
-    def uuid4(self) -> uuid.UUID:
-        """A random UUID from the run's generator (see ``random``): a replay gets the
-        same one."""
-        self._x.usable()
-        return uuid.UUID(int=self._x.random.getrandbits(128), version=4)
-
-    def random(self) -> random.Random:
-        """The run's random generator (a ``random.Random`` seeded from the run id):
-        ``ctx.random().randint(1, 6)``. A replay draws the same numbers, in the same
-        order, as long as the workflow draws them in the same order."""
-        self._x.usable()
-        return self._x.random
-
-    # -- versioning
-    def patched(self, change_id: str) -> bool:
-        """Whether this run takes the new path of a code change: True for a run that
-        reaches this point for the first time with this code (the decision is recorded
-        as a step), False for a run whose history was recorded before the change::
-
-            if ctx.patched("send-sms"):
-                await ctx.execute_activity(send_sms, order)  # new runs
-            else:
-                await ctx.execute_activity(send_email, order)  # runs already past here
-
-        Deploy it, and runs in flight keep their old path. Once none of them is left,
-        drop the old branch and replace the call with ``ctx.deprecate_patch(change_id)``;
-        once no run recorded with the patch is left either, delete that call too."""
-        _check_name("a change id", change_id)
-        x = self._x
-        x.usable()
-        step = x.peek()
-        record = x.history.get(step)
-        if record is None and step > x.last_recorded:  # new ground: the new code decides
-            x.new_step()
-            if not x.torn_down:
-                x.markers.append((x.row(step, change_id, "patch", "completed", output="true"),
-                                  ("step_completed", {"step": step, "name": change_id,
-                                                      "kind": "patch"})))
-            return True
-        if record is not None and (record["kind"], record["name"]) == ("patch", change_id):
-            x.new_step()
-            return True
-        return False  # this run recorded other steps here: the old code's path
-
-    def deprecate_patch(self, change_id: str) -> None:
-        """Stand in for ``patched(change_id)`` once its old branch is deleted: runs that
-        recorded the patch replay past its marker; new runs record nothing."""
-        _check_name("a change id", change_id)
-        x = self._x
-        x.usable()
-        record = x.history.get(x.peek())
-        if record is not None and (record["kind"], record["name"]) == ("patch", change_id):
-            x.new_step()
-
-    # -- published state
-    def set_event(self, key: str, value: Any) -> None:
-        """Publish ``value`` (JSON) under ``key`` as a step, for
-        ``client.get_event(run_id, key)`` to read: progress, a stage, a partial result.
-        It is recorded right after the workflow's current activation (before anything
-        else reaches it). Setting a key again publishes the new value; a replay writes
-        nothing."""
-        _check_name("an event key", key)
-        x = self._x
-        x.usable()
-        step = x.new_step()
-        record = x.history.get(step)
-        if record is not None:
-            x.check_replay(step, record, "event", key)
-            return
-        output = _dumps(value, f"the value of event {key!r}")
-        if not x.torn_down:
-            x.writes.append((x.row(step, key, "event", "completed", output=output),
-                             ("event_set", {"step": step, "key": key}), ()))
-
-
-# ---- engine -----------------------------------------------------------------------------
+    def _culprit(self) -> str:
+        """Where the loop's thread is: in which activity or workflow, on which line."""
+        codes = {}
+        for kind, registry in (("activity", _ACTIVITIES), ("workflow", _WORKFLOWS)):
+            for name, definition in list(registry.items()):
+                with contextlib.suppress(Exception):
+                    codes[inspect.unwrap(definition.fn).__code__] = f"{kind} {name!r}"
+        frame, where = sys._current_frames().get(self.loop_thread), None
+        while frame is not None:
+            where = where or (f"{frame.f_code.co_filename}:{frame.f_lineno} "
+                              f"in {frame.f_code.co_name}")
+            if frame.f_code in codes:
+                return f"in {codes[frame.f_code]}, at {where}"
+            frame = frame.f_back
+        return f"at {where}" if where else "outside Python code"
 
 
 class _Engine:
@@ -5928,122 +6059,6 @@ class _Engine:
             await self._finish(run, "compensated", None, error, ("workflow_compensated", {}))
 
 
-class _Watchdog:
-    """Keeps an engine's leases while something blocks its event loop.
-
-    An ``async def`` activity that computes for long or calls ``time.sleep`` stops the
-    event loop, and the heartbeats with it: the leases would expire, another worker
-    would take the runs over and run the step again, and the same would happen to it
-    -- a ping-pong without end. So a thread watches the loop. A timer on the loop
-    marks every ``lease / 6`` seconds that the loop runs; once the mark is a beat
-    late, the thread renews the leases of the runs executing here through a
-    connection of its own (fenced like every renewal: only what is still ours), and
-    past a third of the lease it logs a warning that names the activity (or workflow)
-    blocking the loop and the line it is on. A loop that never runs again keeps its
-    runs until the process is killed; code that holds the GIL throughout (some C
-    extensions) stops this thread too."""
-
-    def __init__(self, engine: _Engine):
-        self.engine, self.beat = engine, engine.lease / 6
-        self.loop, self.loop_thread = asyncio.get_running_loop(), threading.get_ident()
-        self.seen = time.monotonic()  # when the loop last ran the timer
-        self.warned = 0.0  # how long the loop had been blocked at the last warning
-        self.handle = self.loop.call_later(self.beat, self._tick)
-        self.stopped = threading.Event()
-        threading.Thread(target=self._watch, daemon=True,
-                         name=f"tinyworkflow watchdog {engine.worker_id}").start()
-
-    def _tick(self) -> None:
-        now = time.monotonic()
-        if self.warned:
-            _log.warning("worker %s: the event loop runs again, after %.1f s blocked",
-                         self.engine.worker_id, now - self.seen - self.beat)
-            self.warned = 0.0
-        self.seen = now
-        self.handle = self.loop.call_later(self.beat, self._tick)
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.handle.cancel()
-
-    def _watch(self) -> None:
-        engine, lease = self.engine, self.engine.lease
-        loop, store, renewed = None, None, 0.0  # the loop and connection: when needed
-        try:
-            while not self.stopped.wait(self.beat / 2) and not self.loop.is_closed():
-                late = time.monotonic() - self.seen - self.beat  # the loop stood still
-                held = list(engine.leases.items())
-                # (A loop that stopped, not blocked, executes nothing: its leases expire.)
-                if late < self.beat or not held or not self.loop.is_running():
-                    if store is not None:
-                        loop.run_until_complete(self._close(store))
-                    store, renewed = None, 0.0
-                    continue
-                warned = self.warned
-                if late >= (warned + lease if warned else lease / 3):  # then once a lease
-                    _log.warning(
-                        "worker %s: the event loop has been blocked for %.1f s (the lease is "
-                        "%g s) %s. The leases of the runs executing here (%d) are renewed from "
-                        "a thread meanwhile, so no other worker takes them over. Code that "
-                        "blocks belongs in a sync activity (a plain def runs in a thread) or "
-                        "behind asyncio.to_thread.", engine.worker_id, late, lease,
-                        self._culprit(), len(held))
-                    self.warned = late
-                if time.monotonic() - renewed >= lease / 3:
-                    if store is None:
-                        store = engine.store.twin()
-                        if store is None:  # in memory: no other worker can take it over
-                            continue
-                        loop = loop or asyncio.new_event_loop()
-                        try:
-                            loop.run_until_complete(store.connect())
-                        except Exception:
-                            _log.warning("worker %s: the watchdog could not connect to renew "
-                                         "the leases", engine.worker_id, exc_info=True)
-                            store = None
-                            continue
-                    loop.run_until_complete(self._renew(store, held))
-                    renewed = time.monotonic()
-        finally:
-            if store is not None:
-                loop.run_until_complete(self._close(store))
-            if loop is not None:
-                loop.close()
-
-    async def _renew(self, store: _Store, held: list) -> None:
-        engine, lease = self.engine, self.engine.lease
-        for owner, run in held:
-            status = None if owner in engine.stopping else run["status"]
-            try:
-                await asyncio.wait_for(store.renew_lease(
-                    run["run_id"], owner, engine.clock(), time.time() + lease, status),
-                    lease / 3)
-            except Exception:
-                _log.warning("run %s: the watchdog could not renew its lease", run["run_id"],
-                             exc_info=True)
-
-    @staticmethod
-    async def _close(store: _Store) -> None:
-        with contextlib.suppress(Exception):
-            await store.close()
-
-    def _culprit(self) -> str:
-        """Where the loop's thread is: in which activity or workflow, on which line."""
-        codes = {}
-        for kind, registry in (("activity", _ACTIVITIES), ("workflow", _WORKFLOWS)):
-            for name, definition in list(registry.items()):
-                with contextlib.suppress(Exception):
-                    codes[inspect.unwrap(definition.fn).__code__] = f"{kind} {name!r}"
-        frame, where = sys._current_frames().get(self.loop_thread), None
-        while frame is not None:
-            where = where or (f"{frame.f_code.co_filename}:{frame.f_lineno} "
-                              f"in {frame.f_code.co_name}")
-            if frame.f_code in codes:
-                return f"in {codes[frame.f_code]}, at {where}"
-            frame = frame.f_back
-        return f"at {where}" if where else "outside Python code"
-
-
 # ---- client -----------------------------------------------------------------------------
 
 
@@ -6101,6 +6116,12 @@ def _lease_seconds(value: Optional[float]) -> float:
         raise ValueError(f"{source} must be a number of seconds > 0 and at most "
                          f"{_MAX_SECONDS:g} ({_MAX_TEXT}), got {value!r}")
     return seconds
+
+
+# The retention policy is applied at most once an hour (among all workers); each worker
+# looks whether it is its turn every few minutes.
+_RETENTION_EVERY = 3600.0
+_RETENTION_LOOK = 300.0
 
 
 class TinyWorkflowClient:
@@ -7139,20 +7160,6 @@ for _name, _method in list(vars(TinyWorkflowClient).items()):
         setattr(TinyWorkflowClient, _name, _translating(_method))
 
 
-# ---- command-line hand-off --------------------------------------------------------------
-
-
-def _main(argv: Optional[list] = None) -> int:
-    """The ``tinyworkflow`` command and ``python -m tinyworkflow``: hands off to the
-    command line in cli.py (shipped beside this file, or installed by pip)."""
-    try:
-        cli = _companion("cli")
-    except ImportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return cli.main(argv)
-
-
 def _companion(name: str) -> types.ModuleType:
     """Load cli.py or webui.py: from this file's folder when it is there (a checkout,
     or a project that copied the companions in too), else as installed by pip under
@@ -7181,6 +7188,20 @@ def _companion(name: str) -> types.ModuleType:
         del sys.modules[module_name]
         raise
     return module
+
+
+# ---- command-line hand-off --------------------------------------------------------------
+
+
+def _main(argv: Optional[list] = None) -> int:
+    """The ``tinyworkflow`` command and ``python -m tinyworkflow``: hands off to the
+    command line in cli.py (shipped beside this file, or installed by pip)."""
+    try:
+        cli = _companion("cli")
+    except ImportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return cli.main(argv)
 
 
 if __name__ == "__main__":
