@@ -2524,6 +2524,23 @@ class _Store:
         return await self.batch(ops, fence=True)
 
 
+class _Transaction:
+    """A general transaction of a store (``async with store.transaction() as tx``): reads
+    and writes on the one connection that holds it."""
+
+    def __init__(self, store: _Store, conn: Any = None):
+        self._store, self._conn = store, conn
+
+    async def fetch(self, sql: str, params: tuple = ()) -> list:
+        return await self._store._fetch(self._conn, sql, params)
+
+    async def execute(self, sql: str, params: tuple = ()) -> int:
+        return await self._store._execute(self._conn, sql, params)
+
+    async def executemany(self, sql: str, rows: list) -> None:
+        await self._store._executemany(self._conn, sql, rows)
+
+
 # ---- SQLite -----------------------------------------------------------------------------
 
 
@@ -2547,23 +2564,6 @@ def _is_busy(exc: BaseException) -> bool:
 
 class _Abandoned(Exception):
     """A queued thread call whose caller was cancelled before it started."""
-
-
-class _SQLiteTransaction:
-    def __init__(self, store: _SQLiteStore):
-        self._store = store
-
-    async def fetch(self, sql: str, params: tuple = ()) -> list:
-        return await self._store._call(self._store._fetch_sync, sql, params)
-
-    async def execute(self, sql: str, params: tuple = ()) -> int:
-        return await self._store._call(self._execute_sync, sql, params)
-
-    async def executemany(self, sql: str, rows: list) -> None:
-        await self._store._call(self._store._db.executemany, sql, rows)
-
-    def _execute_sync(self, sql: str, params: tuple) -> int:
-        return self._store._db.execute(sql, params).rowcount
 
 
 class _SQLiteStore(_Store):
@@ -2690,6 +2690,19 @@ class _SQLiteStore(_Store):
                     raise
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
+
+    # Inside a transaction (_Transaction): there is one connection, aiosqlite's.
+    async def _fetch(self, conn: None, sql: str, params: tuple) -> list:
+        return await self._call(self._fetch_sync, sql, params)
+
+    async def _execute(self, conn: None, sql: str, params: tuple) -> int:
+        return await self._call(self._execute_sync, sql, params)
+
+    async def _executemany(self, conn: None, sql: str, rows: list) -> None:
+        await self._call(self._db.executemany, sql, rows)
+
+    def _execute_sync(self, sql: str, params: tuple) -> int:
+        return self._db.execute(sql, params).rowcount
 
     def _fetch_sync(self, sql: str, params: tuple) -> list:
         return self._retry_busy(lambda: self._db.execute(sql, params).fetchall())
@@ -2821,7 +2834,7 @@ class _SQLiteStore(_Store):
         async with self._lock:
             try:
                 await self._call(self._begin_sync)
-                yield _SQLiteTransaction(self)
+                yield _Transaction(self)
                 await self._call(self._db.execute, "COMMIT")
             except BaseException:
                 await self._call(self._rollback_sync)
@@ -3050,20 +3063,6 @@ class _Pool:
         await asyncio.gather(*(self._close_one(conn) for conn, _, _ in idle), *self._closing)
 
 
-class _ServerTransaction:
-    def __init__(self, store: _ServerStore, conn):
-        self._store, self._conn = store, conn
-
-    async def fetch(self, sql: str, params: tuple = ()) -> list:
-        return await self._store._fetch(self._conn, sql, params)
-
-    async def execute(self, sql: str, params: tuple = ()) -> int:
-        return await self._store._execute(self._conn, sql, params)
-
-    async def executemany(self, sql: str, rows: list) -> None:
-        await self._store._executemany(self._conn, sql, rows)
-
-
 class _ServerStore(_Store):
     """A database server through a driver and a connection pool (PostgreSQL, MySQL).
 
@@ -3198,7 +3197,7 @@ class _ServerStore(_Store):
         async with self._connection() as conn:
             await self._execute(conn, "BEGIN", ())
             try:
-                yield _ServerTransaction(self, conn)
+                yield _Transaction(self, conn)
             except BaseException:
                 if not self._is_closed(conn):
                     with contextlib.suppress(Exception):
