@@ -3570,19 +3570,21 @@ class _MySQLStore(_ServerStore):
     def __init__(self, target: dict, options: dict, prefix: str, url: str):
         super().__init__(_MYSQL, target, options, prefix, url)
         self._aiomysql: Any = None
+        self._pymysql: Any = None  # aiomysql's own dependency: its errors and flags
         lock = f"tinyworkflow:{target['db']}:{prefix}"
         self._lock_name = lock if len(lock) <= 64 else lock[:48] + hashlib.sha256(
             lock.encode()).hexdigest()[:16]
 
     async def connect(self) -> None:
         self._aiomysql = _import_driver("aiomysql", "mysql", "MySQL")
+        import pymysql
+        self._pymysql = pymysql
         await super().connect()
         rows = await self.fetch("SELECT @@max_allowed_packet")
         self.max_value = int(rows[0][0]) - 65536  # room for the rest of the statement
 
     async def _open(self):
-        import pymysql  # aiomysql's own dependency
-        target, options = self.target, self.options
+        pymysql, target, options = self._pymysql, self.target, self.options
         extra = ({"unix_socket": options["unix_socket"]} if "unix_socket" in options else {})
         try:
             conn = await self._aiomysql.connect(
@@ -3638,7 +3640,7 @@ class _MySQLStore(_ServerStore):
         return args[0] if args and isinstance(args[0], int) else None
 
     def _lost(self, exc: BaseException) -> bool:
-        import pymysql
+        pymysql = self._pymysql
         if isinstance(exc, OSError):
             return True
         if isinstance(exc, pymysql.err.InterfaceError):  # (0, '') once the socket is gone
@@ -3649,16 +3651,13 @@ class _MySQLStore(_ServerStore):
         return self._code(exc) in (1040, 1226)  # too many connections (all, this user's)
 
     def _unsent(self, exc: BaseException) -> bool:
-        import pymysql
-        return isinstance(exc, pymysql.err.InterfaceError)  # the socket was already gone
+        return isinstance(exc, self._pymysql.err.InterfaceError)  # the socket was already gone
 
     def _conflict(self, exc: BaseException) -> bool:
-        import pymysql
-        return isinstance(exc, pymysql.MySQLError) and self._code(exc) in self._CONFLICTS
+        return isinstance(exc, self._pymysql.MySQLError) and self._code(exc) in self._CONFLICTS
 
     def duplicate(self, exc: BaseException) -> bool:
-        import pymysql
-        return isinstance(exc, pymysql.err.IntegrityError) and self._code(exc) == 1062
+        return isinstance(exc, self._pymysql.err.IntegrityError) and self._code(exc) == 1062
 
     async def _lock_schema(self, tx) -> None:
         # DDL commits by itself in MySQL, so the lock is a named one, held by the session.
@@ -3672,14 +3671,13 @@ class _MySQLStore(_ServerStore):
             await tx.fetch("SELECT RELEASE_LOCK(%s)", (self._lock_name,))
 
     async def _ddl(self, tx, statement: str) -> None:
-        import pymysql
         if statement.startswith("CREATE TABLE IF NOT EXISTS "):  # spare the warning
             if await tx.fetch("SELECT 1 FROM information_schema.tables WHERE table_schema = "
                               "DATABASE() AND table_name = %s", (statement.split()[5],)):
                 return
         try:
             await tx.execute(statement)
-        except pymysql.MySQLError as exc:
+        except self._pymysql.MySQLError as exc:
             if self._code(exc) not in self._EXISTS:
                 raise
             _log.info("finishing a migration that was interrupted: %s", exc)
