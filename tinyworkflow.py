@@ -651,23 +651,29 @@ def _check_name(what: str, name: Any) -> None:
                          f"characters, without NUL, got {name!r}")
 
 
+def _real(value: Any, whole: bool = False) -> bool:
+    """Whether ``value`` is a number (a whole one if ``whole``); not a bool, though bool
+    is an int. NaN is a number: the range checks that follow refuse it."""
+    return not isinstance(value, bool) and isinstance(value, int if whole else (int, float))
+
+
 def _check_count(what: str, value: Any, low: int = 0) -> None:
     """A limit, an offset or a step number: a whole number from ``low`` to _MAX_COUNT."""
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= _MAX_COUNT:
+    if not _real(value, whole=True) or not low <= value <= _MAX_COUNT:
         raise ValueError(f"{what} must be a whole number from {low} to {_MAX_COUNT}, "
                          f"got {value!r}")
 
 
 def _check_days(what: str, days: Any) -> None:
     """A retention period: days from 0 to 100 years (not NaN, not infinite)."""
-    if (isinstance(days, bool) or not isinstance(days, (int, float))
+    if (not _real(days)
             or not 0 <= days * 86400 <= _MAX_SECONDS):  # NaN too
         raise ValueError(f"{what} must be a number of days from 0 to "
                          f"{_MAX_SECONDS / 86400:g} ({_MAX_TEXT}), got {days!r}")
 
 
 def _check_timeout(what: str, timeout: Any) -> None:
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+    if timeout is not None and (not _real(timeout)
                                 or not 0 <= timeout <= _MAX_SECONDS):  # NaN too
         raise ValueError(f"{what} timeout must be None or seconds from 0 to {_MAX_SECONDS:g} "
                          f"({_MAX_TEXT}), got {timeout!r}")
@@ -712,12 +718,12 @@ class RetryPolicy:
     jitter_factor: float = 0.1
 
     def __post_init__(self) -> None:
-        if (isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int)
+        if (not _real(self.max_retries, whole=True)
                 or self.max_retries < 0):
             raise ValueError(f"max_retries must be a whole number >= 0, got {self.max_retries!r}")
         for field in ("initial_delay", "max_delay", "backoff_multiplier", "jitter_factor"):
             value = getattr(self, field)
-            if (isinstance(value, bool) or not isinstance(value, (int, float))
+            if (not _real(value)
                     or not math.isfinite(value) or value < 0):
                 raise ValueError(f"{field} must be a finite number >= 0, got {value!r}")
             if field in ("initial_delay", "max_delay") and value > _MAX_SECONDS:
@@ -802,7 +808,7 @@ class TestClock(Clock):
             if start.tzinfo is None:
                 raise ValueError(f"TestClock needs a timezone-aware datetime, got {start!r}")
             start = start.timestamp()
-        if start is not None and (isinstance(start, bool) or not isinstance(start, (int, float))
+        if start is not None and (not _real(start)
                                   or not math.isfinite(start)):
             raise ValueError(f"TestClock start must be a datetime or epoch seconds, "
                              f"got {start!r}")
@@ -838,7 +844,7 @@ class TestClock(Clock):
         """Let ``seconds`` (a number or a ``timedelta``) pass, as described above."""
         if isinstance(seconds, timedelta):
             seconds = seconds.total_seconds()
-        if (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+        if (not _real(seconds)
                 or not 0 <= seconds <= _MAX_SECONDS):  # NaN too
             raise ValueError(f"advance needs seconds from 0 to {_MAX_SECONDS:g} ({_MAX_TEXT}) "
                              f"or a timedelta, got {seconds!r}")
@@ -1040,7 +1046,7 @@ def _schedule_timing(cron_expression: Any, every: Any, zone_name: Any) -> dict:
     if isinstance(every, timedelta):
         every = every.total_seconds()
     low, high = _EVERY_RANGE
-    if (isinstance(every, bool) or not isinstance(every, (int, float))
+    if (not _real(every)
             or not low <= every <= high):  # NaN too
         raise ValueError(f"every must be seconds from {low:g} to {high:g} (366 days; a cron "
                          f"expression for longer periods) or a timedelta, got {every!r}")
@@ -3761,7 +3767,7 @@ def _check_options(kind: str, name: Any, retry_policy: Any, timeout: Any) -> Non
     if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
         raise TypeError(f"retry_policy of {kind} {name!r} must be a RetryPolicy, "
                         f"got {type(retry_policy).__name__}")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+    if timeout is not None and (not _real(timeout)
                                 or not 0 < timeout <= _MAX_SECONDS):  # NaN too
         raise ValueError(f"timeout of {kind} {name!r} must be a number of seconds > 0 and at "
                          f"most {_MAX_SECONDS:g} ({_MAX_TEXT}), got {timeout!r}")
@@ -3860,7 +3866,7 @@ def activity(name: Optional[str] = None, retry_policy: Optional[RetryPolicy] = N
 
 
 def _count_limit(what: str, value: Any) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+    if value is not None and (not _real(value, whole=True)
                               or not 1 <= value <= 2 ** 31):
         raise ValueError(f"{what} must be a whole number >= 1 (or None: no limit), "
                          f"got {value!r}")
@@ -3901,7 +3907,7 @@ class Queue:
                              and len(self.rate_limit) == 2 else (None, None))
             if isinstance(period, timedelta):
                 period = period.total_seconds()
-            if (isinstance(period, bool) or not isinstance(period, (int, float))
+            if (not _real(period)
                     or not _EVERY_RANGE[0] <= period <= _EVERY_RANGE[1]):
                 raise ValueError(
                     "rate_limit must be (starts, seconds): at most that many runs start in "
@@ -3975,7 +3981,7 @@ def _queue_columns(queue: Any, queue_key: Any, priority: Any) -> dict:
         _check_name("queue_key", queue_key)
     if priority is None:
         priority = 0
-    if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > 2 ** 31:
+    if not _real(priority, whole=True) or abs(priority) > 2 ** 31:
         raise ValueError(f"priority must be a whole number (lower starts first; at most "
                          f"2**31 either way), got {priority!r}")
     return {"queue_name": name, "queue_key": queue_key, "priority": priority}
@@ -3987,7 +3993,7 @@ def _debounce_option(value: Any) -> tuple:
     if isinstance(seconds, timedelta):
         seconds = seconds.total_seconds()
     if (not isinstance(key, str) or not key or len(key) > _KEY_LENGTH
-            or isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+            or not _real(seconds)
             or not 0 < seconds <= _EVERY_RANGE[1]):  # NaN too
         raise ValueError(f"debounce must be (key, seconds): a non-empty key of at most "
                          f"{_KEY_LENGTH} characters and a wait of more than 0 and at most "
@@ -4369,7 +4375,7 @@ class WorkflowContext:
         parked in the database until then (a workflow may sleep for days).
         ``asyncio.sleep`` in a workflow is just as durable; this is the explicit
         spelling, recorded as a step as soon as it is set."""
-        if (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+        if (not _real(seconds)
                 or not 0 <= seconds <= _MAX_SECONDS):  # NaN too
             raise ValueError(f"sleep needs seconds from 0 to {_MAX_SECONDS:g} ({_MAX_TEXT}), "
                              f"got {seconds!r}")
@@ -6466,7 +6472,7 @@ class TinyWorkflowClient:
         """For a dashboard: ``{"by_status": {status: runs}, "total": runs,
         "created_per_minute": [runs created in each of the last ``minutes`` minutes,
         oldest first]}`` (every status is listed, 0 included)."""
-        if isinstance(minutes, bool) or not isinstance(minutes, int) or not 1 <= minutes <= 1440:
+        if not _real(minutes, whole=True) or not 1 <= minutes <= 1440:
             raise ValueError(f"minutes must be a whole number from 1 to 1440, got {minutes!r}")
         engine = await self._ready()
         counts = await self._store.status_counts()
@@ -6799,7 +6805,7 @@ class TinyWorkflowClient:
         else:
             if isinstance(delay_seconds, timedelta):
                 delay_seconds = delay_seconds.total_seconds()
-            if (isinstance(delay_seconds, bool) or not isinstance(delay_seconds, (int, float))
+            if (not _real(delay_seconds)
                     or not 0 <= delay_seconds < _LATEST_TIME):  # NaN too
                 raise ValueError(f"delay_seconds must be a number >= 0 or a timedelta, "
                                  f"got {delay_seconds!r}")
