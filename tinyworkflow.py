@@ -513,7 +513,7 @@ _ENCODE, _ENCODE_STRICT, _ENCODE_LENIENT = (_encoders(), _encoders(allow_nan=Fal
 _scan = json.JSONDecoder().scan_once  # one JSON value at an index: (value, end)
 
 
-def _json(value: Any, encoders: tuple = _ENCODE) -> str:
+def _encode(value: Any, encoders: tuple = _ENCODE) -> str:
     text = encoders[0].encode(value)
     if not text.isascii():
         try:
@@ -525,7 +525,7 @@ def _json(value: Any, encoders: tuple = _ENCODE) -> str:
 
 def _dumps(value: Any, what: str) -> str:
     try:
-        return _json(value, _ENCODE_STRICT)
+        return _encode(value, _ENCODE_STRICT)
     except RecursionError:
         raise SerializationError(
             f"{what} is nested too deeply to store as JSON (more levels than Python's "
@@ -550,21 +550,21 @@ def _loads(text: Optional[str]) -> Any:
     return json.loads(text)  # (or its error)
 
 
-def _dumps_lenient(value: Any) -> str:
+def _dumps_for_display(value: Any) -> str:
     """For what is recorded only to be read by people (activity arguments): never fails."""
     try:
-        return _json(value, _ENCODE_LENIENT)
+        return _encode(value, _ENCODE_LENIENT)
     except (TypeError, ValueError):  # non-string keys, circular references
         try:
-            return _json(repr(value))
+            return _encode(repr(value))
         except RecursionError:
-            return _json(f"<{type(value).__name__} nested too deeply to show>")
+            return _encode(f"<{type(value).__name__} nested too deeply to show>")
         except Exception:  # a repr that raises
-            return _json(f"<{type(value).__name__} that cannot be shown>")
+            return _encode(f"<{type(value).__name__} that cannot be shown>")
     except RecursionError:
-        return _json(f"<{type(value).__name__} nested too deeply to show>")
+        return _encode(f"<{type(value).__name__} nested too deeply to show>")
     except Exception:  # a default=repr that raises
-        return _json(f"<{type(value).__name__} that cannot be shown>")
+        return _encode(f"<{type(value).__name__} that cannot be shown>")
 
 
 def _error_text(exc: BaseException) -> str:
@@ -771,14 +771,14 @@ class Clock:
         return event.is_set()
 
 
-class _Work:
+class _InFlight:
     """Database calls and activities in flight, which the event loop cannot show as
     ready work: ``TestClock.settle`` waits for them."""
 
     count = 0
 
 
-_WORK = _Work()
+_IN_FLIGHT = _InFlight()
 
 
 class TestClock(Clock):
@@ -869,7 +869,7 @@ class TestClock(Clock):
         loop, quiet = asyncio.get_running_loop(), 0
         while quiet < 3:  # quiet on three turns of the loop in a row
             await asyncio.sleep(0)
-            if _WORK.count:  # threads and sockets at work: do not spin
+            if _IN_FLIGHT.count:  # threads and sockets at work: do not spin
                 quiet = 0
                 await asyncio.sleep(0.001)
             elif getattr(loop, "_ready", ()):  # asyncio's run queue (others: assume empty)
@@ -1515,13 +1515,13 @@ _LOCAL_WORKERS: dict[str, set] = {}
 _SIGNAL_WAITERS: dict[tuple, set] = {}
 
 
-def _wake_local(key: str) -> None:
+def _wake_local_workers(key: str) -> None:
     """A run became due: wake this process's workers on the database ``key``."""
     for wakeup in _LOCAL_WORKERS.get(key, ()):
         wakeup.set()
 
 
-def _signal_came(key: str, run_id: str) -> None:
+def _wake_signal_waiters(key: str, run_id: str) -> None:
     for event in _SIGNAL_WAITERS.get((key, run_id), ()):
         event.set()
 
@@ -1615,7 +1615,7 @@ class _Store:
         pass
 
     def _event(self, run_id: str, event_type: str, data: Any, now: float) -> tuple:
-        return self.sql(_EVENT_INSERT), (run_id, event_type, _dumps_lenient(data), now)
+        return self.sql(_EVENT_INSERT), (run_id, event_type, _dumps_for_display(data), now)
 
     # -- schema
     async def migrate(self) -> None:
@@ -1680,7 +1680,7 @@ class _Store:
             (self.sql("UPDATE {p}runs SET status = 'continued', output_data = ?, "
                       "completed_at = ?, updated_at = ?, owner = NULL, lease_expires_at = NULL, "
                       "wake_at = NULL WHERE run_id = ? AND owner = ? AND status = 'running'"),
-             (_json({"continued_as": new_id}), now, now, run_id, owner)),
+             (_encode({"continued_as": new_id}), now, now, run_id, owner)),
             self._event(run_id, "workflow_continued_as_new", {"run_id": new_id}, now),
             self._insert(successor),
             self._event(new_id, "workflow_created", {
@@ -2034,7 +2034,7 @@ class _Store:
                     "UPDATE {p}steps SET status = 'completed', output = ?, completed_at = ? "
                     "WHERE run_id = ? AND kind = 'approval' AND name = ? AND status = "
                     "'waiting' AND (deadline IS NULL OR deadline > ?)"),
-                    (_json(approved), now, run_id, key, now)):
+                    (_encode(approved), now, run_id, key, now)):
                 return False
             await tx.execute(self.sql("UPDATE {p}runs SET status = 'running', inbox = inbox + "
                                       "1, wake_at = ?, updated_at = ? WHERE run_id = ?"),
@@ -2159,15 +2159,15 @@ class _Store:
 
     async def finish_run(self, run_id: str, owner: str, now: float, status: str,
                          output: Optional[str], error: Optional[str], event: tuple,
-                         parent: Optional[str] = None, fence: str = "running") -> bool:
-        """Record the run's outcome while it is ``owner``'s and in ``fence`` (running,
+                         parent: Optional[str] = None, in_status: str = "running") -> bool:
+        """Record the run's outcome while it is ``owner``'s and ``in_status`` (running,
         or compensating); a child run's ``parent`` becomes due with it."""
         return await self.batch([
             (self.sql("UPDATE {p}runs SET status = ?, output_data = ?, error = ?, "
                       "completed_at = ?, updated_at = ?, owner = NULL, lease_expires_at = NULL, "
                       "wake_at = NULL, approval_required = NULL "
                       "WHERE run_id = ? AND owner = ? AND status = ?"),
-             (status, output, error, now, now, run_id, owner, fence)),
+             (status, output, error, now, now, run_id, owner, in_status)),
             self._event(run_id, *event, now),
             *(self._wake_parent(parent, now) if parent else ()),
         ], fence=True)
@@ -2659,14 +2659,14 @@ class _SQLiteStore(_Store):
         not yet started is skipped, one waiting for a lock gives up, and a running
         statement is interrupted (which rolls its transaction back)."""
         future = asyncio.ensure_future(self._conn._execute(self._unless_abandoned, fn, *args))
-        _WORK.count += 1
+        _IN_FLIGHT.count += 1
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
             if future.done():
                 raise
         finally:
-            _WORK.count -= 1
+            _IN_FLIGHT.count -= 1
         self._abandoned = True
         try:
             while not future.done():
@@ -2900,7 +2900,7 @@ class _Pool:
                 await asyncio.wait_for(self._free.acquire(), self.timeout)
             except asyncio.TimeoutError:
                 raise self._timed_out() from None
-        _WORK.count += 1
+        _IN_FLIGHT.count += 1
         try:
             conn, opened = await self._checkout(deadline)
             self._out += 1
@@ -2921,7 +2921,7 @@ class _Pool:
             self._out -= 1
             self._give_back(conn, opened)
         finally:
-            _WORK.count -= 1
+            _IN_FLIGHT.count -= 1
             self._free.release()
 
     def _timed_out(self) -> TinyWorkflowError:
@@ -3325,10 +3325,10 @@ class _PostgresStore(_ServerStore):
 
     async def finish_run(self, run_id: str, owner: str, now: float, status: str,
                          output: Optional[str], error: Optional[str], event: tuple,
-                         parent: Optional[str] = None, fence: str = "running") -> bool:
-        if parent is not None or fence != "running":  # a child's, a saga's: on its own
+                         parent: Optional[str] = None, in_status: str = "running") -> bool:
+        if parent is not None or in_status != "running":  # a child's, a saga's: on its own
             return await super().finish_run(run_id, owner, now, status, output, error, event,
-                                            parent, fence)
+                                            parent, in_status)
         return await self._grouped("finishes", (run_id, owner, now, status, output, error,
                                                 event))
 
@@ -3353,12 +3353,12 @@ class _PostgresStore(_ServerStore):
         if kind == "steps":  # (run_id, owner, now, step, (event_type, data))
             single = super().record_step
             keys = [(item[0], item[3]["step"]) for item, _ in group]
-            rows = [(*_step_values(step), owner, event_type, _dumps_lenient(data))
+            rows = [(*_step_values(step), owner, event_type, _dumps_for_display(data))
                     for (run_id, owner, now, step, (event_type, data)), _ in group]
         else:  # (run_id, owner, now, status, output, error, (event_type, data))
             single = super().finish_run
             keys = [(item[0],) for item, _ in group]
-            rows = [(run_id, owner, status, output, error, now, event_type, _dumps_lenient(data))
+            rows = [(run_id, owner, status, output, error, now, event_type, _dumps_for_display(data))
                     for (run_id, owner, now, status, output, error, (event_type, data)), _
                     in group]
         one_by_one = len(group) == 1 or len(set(keys)) < len(keys)  # a key twice: apart
@@ -3525,7 +3525,7 @@ class _PostgresStore(_ServerStore):
 
     def _notified(self, _conn=None, _pid=None, _channel=None, run_id: str = "") -> None:
         if run_id:
-            _signal_came(self.key, run_id)
+            _wake_signal_waiters(self.key, run_id)
         for wake in list(self._wakers):
             wake()
 
@@ -4845,8 +4845,8 @@ class _Execution:
         if record is not None:
             wait.row = record
         elif future is not None:  # ctx.sleep: the timer is set as a step of its own
-            wait.row = self.row(step, name, "timer", "waiting", output=_json(when),
-                                deadline=when, input=_json({"until": when}))
+            wait.row = self.row(step, name, "timer", "waiting", output=_encode(when),
+                                deadline=when, input=_encode({"until": when}))
             self.writes.append((wait.row, ("timer_set", {
                 "step": step, "wake_at": when, "at": _dt(when).isoformat()}), ()))
         self.waits[step] = wait
@@ -4900,8 +4900,8 @@ class _Execution:
         else:
             deadline = (None if timeout is None
                         else max(self.loop.time(), self.base) + timeout)
-            row = self.row(step, name, kind, "waiting", deadline=deadline, output=_json(deadline),
-                           input=_json({"timeout": timeout, "deadline": deadline}))
+            row = self.row(step, name, kind, "waiting", deadline=deadline, output=_encode(deadline),
+                           input=_encode({"timeout": timeout, "deadline": deadline}))
             extra = ((self.store.sql("UPDATE {p}runs SET approval_required = COALESCE("
                                      "approval_required, ?) WHERE run_id = ?"),
                       (name, self.run_id)),) if kind == "approval" else ()
@@ -4992,19 +4992,19 @@ class _Execution:
                                              "run_id = ? AND consumed_step = ?"),
                               (self.run_id, step)),)))
 
-    async def record(self, row: dict, event: Optional[tuple], fence: str = "running",
+    async def record(self, row: dict, event: Optional[tuple], in_status: str = "running",
                      extra: tuple = ()) -> None:
         """Record a step, fenced by this execution's owner token and the run's status
-        (``fence``: running, or compensating for a compensation: once a run compensates,
+        (``in_status``: running, or compensating for a compensation: once a run compensates,
         what is left of its forward execution can record nothing)."""
-        await self.write([(row, event)], fence, extra)
+        await self.write([(row, event)], in_status, extra)
 
-    async def write(self, items: list, fence: str = "running", extra: tuple = ()) -> None:
+    async def write(self, items: list, in_status: str = "running", extra: tuple = ()) -> None:
         """Record steps in one transaction, with the patch markers not recorded yet: a
         marker matters only to a replay that finds steps recorded after it, so it goes
         with the next write, and every later write waits until it is in."""
         if self.flushing is None and not self.markers:
-            return await self.write_now(items, fence, extra)
+            return await self.write_now(items, in_status, extra)
         while self.flushing is not None and not self.flushing.done():
             await asyncio.wait({self.flushing})
         markers, self.markers = self.markers, []
@@ -5012,13 +5012,13 @@ class _Execution:
             self.flushing = self.real.create_future()
             items = markers + items
         try:
-            await self.write_now(items, fence, extra)
+            await self.write_now(items, in_status, extra)
         finally:
             if markers:
                 self.flushing.set_result(None)
                 self.flushing = None
 
-    async def write_now(self, items: list, fence: str, extra: tuple) -> None:
+    async def write_now(self, items: list, in_status: str, extra: tuple) -> None:
         now = self.engine.clock()
         for row, _ in items:
             if row["completed_at"] is None and row["status"] not in ("waiting", "registered"):
@@ -5032,7 +5032,7 @@ class _Execution:
                     self.fatal = self.fatal or error
                     raise
         try:
-            ours = await self.store.record_steps(self.run_id, self.owner, now, items, fence,
+            ours = await self.store.record_steps(self.run_id, self.owner, now, items, in_status,
                                                  list(extra))
         except Exception as exc:
             if self.store.transient(exc):  # the database's trouble, not the workflow's
@@ -5111,8 +5111,8 @@ class _Execution:
         exception or None). A workflow's step gets the next seq; a compensation none."""
         engine, policy = self.engine, definition.retry_policy
         started = engine.clock()
-        arguments = _dumps_lenient({"args": args, "kwargs": kwargs})
-        fence = "compensating" if kind == "compensation" else "running"
+        arguments = _dumps_for_display({"args": args, "kwargs": kwargs})
+        in_status = "compensating" if kind == "compensation" else "running"
         while True:
             if attempts and self.owner in engine.draining:
                 raise _Released(self.run_id)  # between attempts: the failures are recorded
@@ -5120,7 +5120,7 @@ class _Execution:
             row = self.row(step, definition.name, kind, "", input=arguments,
                            attempts=attempts, started_at=started)
             token = _CURRENT_ACTIVITY.set((self.run, step, definition.name, attempts))
-            _WORK.count += 1  # in flight until it returns or its timeout abandons it
+            _IN_FLIGHT.count += 1  # in flight until it returns or its timeout abandons it
             error: Optional[BaseException] = None
             given_up = False
             try:
@@ -5135,7 +5135,7 @@ class _Execution:
                             f"activity {definition.name!r} (step {step} of run "
                             f"{self.run_id}) timed out after {definition.timeout} s"))
                 try:
-                    output = _json(result, _ENCODE_STRICT)
+                    output = _encode(result, _ENCODE_STRICT)
                 except (TypeError, ValueError, RecursionError):  # say which
                     output = _dumps(result, f"the result of activity {definition.name!r} "
                                             f"(step {step} of run {self.run_id})")
@@ -5151,29 +5151,29 @@ class _Execution:
             except BaseException as exc:  # SystemExit (argparse, say), GeneratorExit...
                 error = exc
             finally:
-                _WORK.count -= 1
+                _IN_FLIGHT.count -= 1
                 _CURRENT_ACTIVITY.reset(token)
             if given_up:
-                row.update(status="cancelled", error=_dumps_lenient(_error_record(error)))
+                row.update(status="cancelled", error=_dumps_for_display(_error_record(error)))
                 return await self.final(row, ("step_cancelled", {
-                    "step": step, "name": definition.name, "kind": kind}), fence), None
+                    "step": step, "name": definition.name, "kind": kind}), in_status), None
             if error is None:
                 row.update(status="completed", output=output)
                 return await self.final(row, ("step_completed", {
                     "step": step, "name": definition.name, "attempts": attempts,
-                    "duration_ms": round((engine.clock() - started) * 1000, 3)}), fence), None
+                    "duration_ms": round((engine.clock() - started) * 1000, 3)}), in_status), None
             retry = attempts <= policy.max_retries and not isinstance(error, SerializationError)
             delay = policy.calculate_delay(attempts - 1) if retry else None
             row.update(status="retrying" if retry else "failed",
-                       error=_dumps_lenient(_error_record(error)))
+                       error=_dumps_for_display(_error_record(error)))
             event = ("step_failed", {"step": step, "name": definition.name,
                                      "attempt": attempts, "error": _error_text(error),
                                      "retry_in": delay})
             if not retry:
                 if not isinstance(error, Exception):  # the workflow gets an Exception
                     error = _rebuild_error(_error_record(error), self.run_id, step)
-                return await self.final(row, event, fence), error
-            await self.record(row, event, fence)
+                return await self.final(row, event, in_status), error
+            await self.record(row, event, in_status)
             _log.info("run %s step %d (%s) attempt %d failed, retrying in %.2fs: %s",
                       self.run_id, step, definition.name, attempts, delay, _error_text(error))
             try:
@@ -5183,19 +5183,19 @@ class _Execution:
                     raise
                 row.update(status="cancelled")
                 return await self.final(row, ("step_cancelled", {
-                    "step": step, "name": definition.name, "kind": kind}), fence), None
+                    "step": step, "name": definition.name, "kind": kind}), in_status), None
 
-    async def final(self, row: dict, event: tuple, fence: str) -> dict:
+    async def final(self, row: dict, event: tuple, in_status: str) -> dict:
         """Record an activity's outcome, whole even if the workflow gives the step up
         meanwhile (with the next seq for a workflow's step)."""
-        if fence == "running":
+        if in_status == "running":
             row["seq"] = self.allocate()
         self.finishing.add(row["step"])  # not cancelled now: see abandon and halt
         try:
             if self.flushing is None and not self.markers:  # the common case: see write
-                await self.write_now([(row, event)], fence, ())
+                await self.write_now([(row, event)], in_status, ())
             else:
-                await self.write([(row, event)], fence)
+                await self.write([(row, event)], in_status)
         except BaseException:
             self.unsettled.discard(row["seq"])
             raise
@@ -5341,7 +5341,7 @@ class _Execution:
                     raise _StoreFailed(self.run_id, exc) from exc
                 child = _new_run(name, input_text, workflow_id, options,
                                  self.engine.clock(), parent_run_id=self.run_id)
-                row["output"] = _json({"run_id": child["run_id"]})
+                row["output"] = _encode({"run_id": child["run_id"]})
                 items.append((row, ("child_started", {
                     "step": row["step"], "workflow_name": name,
                     "child_run_id": child["run_id"]})))
@@ -5361,7 +5361,7 @@ class _Execution:
             resolutions.append((future, self.child_handle(row["step"], row)))
             self.unchecked.discard(row["step"])  # just started: its end notifies
         if children:
-            _wake_local(self.store.key)  # this process's workers take them at once
+            _wake_local_workers(self.store.key)  # this process's workers take them at once
         if items:
             self.engine.changed(self.run_id)  # get_event, start_workflow(wait=True)
         for future, value in resolutions:
@@ -5382,7 +5382,7 @@ class _Execution:
         if wait.kind == "timer":
             self.timers.pop(id(wait.target), None)
             row = wait.row or self.row(step, wait.name, "timer", "waiting",
-                                       deadline=wait.deadline, output=_json(wait.deadline))
+                                       deadline=wait.deadline, output=_encode(wait.deadline))
             row = {**row, "status": "completed", "completed_at": None,
                    "run_attempt": self.attempt}
             return await self.record_outcome(step, row, ("timer_fired", {
@@ -5391,7 +5391,7 @@ class _Execution:
         error = TimeoutError(f"no {what} {wait.name!r} came within "
                              f"{_loads(wait.row['input'])['timeout']} s (step {step} of "
                              f"run {self.run_id})")
-        row = {**wait.row, "status": "failed", "error": _dumps_lenient(_error_record(error)),
+        row = {**wait.row, "status": "failed", "error": _dumps_for_display(_error_record(error)),
                "completed_at": None, "run_attempt": self.attempt}
         key = "name" if wait.kind == "signal" else "key"
         event = (f"{wait.kind}_timed_out", {"step": step, key: wait.name,
@@ -5488,7 +5488,7 @@ class _Execution:
         child_id, step = wait.child_id, wait.step
         row = {**wait.row, "run_attempt": self.attempt, "completed_at": None}
         if child is not None and child["status"] == "completed":
-            row.update(status="completed", output=_json(
+            row.update(status="completed", output=_encode(
                 {"run_id": child_id, "result": _loads(child["output_data"])["result"]}))
             return await self.record_outcome(step, row, ("child_completed", {
                 "step": step, "child_run_id": child_id}))
@@ -5498,7 +5498,7 @@ class _Execution:
             f"child run {child_id} of workflow {wait.name!r} "
             + {"cancelled": "was cancelled", "deleted": "no longer exists"}.get(status, status)
             + (f": {error}" if error else ""), run_id=child_id, status=status, error=error)
-        row.update(status="failed", error=_dumps_lenient({
+        row.update(status="failed", error=_dumps_for_display({
             **_error_record(failure), "run_id": child_id, "status": status, "error": error}))
         await self.record_outcome(step, row, ("child_failed", {
             "step": step, "child_run_id": child_id, "status": status}), failure)
@@ -5529,8 +5529,8 @@ class _Execution:
         unrecorded = [w for w in self.waits.values() if w.kind == "timer" and w.row is None]
         for wait in unrecorded:
             wait.row = self.row(wait.step, wait.name, "timer", "waiting",
-                                output=_json(wait.deadline), deadline=wait.deadline,
-                                input=_json({"until": wait.deadline}))
+                                output=_encode(wait.deadline), deadline=wait.deadline,
+                                input=_encode({"until": wait.deadline}))
         if unrecorded:
             await self.write([(w.row, ("timer_set", {
                 "step": w.step, "wake_at": w.deadline, "at": _dt(w.deadline).isoformat()}))
@@ -5813,7 +5813,7 @@ class _Engine:
                 break
             last = batch[-1]
         if started:
-            _wake_local(self.store.key)
+            _wake_local_workers(self.store.key)
 
     async def _fire(self, schedule: dict, now: float) -> bool:
         timing, first_due = _timing(schedule), schedule["next_due_at"]
@@ -5978,9 +5978,9 @@ class _Engine:
                       status)
             return
         if parent is not None:
-            _signal_came(self.store.key, parent)  # its wait in memory here goes on
+            _wake_signal_waiters(self.store.key, parent)  # its wait in memory here goes on
             self.changed(parent)
-            _wake_local(self.store.key)
+            _wake_local_workers(self.store.key)
 
     async def _continue(self, run: dict, definition: _WorkflowDef, input_text: str) -> None:
         successor = _new_run(run["workflow_name"], input_text, run["workflow_id"],
@@ -5994,7 +5994,7 @@ class _Engine:
             _log.info("run %s is no longer ours; not continued", run["run_id"])
             return
         _log.info("run %s continued as new run %s", run["run_id"], new_id)
-        _wake_local(self.store.key)
+        _wake_local_workers(self.store.key)
 
     async def _failed(self, run: dict, definition: _WorkflowDef, execution: _Execution,
                       error: BaseException) -> None:
@@ -6044,10 +6044,10 @@ class _Engine:
                                         "worker to run the compensation", run_id=run["run_id"],
                                         step=step)
                 await execution.record({**record, "status": "failed", "completed_at": None,
-                                        "error": _dumps_lenient(_error_record(missing))},
+                                        "error": _dumps_for_display(_error_record(missing))},
                                        ("step_failed", {"step": step, "name": name,
                                                         "error": str(missing)}),
-                                       fence="compensating")
+                                       in_status="compensating")
                 failures.append(f"{name} (step {step}): {missing}")
                 continue
             _, exc = await execution.run_activity(step, definition, tuple(call["args"]),
@@ -6221,7 +6221,7 @@ class TinyWorkflowClient:
     async def __aexit__(self, *exc_info) -> None:
         await self.close()
 
-    async def _ready(self) -> _Engine:
+    async def _engine_ready(self) -> _Engine:
         if self._engine is None:
             await self.initialize()
         return self._engine
@@ -6270,7 +6270,7 @@ class TinyWorkflowClient:
                                  "does not combine with wait=True, idempotency_key or run_id")
         definition = _WORKFLOWS.get(workflow_name) if isinstance(workflow_name, str) else None
         input_text = _dumps(input_data, f"the input of workflow {workflow_name!r}")
-        engine = await self._ready()
+        engine = await self._engine_ready()
         self._store.fits(f"the input of workflow {workflow_name!r}", input_text)
         options = await _workflow_options(self._store, workflow_name)
         if columns:
@@ -6442,7 +6442,7 @@ class TinyWorkflowClient:
 
     async def get_workflow_status(self, run_id: str) -> Optional[WorkflowExecution]:
         """The run with this id, or None if there is none."""
-        row = await (await self._ready()).store.get_run(run_id)
+        row = await (await self._engine_ready()).store.get_run(run_id)
         return None if row is None else _execution(row)
 
     async def list_workflow_executions(self, status: Any = None,
@@ -6456,7 +6456,7 @@ class TinyWorkflowClient:
         for label, value in (("limit", limit), ("offset", offset)):
             _check_count(label, value)
         filters = _run_filters(status, workflow_name, run_id_prefix, parent_run_id)
-        rows = await (await self._ready()).store.list_runs(filters, limit, offset)
+        rows = await (await self._engine_ready()).store.list_runs(filters, limit, offset)
         return [_execution(row) for row in rows]
 
     async def count_workflow_executions(self, status: Any = None,
@@ -6466,7 +6466,7 @@ class TinyWorkflowClient:
         """How many runs ``list_workflow_executions`` with these filters would list without
         its limit (the total a page of runs is part of)."""
         filters = _run_filters(status, workflow_name, run_id_prefix, parent_run_id)
-        return await (await self._ready()).store.count_runs(filters)
+        return await (await self._engine_ready()).store.count_runs(filters)
 
     async def get_statistics(self, minutes: int = 60) -> dict:
         """For a dashboard: ``{"by_status": {status: runs}, "total": runs,
@@ -6474,7 +6474,7 @@ class TinyWorkflowClient:
         oldest first]}`` (every status is listed, 0 included)."""
         if not _real(minutes, whole=True) or not 1 <= minutes <= 1440:
             raise ValueError(f"minutes must be a whole number from 1 to 1440, got {minutes!r}")
-        engine = await self._ready()
+        engine = await self._engine_ready()
         counts = await self._store.status_counts()
         start = (math.floor(engine.clock() / 60) + 1 - minutes) * 60  # whole minutes
         return {"by_status": {s.value: counts.get(s.value, 0) for s in WorkflowStatus},
@@ -6484,13 +6484,13 @@ class TinyWorkflowClient:
     async def get_workflow_events(self, run_id: str, limit: int = 100) -> list[WorkflowEvent]:
         """The run's audit trail, oldest first (empty for an unknown run id)."""
         _check_count("limit", limit)
-        rows = await (await self._ready()).store.events(run_id, limit)
+        rows = await (await self._engine_ready()).store.events(run_id, limit)
         return [WorkflowEvent(id=i, run_id=r, event_type=t, event_data=_loads(d), timestamp=_dt(ts))
                 for i, r, t, d, ts in rows]
 
     async def get_workflow_steps(self, run_id: str) -> list[StepRecord]:
         """The run's recorded steps in step order, with attempts and times."""
-        history = await (await self._ready()).store.load_steps(run_id)
+        history = await (await self._engine_ready()).store.load_steps(run_id)
         return [StepRecord(run_id=s["run_id"], step=s["step"], name=s["name"], kind=s["kind"],
                            status=s["status"], input=_loads(s["input"]),
                            output=_loads(s["output"]), error=_loads(s["error"]),
@@ -6506,7 +6506,7 @@ class TinyWorkflowClient:
         nothing is stored then."""
         _check_name("a signal name", name)
         data = _dumps(payload, f"the payload of signal {name!r}")
-        engine = await self._ready()
+        engine = await self._engine_ready()
         self._store.fits(f"the payload of signal {name!r}", data)
         while not await self._store.send_signal(run_id, name, data, engine.clock()):
             row = await self._current(run_id)
@@ -6515,7 +6515,7 @@ class TinyWorkflowClient:
                 continue
             raise RunStateError(f"run {run_id} is {row['status']}: it takes no more signals",
                                 run_id=run_id, status=row["status"])
-        _signal_came(self._store.key, run_id)  # a wait in memory here takes it at once
+        _wake_signal_waiters(self._store.key, run_id)  # a wait in memory here takes it at once
         engine.changed(run_id)  # a start_workflow(wait=True) here claims it again
         self._wake_workers()
 
@@ -6531,7 +6531,7 @@ class TinyWorkflowClient:
     async def get_pending_approvals(self) -> list[WorkflowExecution]:
         """The runs waiting for an approval (``paused``; the key they wait for is
         ``approval_required``), longest waiting first."""
-        return [_execution(row) for row in await (await self._ready()).store.pending_approvals()]
+        return [_execution(row) for row in await (await self._engine_ready()).store.pending_approvals()]
 
     async def approve_workflow(self, run_id: str, key: Optional[str] = None) -> bool:
         """Approve the run's pending approval: its ``ctx.wait_for_approval`` returns
@@ -6552,13 +6552,13 @@ class TinyWorkflowClient:
     async def _decide(self, run_id: str, approved: bool, key: Optional[str]) -> bool:
         if key is not None:
             _check_name("an approval key", key)
-        engine = await self._ready()
+        engine = await self._engine_ready()
         row = await self._current(run_id)
         run_id = row["run_id"]
         deciding = key or row["approval_required"]
         if deciding is not None and await self._store.decide_approval(
                 run_id, deciding, approved, engine.clock()):
-            _signal_came(self._store.key, run_id)  # an execution here takes it at once
+            _wake_signal_waiters(self._store.key, run_id)  # an execution here takes it at once
             engine.changed(run_id)  # a start_workflow(wait=True) here claims it again
             self._wake_workers()
             return True
@@ -6582,7 +6582,7 @@ class TinyWorkflowClient:
         and it ends ``compensated``; cancelling it again stops that. RunStateError if
         the run had already finished (nothing changes), RunNotFoundError if unknown. A
         run that continued as new: its chain's current run is cancelled."""
-        engine = await self._ready()
+        engine = await self._engine_ready()
         while True:
             stopped, parent = await self._store.cancel_run(run_id, engine.clock())
             if stopped:
@@ -6597,7 +6597,7 @@ class TinyWorkflowClient:
         for stopped_id in stopped:
             engine.cancel_local(stopped_id)
         if parent is not None:  # a child cancelled alone: its parent learns of it
-            _signal_came(self._store.key, parent)
+            _wake_signal_waiters(self._store.key, parent)
             engine.changed(parent)
         self._wake_workers()  # runs to compensate, a parent due
         return True
@@ -6657,7 +6657,7 @@ class TinyWorkflowClient:
         woken at once by changes this process makes to the run, else polled, more
         slowly as time goes on. ``timeout``: the machine's seconds from ``started``
         (``time.monotonic()``, default now)."""
-        engine = await self._ready()
+        engine = await self._engine_ready()
         poll = 0.02
         deadline = None if timeout is None else (started or time.monotonic()) + timeout
         with engine.watching(run_id) as changed:
@@ -6687,7 +6687,7 @@ class TinyWorkflowClient:
         ``compensated``. Child runs it awaits that were cancelled with it are resumed
         too. A worker executes it; returns the run id. RunStateError if the run is not
         failed or cancelled (nothing changes)."""
-        engine = await self._ready()
+        engine = await self._engine_ready()
         await engine.settled(run_id)  # a cancelled execution here: let it stop first
         row = await self._store.get_run(run_id)
         if row is None:
@@ -6711,7 +6711,7 @@ class TinyWorkflowClient:
         results of the steps numbered below ``from_step`` and executes from there
         (after fixing a bug in step ``from_step``, say). Returns the new run's id."""
         _check_count("from_step", from_step, 1)
-        engine = await self._ready()
+        engine = await self._engine_ready()
         source = await self._store.get_run(run_id)
         if source is None:
             raise RunNotFoundError(f"no run with id {run_id!r}")
@@ -6764,7 +6764,7 @@ class TinyWorkflowClient:
             "workflow_id": workflow_id or workflow_name,
             "input_data": _dumps(input_data, f"the input of workflow {workflow_name!r}"),
             **timing, "catch_up": _catch_up(catch_up)}
-        engine = await self._ready()
+        engine = await self._engine_ready()
         await _workflow_options(self._store, workflow_name)
         now = engine.clock()
         schedule.update(anchor_at=now, paused=0, last_due_at=None, last_run_id=None,
@@ -6810,7 +6810,7 @@ class TinyWorkflowClient:
                 raise ValueError(f"delay_seconds must be a number >= 0 or a timedelta, "
                                  f"got {delay_seconds!r}")
         input_text = _dumps(input_data, f"the input of workflow {workflow_name!r}")
-        engine = await self._ready()
+        engine = await self._engine_ready()
         self._store.fits(f"the input of workflow {workflow_name!r}", input_text)
         options = await _workflow_options(self._store, workflow_name)
         now = engine.clock()
@@ -6827,13 +6827,13 @@ class TinyWorkflowClient:
 
     async def list_schedules(self) -> list[ScheduleInfo]:
         """Every schedule, oldest first, with its next due time."""
-        await self._ready()
+        await self._engine_ready()
         return [_schedule_info(row) for row in await self._store.list_schedules()]
 
     async def get_schedule(self, schedule_id: str) -> Optional[ScheduleInfo]:
         """The schedule, or None if there is none with this id."""
         _check_name("schedule_id", schedule_id)
-        await self._ready()
+        await self._engine_ready()
         row = await self._store.get_schedule(schedule_id)
         return None if row is None else _schedule_info(row)
 
@@ -6893,7 +6893,7 @@ class TinyWorkflowClient:
         """Delete the schedule; the runs it started stay. ScheduleNotFoundError if none
         has this id."""
         _check_name("schedule_id", schedule_id)
-        await self._ready()
+        await self._engine_ready()
         if not await self._store.delete_schedule(schedule_id):
             raise ScheduleNotFoundError(f"no schedule has the id {schedule_id!r}")
 
@@ -6902,7 +6902,7 @@ class TinyWorkflowClient:
         """Read the schedule, work out the change, write it if nobody wrote in between
         (a worker moving it on to its next time), else again from a fresh read."""
         _check_name("schedule_id", schedule_id)
-        engine = await self._ready()
+        engine = await self._engine_ready()
         while True:
             row = await self._store.get_schedule(schedule_id)
             if row is None:
@@ -6917,12 +6917,12 @@ class TinyWorkflowClient:
 
     def _wake_workers(self) -> None:
         """A run became due: wake this process's workers on this database."""
-        _wake_local(self._store.key)
+        _wake_local_workers(self._store.key)
 
     async def list_queues(self) -> list[QueueInfo]:
         """Every queue stored (declared, or used by name), by name: its limits and how
         many runs wait in it and hold a place in it now."""
-        engine = await self._ready()
+        engine = await self._engine_ready()
         for queue in list(_QUEUES.values()):  # declared after this client opened
             await self._use_queue(queue.name)
         return [_queue_info(row) for row in await self._store.list_queues(engine.clock())]
@@ -6931,7 +6931,7 @@ class TinyWorkflowClient:
         """One queue's limits and counts (as ``list_queues``); QueueNotFoundError if no
         queue of that name is declared or was used."""
         _check_name("queue", name)
-        engine = await self._ready()
+        engine = await self._engine_ready()
         if name in _QUEUES:
             await self._use_queue(name)
         rows = await self._store.list_queues(engine.clock(), name)
@@ -6942,7 +6942,7 @@ class TinyWorkflowClient:
 
     async def list_workers(self) -> list[WorkerInfo]:
         """The live workers sharing this database, with the workflows each serves."""
-        await self._ready()
+        await self._engine_ready()
         return [WorkerInfo(worker_id=w, host=h, pid=p, workflows=sorted(_loads(names)),
                            started_at=_dt(started), heartbeat_at=_dt(beat))
                 for w, h, p, names, started, beat in await self._store.live_workers(
@@ -6954,7 +6954,7 @@ class TinyWorkflowClient:
         schedule. Returns their run ids once each has finished or been rescheduled.
         Runs in a queue start as far as its limits allow now; the others wait for the
         next call or a worker."""
-        engine = await self._ready()
+        engine = await self._engine_ready()
         await engine.fire_schedules()
         runs: list = []
         try:
@@ -6973,13 +6973,13 @@ class TinyWorkflowClient:
         """Delete finished runs (with their steps and events) that finished more than
         ``days`` ago; returns how many runs were deleted."""
         _check_days("days", days)
-        engine = await self._ready()
+        engine = await self._engine_ready()
         return await self._store.delete_finished_before(engine.clock() - days * 86400)
 
     # -- worker
     async def start_worker(self) -> None:
         """Execute due runs in the background of this event loop until ``stop_worker``."""
-        engine = await self._ready()
+        engine = await self._engine_ready()
         if self._worker is not None and not self._worker.done():
             if not self._stopping.is_set():
                 return  # running already
