@@ -672,7 +672,7 @@ async def _cmd_server(client, args) -> int:
 async def _serve(client, args, page: bool) -> int:
     """The worker, and with ``page`` the web page beside it, until SIGTERM or Ctrl-C."""
     workflows = client.list_registered_workflows()
-    webui = tinyworkflow._companion("webui") if page else None
+    webui = _webui() if page else None
     token = (getattr(args, "token", None) or os.environ.get("TINYWORKFLOW_UI_TOKEN")) or None
     with _logging_to_stderr(args.verbose), _stop_signals(args.grace) as stopping:
         async with client:  # opened only now: a refused worker leaves no database behind
@@ -792,6 +792,11 @@ def _import_file(path: str) -> None:
     folder = os.path.dirname(path)
     if folder not in sys.path:
         sys.path.insert(0, folder)  # as for a script: its sibling modules import
+    _load(name, path)
+
+
+def _load(name: str, path: str):
+    """Execute the file at ``path`` as the module ``name`` (gone again if it fails)."""
     module_spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module
@@ -800,6 +805,21 @@ def _import_file(path: str) -> None:
     except BaseException:
         sys.modules.pop(name, None)
         raise
+    return module
+
+
+def _webui():
+    """The web page's module: webui.py beside this file (a checkout, or a project that
+    copied both in), else tinyworkflow_webui as pip installs it beside tinyworkflow_cli."""
+    name = "tinyworkflow_webui"  # the name tinyworkflow gives it too: one module
+    if name in sys.modules:
+        return sys.modules[name]
+    here = os.path.dirname(os.path.abspath(__file__))
+    for file in ("webui.py", f"{name}.py"):
+        if os.path.exists(os.path.join(here, file)):
+            return _load(name, os.path.join(here, file))
+    raise ImportError(f"webui.py is not beside {__file__}; copy it from the tinyworkflow "
+                      "sources too, or pip install tinyworkflow")
 
 
 # ---- parser and main --------------------------------------------------------------------

@@ -39,3 +39,39 @@ def test_companion_prefers_the_file_beside_the_library():
 
     cli = tinyworkflow._companion("cli")
     assert os.path.samefile(cli.__file__, os.path.join(ROOT, "cli.py"))
+
+
+@pytest.mark.parametrize("companion", ["cli.py", "webui.py"])
+def test_the_companions_use_only_the_public_api(companion):
+    import ast
+
+    import tinyworkflow
+
+    tree = ast.parse(open(os.path.join(ROOT, companion)).read())
+    used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name) and node.value.id == "tinyworkflow"}
+    used |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+             and node.module == "tinyworkflow" for alias in node.names}
+    assert used, "the scan found no use at all"
+    assert {name for name in used if not name.startswith("__")} <= set(tinyworkflow.__all__)
+
+
+def test_the_cli_loads_the_web_page_beside_it_checkout_and_installed(tmp_path):
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); import tinyworkflow; "
+              "cli = tinyworkflow._companion('cli'); page = cli._webui(); "
+              "assert page is tinyworkflow._companion('webui'); print(page.__file__)")
+    out = subprocess.run([sys.executable, "-c", script, ROOT], capture_output=True,
+                         text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert os.path.samefile(out.stdout.strip(), os.path.join(ROOT, "webui.py"))
+    # As pip installs them: tinyworkflow_cli.py and tinyworkflow_webui.py side by side.
+    site = tmp_path / "site"
+    site.mkdir()
+    for source, target in (("tinyworkflow.py", "tinyworkflow.py"),
+                           ("cli.py", "tinyworkflow_cli.py"),
+                           ("webui.py", "tinyworkflow_webui.py")):
+        (site / target).write_text(open(os.path.join(ROOT, source)).read())
+    out = subprocess.run([sys.executable, "-c", script, str(site)], capture_output=True,
+                         text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert os.path.samefile(out.stdout.strip(), site / "tinyworkflow_webui.py")
