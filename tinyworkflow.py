@@ -2609,6 +2609,12 @@ class _SQLiteStore(_Store):
         except ImportError:
             raise ImportError("tinyworkflow needs aiosqlite for SQLite: pip install aiosqlite") \
                 from None
+        # Calls run on aiosqlite's thread through Connection._execute, which is not public
+        # API: the versions that have it as used here are the ones pyproject.toml allows.
+        if not inspect.iscoroutinefunction(getattr(aiosqlite.Connection, "_execute", None)):
+            raise ImportError(f"tinyworkflow needs aiosqlite 0.17 to 0.22, found "
+                              f"{getattr(aiosqlite, '__version__', 'another version')}: "
+                              "pip install 'aiosqlite>=0.17,<0.23'")
         if self.path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves. timeout=0:
@@ -3294,7 +3300,7 @@ class _PostgresStore(_ServerStore):
         # taking in the error the server sent as it ended the session.
         asyncpg = self._asyncpg
         return (isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc)) \
-            or (isinstance(exc, asyncpg.exceptions._base.InternalClientError)
+            or (isinstance(exc, asyncpg.exceptions.InternalClientError)
                 and "cannot switch to state" in str(exc))
 
     def _full(self, exc: Optional[BaseException]) -> bool:
@@ -6183,6 +6189,14 @@ class TinyWorkflowClient:
         async with self._opening:  # concurrent first calls open one connection
             if self._engine is not None:
                 return
+            loop = asyncio.get_running_loop()
+            if not isinstance(loop, asyncio.BaseEventLoop):
+                # Workflow code runs on a loop of ours, stepped from inside asyncio's
+                # own; uvloop and other implementations are not tested, so not used.
+                raise TinyWorkflowError(
+                    f"tinyworkflow runs on asyncio's own event loop, not on "
+                    f"{type(loop).__module__}.{type(loop).__qualname__} (uvloop and other "
+                    "event loops are not supported): start the program with asyncio.run")
             try:
                 await self._store.connect()
                 await self._store.migrate()

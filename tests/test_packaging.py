@@ -75,3 +75,44 @@ def test_the_cli_loads_the_web_page_beside_it_checkout_and_installed(tmp_path):
                          text=True, timeout=60, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert os.path.samefile(out.stdout.strip(), site / "tinyworkflow_webui.py")
+
+
+def test_the_private_driver_apis_in_use_are_there():
+    """tinyworkflow uses aiosqlite's Connection._execute and ._conn, aiomysql's
+    Connection._reader (pyproject.toml pins the tested ranges) and asyncio's loop._ready:
+    fail loudly here, not in a run, if an upgrade changes them."""
+    import asyncio
+    import collections
+    import sqlite3
+
+    import aiosqlite
+
+    async def check():
+        conn = await aiosqlite.connect(":memory:")
+        try:
+            assert isinstance(conn._conn, sqlite3.Connection)
+            assert await conn._execute(lambda a, b: a + b, 40, 2) == 42  # on its thread
+        finally:
+            await conn.close()
+    asyncio.run(check())
+    # asyncio's run queue: an empty one lets a SQLite write commit at once, and
+    # TestClock.settle waits for it to empty (both fall back safely without it).
+    loop = asyncio.new_event_loop()
+    try:
+        assert isinstance(loop._ready, collections.deque)
+    finally:
+        loop.close()
+    import aiomysql.connection
+    assert "self._reader" in open(aiomysql.connection.__file__).read()
+
+
+def test_uvloop_is_refused_with_a_clear_error(tmp_path):
+    uvloop = pytest.importorskip("uvloop") if not os.environ.get("CI") else __import__("uvloop")
+    import tinyworkflow
+
+    async def main():
+        async with tinyworkflow.TinyWorkflowClient(f"sqlite:///{tmp_path}/t.db"):
+            pass
+    with pytest.raises(tinyworkflow.TinyWorkflowError, match="asyncio's own event loop.*uvloop"):
+        uvloop.run(main())
+    assert not (tmp_path / "t.db").exists()
