@@ -31,7 +31,7 @@ process; the store; SQLite; database servers: pool, transactions, base store;
 PostgreSQL; MySQL; registry and decorators; the workflow loop (each run's own
 deterministic event loop, which replays its steps' outcomes in their recorded
 order); workflow context; engine: one run, replayed; engine: claims, leases, the
-watchdog; client; command-line hand-off.
+watchdog; client; test hook; command-line hand-off.
 """
 
 from __future__ import annotations
@@ -7205,6 +7205,20 @@ def _companion(name: str) -> types.ModuleType:
         del sys.modules[module_name]
         raise
     return module
+
+
+# ---- test hook --------------------------------------------------------------------------
+
+
+# The one way the tests (tests/, bench/) reach inside: the registries, the parsers and
+# schedule arithmetic they check directly, and a client's store and engine. Not API:
+# it changes whenever the inside does.
+_internals = types.SimpleNamespace(
+    workflows=_WORKFLOWS, activities=_ACTIVITIES, migrations=_MIGRATIONS,
+    parse_url=_parse_url, redact=_redact, database_error=_database_error,
+    Cron=_Cron, Every=_Every, due_times=_due_times, new_run=_new_run,
+    SQLiteStore=_SQLiteStore, Pool=_Pool, companion=_companion,
+    store=lambda client: client._store, engine=lambda client: client._engine)
 
 
 # ---- command-line hand-off --------------------------------------------------------------

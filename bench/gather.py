@@ -96,7 +96,7 @@ def main() -> None:
         shutil.rmtree(folder, ignore_errors=True)
     print()
     print(f"tinyworkflow {tinyworkflow.__version__}, Python {sys.version.split()[0]}, "
-          f"{args.db and tinyworkflow._redact(args.db) or 'SQLite file'}, {args.runs} runs "
+          f"{args.db and tinyworkflow._internals.redact(args.db) or 'SQLite file'}, {args.runs} runs "
           f"x gather({args.width} activities + a timer)")
     print(f"runs/s: {statistics.median(rates):.1f} median of {args.trials} "
           f"(range {min(rates):.1f}-{max(rates):.1f})")

@@ -28,7 +28,7 @@ sys.path.insert(0, ROOT)
 
 import tinyworkflow  # noqa: E402
 
-webui = tinyworkflow._companion("webui")
+webui = tinyworkflow._internals.companion("webui")
 STATUSES = ["completed"] * 7 + ["failed", "cancelled", "running"]
 
 

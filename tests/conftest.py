@@ -16,6 +16,10 @@ A test that is about SQLite by nature (files, PRAGMAs, its locks, group commit) 
 command-line test that never opens the database) narrows it with
 ``@dbutil.sqlite_only``, which overrides the ``backend`` fixture by direct parametrisation;
 ``@dbutil.servers_only`` likewise keeps PostgreSQL and MySQL only.
+
+Tests use the public API. Where one must reach inside (a registry, the URL parser, the
+cron arithmetic, a client's store or engine), it goes through the one test hook,
+``tinyworkflow._internals``, and nowhere else.
 """
 
 import os
@@ -37,7 +41,7 @@ def _test_local_registrations():
     only: the same ``def`` run again (the test's next backend) makes another function,
     which tinyworkflow refuses as a duplicate of the first while it is registered."""
     import tinyworkflow
-    registries = (tinyworkflow._WORKFLOWS, tinyworkflow._ACTIVITIES)
+    registries = (tinyworkflow._internals.workflows, tinyworkflow._internals.activities)
     saved = [dict(registry) for registry in registries]
     yield
     for registry, before in zip(registries, saved):

@@ -27,7 +27,7 @@ from dbutil import sqlite_only
 ROOT = Path(tinyworkflow.__file__).resolve().parent
 
 # This checkout's cli.py, by path: `pip install -e .` puts a *copy* of it in site-packages
-# as tinyworkflow_cli, which tinyworkflow._companion("cli") would prefer, stale or not.
+# as tinyworkflow_cli, which tinyworkflow._internals.companion("cli") would prefer, stale or not.
 _spec = importlib.util.spec_from_file_location("tinyworkflow_cli", ROOT / "cli.py")
 cli = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cli)

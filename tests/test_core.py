@@ -87,15 +87,15 @@ def test_default_url_and_env(monkeypatch):
 
 async def test_durable_sqlite_settings(sqlite_url, tmp_path):
     async with TinyWorkflowClient(sqlite_url) as c:
-        assert await c._store.fetch("PRAGMA journal_mode") == [("wal",)]
-        assert await c._store.fetch("PRAGMA synchronous") == [(2,)]  # FULL
+        assert await tinyworkflow._internals.store(c).fetch("PRAGMA journal_mode") == [("wal",)]
+        assert await tinyworkflow._internals.store(c).fetch("PRAGMA synchronous") == [(2,)]  # FULL
         # SQLite's busy handler is off: locks are waited for on aiosqlite's thread,
         # up to the store's timeout, never on the event loop.
-        assert await c._store.fetch("PRAGMA busy_timeout") == [(0,)]
-        assert c._store.timeout == 15
+        assert await tinyworkflow._internals.store(c).fetch("PRAGMA busy_timeout") == [(0,)]
+        assert tinyworkflow._internals.store(c).timeout == 15
     async with TinyWorkflowClient(f"sqlite:///{tmp_path}/fast.db?synchronous=normal&timeout=2") as c:
-        assert await c._store.fetch("PRAGMA synchronous") == [(1,)]
-        assert c._store.timeout == 2
+        assert await tinyworkflow._internals.store(c).fetch("PRAGMA synchronous") == [(1,)]
+        assert tinyworkflow._internals.store(c).timeout == 2
 
 
 async def test_schema_tables_and_version(db_url):
@@ -106,7 +106,7 @@ async def test_schema_tables_and_version(db_url):
         "tinyworkflow_workers", "tinyworkflow_signals", "tinyworkflow_schedules",
         "tinyworkflow_queues"}
     assert await dbutil.schema_version(db_url) == [
-        ("schema_version", str(len(tinyworkflow._MIGRATIONS)))]
+        ("schema_version", str(len(tinyworkflow._internals.migrations)))]
 
 
 async def test_table_prefix(db_url):
@@ -677,12 +677,12 @@ async def test_unserialisable_results_fail_the_run(client):
                                  "sqlite:///x.db?synchronous=maybe"])
 def test_invalid_database_url(url):
     with pytest.raises(ValueError) as err:
-        TinyWorkflowClient(url or None) if url else tinyworkflow._parse_url(url)
+        TinyWorkflowClient(url or None) if url else tinyworkflow._internals.parse_url(url)
     assert "sqlite" in str(err.value).lower()
 
 
 def test_accepted_urls():
-    parse = tinyworkflow._parse_url
+    parse = tinyworkflow._internals.parse_url
     assert parse("sqlite+aiosqlite:///data/app.db") == ("sqlite", "data/app.db", {})
     assert parse("sqlite:////var/app.db") == ("sqlite", "/var/app.db", {})
     assert parse(":memory:")[1] == parse("sqlite://")[1] == ":memory:"
@@ -705,7 +705,7 @@ def test_sync_workflow_is_rejected_at_decoration():
         @workflow(name="sync_wf")
         def sync_wf(ctx):
             return 1
-    assert "sync_wf" not in tinyworkflow._WORKFLOWS
+    assert "sync_wf" not in tinyworkflow._internals.workflows
 
 
 def test_bad_decorator_options():
@@ -742,8 +742,8 @@ def test_bare_decorators_and_defaults():
         return 1
 
     assert bare_act() == 1  # still a plain function
-    assert tinyworkflow._ACTIVITIES["bare_act"].retry_policy == RetryPolicy()
-    assert tinyworkflow._WORKFLOWS["bare_wf"].retry_policy.max_retries == 3
+    assert tinyworkflow._internals.activities["bare_act"].retry_policy == RetryPolicy()
+    assert tinyworkflow._internals.workflows["bare_wf"].retry_policy.max_retries == 3
     assert json.loads(json.dumps(RetryPolicy().__dict__))["jitter_factor"] == 0.1
 
 

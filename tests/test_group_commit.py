@@ -26,7 +26,7 @@ async def _settle(*tasks):
 async def test_a_failed_group_does_not_strand_later_writes():
     """A group that fails on the thread gets its error; writes queued meanwhile and
     later ones still commit."""
-    store = tinyworkflow._SQLiteStore(":memory:", {}, "rv2_")  # no WAL: groups on the thread
+    store = tinyworkflow._internals.SQLiteStore(":memory:", {}, "rv2_")  # no WAL: groups on the thread
     await store.connect()
     try:
         await store.migrate()
@@ -73,7 +73,7 @@ async def test_a_lock_held_past_the_timeout_fails_only_that_write(tmp_path):
 
 async def test_a_write_after_close_fails_at_once(tmp_path):
     """A write after close() fails at once with a clear error instead of hanging."""
-    store = tinyworkflow._SQLiteStore(str(tmp_path / "tw.db"), {}, "rv2_")
+    store = tinyworkflow._internals.SQLiteStore(str(tmp_path / "tw.db"), {}, "rv2_")
     await store.connect()
     await store.migrate()
     await store.close()

@@ -232,8 +232,9 @@ def make_activity(name: str, value: int):
 def test_a_factory_cannot_register_one_name_twice(factory):
     """Same name, same qualified name (``make_workflow.<locals>.made``), another function:
     refused like any duplicate; the first stays registered."""
-    from tinyworkflow import _ACTIVITIES, _WORKFLOWS
-    registry = _WORKFLOWS if factory is make_workflow else _ACTIVITIES
+    from tinyworkflow import _internals
+    registry = (_internals.workflows if factory is make_workflow
+                else _internals.activities)
     name = f"hard_factory_{factory.__name__}"
     first = factory(name, 1)
     with pytest.raises(ValueError, match="already registered"):
@@ -247,7 +248,7 @@ def test_a_module_imported_again_registers_its_workflows_again():
     """A reload (or a second import) runs the same definitions again: new code objects
     of the same functions, accepted, the new ones registered."""
     import types
-    from tinyworkflow import _WORKFLOWS
+    from tinyworkflow import _internals
     source = ("from tinyworkflow import workflow\n"
               "@workflow(name='hard_reloaded')\n"
               "async def reloaded(ctx):\n"
@@ -255,7 +256,7 @@ def test_a_module_imported_again_registers_its_workflows_again():
     for _ in range(2):
         module = types.ModuleType("hard_reload_module")
         exec(compile(source, "hard_reload_module.py", "exec"), module.__dict__)
-        assert _WORKFLOWS["hard_reloaded"].fn is module.reloaded
+        assert _internals.workflows["hard_reloaded"].fn is module.reloaded
 
 
 # ---- 1, 2. retention keeps what live runs depend on; it refuses nonsense; a policy ---------
@@ -452,9 +453,9 @@ def test_the_driver_errors_are_classified_by_name_and_code():
     except ImportError:
         pass
     for exc, kind in cases:
-        assert type(tw._database_error(exc)) is kind, exc
-    assert tw._database_error(ValueError("ours")) is None
-    assert tw._database_error(TimeoutError("ours")) is None
+        assert type(tw._internals.database_error(exc)) is kind, exc
+    assert tw._internals.database_error(ValueError("ours")) is None
+    assert tw._internals.database_error(TimeoutError("ours")) is None
 
 
 def test_every_error_survives_pickle():
@@ -557,7 +558,7 @@ def test_a_module_of_decorated_activities_imported_again_registers_again():
     from a second function."""
     import functools
     import types
-    from tinyworkflow import _ACTIVITIES
+    from tinyworkflow import _internals
 
     def timed(fn):
         @functools.wraps(fn)
@@ -574,4 +575,4 @@ def test_a_module_of_decorated_activities_imported_again_registers_again():
         module = types.ModuleType("hard_reload_wrapped")
         module.timed = timed
         exec(compile(source, "hard_reload_wrapped.py", "exec"), module.__dict__)
-        assert _ACTIVITIES["hard_reloaded_wrapped"].fn is module.fetch
+        assert _internals.activities["hard_reloaded_wrapped"].fn is module.fetch

@@ -37,7 +37,7 @@ def test_python_dash_m_hands_off_to_the_cli():
 def test_companion_prefers_the_file_beside_the_library():
     import tinyworkflow
 
-    cli = tinyworkflow._companion("cli")
+    cli = tinyworkflow._internals.companion("cli")
     assert os.path.samefile(cli.__file__, os.path.join(ROOT, "cli.py"))
 
 
@@ -58,8 +58,8 @@ def test_the_companions_use_only_the_public_api(companion):
 
 def test_the_cli_loads_the_web_page_beside_it_checkout_and_installed(tmp_path):
     script = ("import sys; sys.path.insert(0, sys.argv[1]); import tinyworkflow; "
-              "cli = tinyworkflow._companion('cli'); page = cli._webui(); "
-              "assert page is tinyworkflow._companion('webui'); print(page.__file__)")
+              "cli = tinyworkflow._internals.companion('cli'); page = cli._webui(); "
+              "assert page is tinyworkflow._internals.companion('webui'); print(page.__file__)")
     out = subprocess.run([sys.executable, "-c", script, ROOT], capture_output=True,
                          text=True, timeout=60, cwd=tmp_path)
     assert out.returncode == 0, out.stderr

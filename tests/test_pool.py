@@ -315,7 +315,7 @@ async def test_overflow_connections_are_closed_once_the_load_has_passed(backend,
     _Pool._OVERFLOW_IDLE (10 s, shortened here to 0.2 s): after the burst (5 connections
     with pool_size=2, max_overflow=3), a quiet period without any call brings the
     client's connections on the server back to pool_size, and the client keeps working."""
-    monkeypatch.setattr(tinyworkflow._Pool, "_OVERFLOW_IDLE", 0.2)
+    monkeypatch.setattr(tinyworkflow._internals.Pool, "_OVERFLOW_IDLE", 0.2)
     url, tag = tagged(backend, db_url, "pool_size=2&max_overflow=3")
     async with Server(backend, db_url, tag=tag) as server, TinyWorkflowClient(url) as client:
         run_id = await client.start_workflow("pool_naps", {"tag": "x", "naps": [0]}, wait=True)
@@ -414,7 +414,7 @@ async def test_pool_timeout_is_an_error_naming_it(backend, db_url):
     url, tag = tagged(backend, db_url, "pool_size=1&max_overflow=0&pool_timeout=0.3")
     async with Server(backend, db_url, tag=tag) as server, TinyWorkflowClient(url) as client:
         run_id = await client.start_workflow("pool_naps", {"tag": 1, "naps": [0]}, wait=True)
-        async with client._store._connection():  # the only connection, held
+        async with tinyworkflow._internals.store(client)._connection():  # the only connection, held
             started = time.monotonic()
             with pytest.raises(TinyWorkflowError, match=r"pool_timeout=0\.3 s") as caught:
                 await client.get_workflow_status(run_id)

@@ -13,7 +13,7 @@ import pytest
 
 import dbutil
 from tinyworkflow import (Queue, QueueInfo, QueueNotFoundError, RetryPolicy,
-                          TinyWorkflowClient, activity, workflow)
+                          TinyWorkflowClient, _internals, activity, workflow)
 
 # The worker processes declare the same queues and workflows as this module.
 SOURCE = """
@@ -240,7 +240,7 @@ async def test_a_cancelled_run_keeps_its_place_until_its_execution_stops(client)
     blocker = await client.start_workflow("q_blocker", {"seconds": 1.0}, queue="q_cancel")
     after = await client.start_workflow("q_tagged", {"tag": "after"}, queue="q_cancel")
     await client.start_worker()
-    await dbutil.until(lambda: client._engine._tasks, 5, "the blocker executing")
+    await dbutil.until(lambda: _internals.engine(client)._tasks, 5, "the blocker executing")
     await asyncio.sleep(0.1)
     await client.cancel_workflow(blocker)
     await client.wait_for_result(after, timeout=10)
@@ -255,13 +255,13 @@ async def test_a_blocked_run_that_is_due_does_not_spin_the_worker(db_url):
         blocker = await client.start_workflow("q_job", {"seconds": 1.5}, queue="q_full")
         waiting = await client.start_workflow("q_job", {"seconds": 0}, queue="q_full",
                                               debounce=("q_full_key", 0.05))
-        claims, claim = [], client._store.claim
+        claims, claim = [], _internals.store(client).claim
 
         async def counted(*args, **kwargs):
             claims.append(time.monotonic())
             return await claim(*args, **kwargs)
 
-        client._store.claim = counted
+        _internals.store(client).claim = counted
         await client.start_worker()
         await results(client, [blocker, waiting], timeout=10)
     assert len(claims) < 15, len(claims)  # about 1.5 s / 0.5 s poll, plus the wakes

@@ -16,6 +16,7 @@ import pytest
 
 import dbutil
 from tinyworkflow import RetryPolicy, TinyWorkflowClient, TinyWorkflowError, activity, workflow
+from tinyworkflow import _internals
 
 _calls: dict = {}
 
@@ -70,7 +71,7 @@ async def test_cancelled_claim_leaves_no_transaction_open(tmp_path):
         other.execute("COMMIT")
         await asyncio.sleep(0.3)
         try:
-            assert not client._store._conn._conn.in_transaction
+            assert not _internals.store(client)._conn._conn.in_transaction
             await client.start_workflow("review_noop")
         finally:
             other.close()
@@ -97,9 +98,8 @@ async def test_worker_survives_a_transient_database_error(tmp_path):
         await client.close()  # must not raise the worker's old error
     finally:
         other.close()
-        if client._store._conn is not None:
-            client._worker = None
-            await client._store.close()
+        if _internals.store(client)._conn is not None:
+            await _internals.store(client).close()
 
 
 async def test_failed_connect_does_not_leak_the_connection_thread(tmp_path):
@@ -111,7 +111,7 @@ async def test_failed_connect_does_not_leak_the_connection_thread(tmp_path):
     with pytest.raises(TinyWorkflowError, match="cannot open the database .*not-a-db.db") as err:
         await client.initialize()
     assert isinstance(err.value.__cause__, sqlite3.DatabaseError)
-    leaked = client._store._conn
+    leaked = _internals.store(client)._conn
     try:
         assert leaked is None, "the aiosqlite connection (and its thread) was left open"
     finally:
@@ -133,8 +133,8 @@ async def test_first_connect_waits_for_another_writer(tmp_path):
     finally:
         releaser.join()
         other.close()
-        if client._store._conn is not None:
-            await client._store.close()
+        if _internals.store(client)._conn is not None:
+            await _internals.store(client).close()
 
 
 async def test_concurrent_first_use_initialises_once(sqlite_url, monkeypatch):
@@ -163,7 +163,7 @@ async def test_concurrent_first_use_connects_the_store_once(db_url):
     """Concurrent first calls on a client that is not open yet connect (and migrate) once,
     whatever the backend: one connection, or one pool."""
     client = TinyWorkflowClient(db_url)
-    store, calls = client._store, []
+    store, calls = _internals.store(client), []
     real_connect, real_migrate = store.connect, store.migrate
 
     async def connect():
@@ -188,7 +188,7 @@ async def test_inline_batch_never_blocks_the_loop_after_a_cancelled_thread_call(
     so a following write never runs beside it or waits for a lock on the event loop."""
     path = tmp_path / "tw.db"
     async with TinyWorkflowClient(f"sqlite+aiosqlite:///{path}") as client:
-        store = client._store
+        store = _internals.store(client)
         ins = store.sql("INSERT INTO {p}events (run_id, event_type, event_data, timestamp) "
                         "VALUES (?, ?, ?, ?)")
         other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -215,7 +215,7 @@ async def test_stale_heartbeat_does_not_cancel_the_new_execution(db_url):
     heartbeat stops only the old execution, never the new one."""
     _calls.clear()
     async with TinyWorkflowClient(db_url, lease_seconds=0.3, poll_interval=0.05) as client:
-        store, real = client._store, client._store.renew_lease
+        store, real = _internals.store(client), _internals.store(client).renew_lease
         t0 = time.monotonic()
 
         async def flaky_renew(run_id, owner, now, until, status):

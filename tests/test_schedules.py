@@ -32,7 +32,7 @@ def utc(*args) -> float:
 
 
 def cron_times(expression: str, after: datetime, count: int, zone: str = "UTC") -> list:
-    times = tinyworkflow._Cron(expression, zone).times(after.timestamp())
+    times = tinyworkflow._internals.Cron(expression, zone).times(after.timestamp())
     return [datetime.fromtimestamp(next(times), UTC) for _ in range(count)]
 
 
@@ -105,7 +105,7 @@ def test_fall_back_a_repeated_time_fires_once_but_hourly_keeps_real_time():
        zone=st.sampled_from(["UTC", "America/New_York", "Europe/Paris", "Australia/Lord_Howe"]),
        after=st.floats(min_value=utc(2024, 1, 1), max_value=utc(2030, 1, 1)))
 def test_cron_times_increase_and_match_the_wall_clock(expression, zone, after):
-    times = tinyworkflow._Cron(expression, zone).times(after)
+    times = tinyworkflow._internals.Cron(expression, zone).times(after)
     got = [next(times) for _ in range(6)]
     assert got[0] > after and all(a < b for a, b in zip(got, got[1:]))
     for t in got:  # each is a matching wall time, or the jump over a skipped one
@@ -174,7 +174,7 @@ def test_cron_times_around_daylight_saving_changes_follow_the_rule(expression, c
     zone, change = case
     after = change + hours * 3600
     minutes = 27 * 60  # past the change, and a day of each daily expression
-    times = tinyworkflow._Cron(expression, zone).times(after)
+    times = tinyworkflow._internals.Cron(expression, zone).times(after)
     expected = reference_times(expression, zone, after, minutes)
     got = []
     while len(got) < len(expected):
@@ -186,20 +186,20 @@ def test_cron_times_around_daylight_saving_changes_follow_the_rule(expression, c
 @given(missed=st.integers(min_value=0, max_value=400), limit=st.integers(1, 50),
        extra=st.floats(min_value=0, max_value=299))
 def test_due_times_are_the_latest_missed_ones(missed, limit, extra):
-    cron = tinyworkflow._Cron("*/5 * * * *", "UTC")
+    cron = tinyworkflow._internals.Cron("*/5 * * * *", "UTC")
     first = utc(2026, 3, 1, 0, 5)
     now = first + missed * 300 + extra
     every = [first + k * 300 for k in range(missed + 1)]
-    assert tinyworkflow._due_times(cron, first, now, limit) == every[-limit:]
+    assert tinyworkflow._internals.due_times(cron, first, now, limit) == every[-limit:]
 
 
 def test_interval_times_keep_to_their_anchor():
-    every = tinyworkflow._Every(2.5, 1000.0)
+    every = tinyworkflow._internals.Every(2.5, 1000.0)
     times = every.times(1000.0)
     assert [next(times) for _ in range(3)] == [1002.5, 1005.0, 1007.5]
     times = every.times(1006.0)
     assert next(times) == 1007.5
-    assert tinyworkflow._due_times(every, 1002.5, 1011.0, 2) == [1007.5, 1010.0]
+    assert tinyworkflow._internals.due_times(every, 1002.5, 1011.0, 2) == [1007.5, 1010.0]
 
 
 # ---- the client -------------------------------------------------------------------------
@@ -419,7 +419,7 @@ async def test_a_stale_worker_cannot_start_a_due_time_twice(db_url):
     async with TinyWorkflowClient(db_url, clock=clock) as client:
         schedule_id = await client.schedule_workflow("sched_echo", every=60)
         await clock.advance(60)
-        store, engine = client._store, client._engine
+        store, engine = tinyworkflow._internals.store(client), tinyworkflow._internals.engine(client)
         [due] = await store.due_schedules(clock.time(), ["sched_echo"], 10)
         await engine.fire_schedules()
         assert len(await runs_of(client, schedule_id)) == 1
@@ -428,7 +428,7 @@ async def test_a_stale_worker_cannot_start_a_due_time_twice(db_url):
         assert len(await runs_of(client, schedule_id)) == 1
         # The database refuses a second run for a schedule's due time too.
         [run] = await runs_of(client, schedule_id)
-        twin = tinyworkflow._new_run("sched_echo", "null", None, (0, None), clock.time(),
+        twin = tinyworkflow._internals.new_run("sched_echo", "null", None, (0, None), clock.time(),
                                      schedule_id=schedule_id,
                                      scheduled_for=run.scheduled_for.timestamp())
         with pytest.raises(Exception):
@@ -442,11 +442,11 @@ async def test_a_stale_read_of_a_deleted_schedule_cannot_fire_its_namesake(db_ur
         await client.schedule_workflow("sched_echo", "0 * * * *", {"n": "old"},
                                        schedule_id="hourly")
         await clock.advance(3600)
-        [stale] = await client._store.due_schedules(clock.time(), ["sched_echo"], 10)
+        [stale] = await tinyworkflow._internals.store(client).due_schedules(clock.time(), ["sched_echo"], 10)
         await client.delete_schedule("hourly")
         await client.schedule_workflow("sched_echo", "30 5 * * *", {"n": "new"},
                                        schedule_id="hourly")
-        assert not await client._engine._fire(stale, clock.time())
+        assert not await tinyworkflow._internals.engine(client)._fire(stale, clock.time())
         assert await client.list_workflow_executions() == []
         assert (await client.get_schedule("hourly")).next_run_at == at(2026, 3, 1, 5, 30)
 

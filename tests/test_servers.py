@@ -328,7 +328,7 @@ async def test_processes_initialise_a_fresh_database_at_once(tmp_path, db_url):
     assert [code for code, _ in outcomes] == [0] * INIT_PROCESSES, outcomes
     assert await dbutil.table_names(db_url) == TABLES
     assert await dbutil.schema_version(db_url) == [
-        ("schema_version", str(len(tinyworkflow._MIGRATIONS)))]
+        ("schema_version", str(len(tinyworkflow._internals.migrations)))]
     async with TinyWorkflowClient(db_url) as client:  # and the schema works
         run_id = await client.start_workflow("servers_tz_wf", wait=True)
         assert await client.wait_for_result(run_id) == "ok"
@@ -342,7 +342,7 @@ async def test_clients_of_one_process_initialise_a_fresh_database_at_once(db_url
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
     assert await dbutil.table_names(db_url) == TABLES
     assert await dbutil.schema_version(db_url) == [
-        ("schema_version", str(len(tinyworkflow._MIGRATIONS)))]
+        ("schema_version", str(len(tinyworkflow._internals.migrations)))]
 
 
 # ---- f) table prefixes ------------------------------------------------------------------
@@ -435,7 +435,7 @@ POOL_OPTIONS = "pool_size=5&max_overflow=0&pool_recycle=300&pool_pre_ping=false&
 @pytest.mark.parametrize("url, backend", SERVER_URL_FORMS, ids=[u for u, _ in SERVER_URL_FORMS])
 def test_server_urls_are_accepted_without_connecting(url, backend):
     """Port 1: nothing answers there, and nothing needs to until the client is used."""
-    assert tinyworkflow._parse_url(url)[0] == backend
+    assert tinyworkflow._internals.parse_url(url)[0] == backend
     assert TinyWorkflowClient(url).database_url == url
     for query in (POOL_OPTIONS, "pool_pre_ping=true&pool_recycle=-1"):
         TinyWorkflowClient(with_options(url, query))
@@ -445,7 +445,7 @@ def test_server_urls_are_accepted_without_connecting(url, backend):
 
 @pytest.mark.parametrize("url", ["postgresql://u@127.0.0.1:1/db", "mysql://u@127.0.0.1:1/db"])
 def test_pool_options_are_parsed_to_numbers_and_booleans(url):
-    backend, _, options = tinyworkflow._parse_url(with_options(url, POOL_OPTIONS))
+    backend, _, options = tinyworkflow._internals.parse_url(with_options(url, POOL_OPTIONS))
     picked = {k: options[k] for k in ("pool_size", "max_overflow", "pool_recycle",
                                       "pool_pre_ping", "pool_timeout")}
     assert picked == {"pool_size": 5, "max_overflow": 0, "pool_recycle": 300,
@@ -453,7 +453,7 @@ def test_pool_options_are_parsed_to_numbers_and_booleans(url):
     assert type(picked["pool_size"]) is int and type(picked["max_overflow"]) is int
     assert picked["pool_pre_ping"] is False
     if backend == "mysql":
-        assert tinyworkflow._parse_url(with_options(url, "charset=utf8mb4"))[0] == "mysql"
+        assert tinyworkflow._internals.parse_url(with_options(url, "charset=utf8mb4"))[0] == "mysql"
 
 
 BAD_OPTIONS = [

@@ -71,8 +71,8 @@ async def order_v3(ctx):  # every email run has finished: the old branch is gone
 
 def deploy(monkeypatch, fn) -> None:
     """What a deploy does to this process: the workflow's name now runs ``fn``."""
-    current = tinyworkflow._WORKFLOWS["ver_order"]
-    monkeypatch.setitem(tinyworkflow._WORKFLOWS, "ver_order",
+    current = tinyworkflow._internals.workflows["ver_order"]
+    monkeypatch.setitem(tinyworkflow._internals.workflows, "ver_order",
                         dataclasses.replace(current, fn=fn))
 
 

@@ -217,7 +217,7 @@ async def test_workers_advertise_what_they_serve(db_url):
 async def test_start_a_run_served_only_by_a_live_worker(db_url):
     async with TinyWorkflowClient(db_url) as c:
         now = time.time()
-        await c._store.advertise({
+        await tinyworkflow._internals.store(c).advertise({
             "worker_id": "elsewhere:1", "host": "elsewhere", "pid": 1,
             "workflows": json.dumps({"remote_only": {"max_retries": 7, "timeout": 12.5}}),
             "started_at": now, "heartbeat_at": now, "expires_at": now + 30})
@@ -230,7 +230,7 @@ async def test_start_a_run_served_only_by_a_live_worker(db_url):
             await asyncio.wait_for(c.start_workflow("remote_only", {"b": 2}, wait=True), 0.5)
         waiting = [r for r in await c.list_workflow_executions() if r.input_data == {"b": 2}]
         assert [r.status for r in waiting] == ["pending"]
-        await c._store.advertise({
+        await tinyworkflow._internals.store(c).advertise({
             "worker_id": "elsewhere:1", "host": "elsewhere", "pid": 1,
             "workflows": json.dumps({"remote_only": {"max_retries": 7, "timeout": None}}),
             "started_at": now, "heartbeat_at": now - 60, "expires_at": now - 30})
@@ -243,10 +243,10 @@ async def test_start_a_run_served_only_by_a_live_worker(db_url):
 
 async def test_migrates_a_version_1_database(db_url):
     # The version 1 schema in the backend's own DDL (the store's SQL text, no connection).
-    store = TinyWorkflowClient(db_url)._store
+    store = tinyworkflow._internals.store(TinyWorkflowClient(db_url))
     await dbutil.execute(db_url, store.sql(
         "CREATE TABLE {p}meta (name {key} PRIMARY KEY, value {text} NOT NULL){table}"))
-    for statement in tinyworkflow._MIGRATIONS[0]:
+    for statement in tinyworkflow._internals.migrations[0]:
         await dbutil.execute(db_url, store.sql(statement))
     await dbutil.execute(db_url, "INSERT INTO tinyworkflow_meta VALUES (?, ?)",
                          ("schema_version", "1"))
@@ -257,7 +257,7 @@ async def test_migrates_a_version_1_database(db_url):
         assert (await c.get_workflow_status("old")).status == "completed"
         assert await c.list_workers() == []
     assert await dbutil.schema_version(db_url) == [
-        ("schema_version", str(len(tinyworkflow._MIGRATIONS)))]
+        ("schema_version", str(len(tinyworkflow._internals.migrations)))]
     assert "tinyworkflow_workers" in await dbutil.table_names(db_url)
 
 

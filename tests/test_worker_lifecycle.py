@@ -7,6 +7,7 @@ import time
 
 import dbutil
 from tinyworkflow import RetryPolicy, TinyWorkflowClient, activity, workflow
+from tinyworkflow import _internals
 
 NO_RETRY = RetryPolicy(max_retries=0)
 state = {"live": 0, "max": 0}
@@ -159,7 +160,7 @@ async def test_claimed_runs_execute_even_if_next_wake_fails(db_url):
     """Runs a worker claimed execute even when the following next_wake read fails."""
     async with TinyWorkflowClient(db_url, lease_seconds=30, poll_interval=0.1) as client:
         run_id = await client.start_workflow("rv2_wf_quick")
-        store, original = client._store, client._store.next_wake
+        store, original = _internals.store(client), _internals.store(client).next_wake
 
         async def flaky(*args):
             store.next_wake = original
