@@ -2590,6 +2590,7 @@ class _SQLiteStore(_Store):
     def __init__(self, path: str, options: dict, prefix: str):
         super().__init__(_SQLITE, prefix)
         self.path, self.options = path, options
+        self._absolute = os.path.abspath(path)  # the same file after a chdir (twin)
         self.synchronous = options.get("synchronous", "full").upper()
         self.timeout = float(options.get("timeout", 15))
         self._conn = None
@@ -2629,7 +2630,7 @@ class _SQLiteStore(_Store):
             raise
 
     def twin(self) -> Optional["_SQLiteStore"]:
-        return None if self.path == ":memory:" else _SQLiteStore(self.path, self.options,
+        return None if self.path == ":memory:" else _SQLiteStore(self._absolute, self.options,
                                                                   self.prefix)
 
     def _configure_sync(self) -> bool:
@@ -5648,30 +5649,32 @@ class _Watchdog:
     event loop, and the heartbeats with it: the leases would expire, another worker
     would take the runs over and run the step again, and the same would happen to it
     -- a ping-pong without end. So a thread watches the loop. A timer on the loop
-    marks every ``lease / 6`` seconds that the loop runs; once the mark is a beat
-    late, the thread renews the leases of the runs executing here through a
-    connection of its own (fenced like every renewal: only what is still ours), and
-    past a third of the lease it logs a warning that names the activity (or workflow)
-    blocking the loop and the line it is on. A loop that never runs again keeps its
-    runs until the process is killed; code that holds the GIL throughout (some C
-    extensions) stops this thread too."""
+    marks every ``lease / 6`` seconds that the loop runs; once the loop has not run for
+    a third of the lease, the thread renews the leases of the runs executing here
+    through a connection of its own, fenced by their owner tokens only (a run
+    cancelled meanwhile keeps its lease until its execution has stopped, as with the
+    heartbeat), then logs a warning that names the activity (or workflow) blocking the
+    loop and the line it is on -- from a thread of its own, since a log handler may be
+    what blocks. A loop that never runs again keeps its runs until the process is
+    killed; code that holds the GIL throughout (some C extensions) stops this thread
+    too."""
 
     def __init__(self, engine: _Engine):
         self.engine, self.beat = engine, engine.lease / 6
         self.loop, self.loop_thread = asyncio.get_running_loop(), threading.get_ident()
         self.seen = time.monotonic()  # when the loop last ran the timer
-        self.warned = 0.0  # how long the loop had been blocked at the last warning
-        self.handle = self.loop.call_later(self.beat, self._tick)
+        self.warned: Optional[float] = None  # the ``seen`` of the blockage warned about
+        self.in_memory = engine.store.twin() is None
         self.stopped = threading.Event()
         threading.Thread(target=self._watch, daemon=True,
                          name=f"tinyworkflow watchdog {engine.worker_id}").start()
+        self.handle = self.loop.call_later(self.beat, self._tick)
 
     def _tick(self) -> None:
         now = time.monotonic()
-        if self.warned:
+        if self.warned == self.seen:  # the blockage warned about has ended
             _log.warning("worker %s: the event loop runs again, after %.1f s blocked",
-                         self.engine.worker_id, now - self.seen - self.beat)
-            self.warned = 0.0
+                         self.engine.worker_id, now - self.seen)
         self.seen = now
         self.handle = self.loop.call_later(self.beat, self._tick)
 
@@ -5681,64 +5684,65 @@ class _Watchdog:
 
     def _watch(self) -> None:
         engine, lease = self.engine, self.engine.lease
-        loop, store, renewed = None, None, 0.0  # the loop and connection: when needed
+        loop, store = None, None  # a loop and a connection of the thread's own, when needed
+        renewed, warned, outcome = 0.0, 0.0, ""
         try:
             while not self.stopped.wait(self.beat / 2) and not self.loop.is_closed():
-                late = time.monotonic() - self.seen - self.beat  # the loop stood still
+                seen = self.seen
+                blocked = time.monotonic() - seen  # since the loop last ran
                 held = list(engine.leases.items())
                 # (A loop that stopped, not blocked, executes nothing: its leases expire.)
-                if late < self.beat or not held or not self.loop.is_running():
+                if blocked < lease / 3 or not held or not self.loop.is_running():
                     if store is not None:
                         loop.run_until_complete(self._close(store))
-                    store, renewed = None, 0.0
+                    store, renewed, warned, outcome = None, 0.0, 0.0, ""
                     continue
-                warned = self.warned
-                if late >= (warned + lease if warned else lease / 3):  # then once a lease
-                    _log.warning(
-                        "worker %s: the event loop has been blocked for %.1f s (the lease is "
-                        "%g s) %s. The leases of the runs executing here (%d) are renewed from "
-                        "a thread meanwhile, so no other worker takes them over. Code that "
-                        "blocks belongs in a sync activity (a plain def runs in a thread) or "
-                        "behind asyncio.to_thread.", engine.worker_id, late, lease,
-                        self._culprit(), len(held))
-                    self.warned = late
                 if time.monotonic() - renewed >= lease / 3:
                     if store is None:
                         store = engine.store.twin()
-                        if store is None:  # in memory: no other worker can take it over
-                            continue
-                        loop = loop or asyncio.new_event_loop()
-                        try:
-                            loop.run_until_complete(store.connect())
-                        except Exception:
-                            _log.warning("worker %s: the watchdog could not connect to renew "
-                                         "the leases", engine.worker_id, exc_info=True)
-                            store = None
-                            continue
-                    loop.run_until_complete(self._renew(store, held))
+                        if store is not None:
+                            loop = loop or asyncio.new_event_loop()
+                            try:
+                                loop.run_until_complete(store.connect())
+                            except Exception as exc:
+                                store, outcome = None, f"could not connect ({exc!r})"
+                    if store is not None:
+                        outcome = loop.run_until_complete(self._renew(store, held))
                     renewed = time.monotonic()
+                if blocked >= warned + (lease if warned else 0):  # at once, then once a lease
+                    self._warn(blocked, len(held), outcome)
+                    self.warned, warned = seen, blocked
         finally:
             if store is not None:
                 loop.run_until_complete(self._close(store))
             if loop is not None:
                 loop.close()
 
-    async def _renew(self, store: _Store, held: list) -> None:
-        engine, lease = self.engine, self.engine.lease
+    async def _renew(self, store: _Store, held: list) -> str:
+        engine, lease, renewed, failed = self.engine, self.engine.lease, 0, None
         for owner, run in held:
-            status = None if owner in engine.stopping else run["status"]
             try:
-                await asyncio.wait_for(store.renew_lease(
-                    run["run_id"], owner, engine.clock(), time.time() + lease, status),
-                    lease / 3)
-            except Exception:
-                _log.warning("run %s: the watchdog could not renew its lease", run["run_id"],
-                             exc_info=True)
+                renewed += await asyncio.wait_for(store.renew_lease(  # the owner: fence enough
+                    run["run_id"], owner, engine.clock(), time.time() + lease, None), lease / 3)
+            except Exception as exc:
+                failed = exc
+        return f"{renewed} of {len(held)} renewed" + (f"; failed: {failed!r}" if failed else "")
 
     @staticmethod
     async def _close(store: _Store) -> None:
         with contextlib.suppress(Exception):
             await store.close()
+
+    def _warn(self, blocked: float, held: int, outcome: str) -> None:
+        leases = ("in memory, no other worker can take them over" if self.in_memory
+                  else f"renewed from a thread ({outcome})")
+        message = (f"worker {self.engine.worker_id}: the event loop has been blocked for "
+                   f"{blocked:.1f} s (the lease is {self.engine.lease:g} s) {self._culprit()}. "
+                   f"The leases of the runs executing here ({held}): {leases}. Code that "
+                   "blocks belongs in a sync activity (a plain def runs in a thread) or behind "
+                   "asyncio.to_thread.")
+        # From a thread of its own: the blocked loop may hold a log handler's lock.
+        threading.Thread(target=_log.warning, args=("%s", message), daemon=True).start()
 
     def _culprit(self) -> str:
         """Where the loop's thread is: in which activity or workflow, on which line."""
@@ -5747,14 +5751,15 @@ class _Watchdog:
             for name, definition in list(registry.items()):
                 with contextlib.suppress(Exception):
                     codes[inspect.unwrap(definition.fn).__code__] = f"{kind} {name!r}"
-        frame, where = sys._current_frames().get(self.loop_thread), None
+        frame, innermost = sys._current_frames().get(self.loop_thread), None
         while frame is not None:
-            where = where or (f"{frame.f_code.co_filename}:{frame.f_lineno} "
-                              f"in {frame.f_code.co_name}")
+            where = f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+            innermost = innermost or where
             if frame.f_code in codes:
-                return f"in {codes[frame.f_code]}, at {where}"
+                return f"in {codes[frame.f_code]}, at {where}" + (
+                    f" (now at {innermost})" if innermost != where else "")
             frame = frame.f_back
-        return f"at {where}" if where else "outside Python code"
+        return f"at {innermost}" if innermost else "outside Python code"
 
 
 class _Engine:
@@ -5774,17 +5779,15 @@ class _Engine:
         self.draining: set[str] = set()  # owner tokens whose runs stop before their next step
         self.in_queues: collections.Counter = collections.Counter()  # queue -> claimed here
         self._claiming = asyncio.Lock()  # one claim at a time: in_queues stays exact
-        # The runs executing here (owner token -> run), and the owners whose execution
-        # is stopping (its lease is kept whatever the run's status): what the watchdog
-        # renews while the event loop is blocked.
+        # The runs executing here (owner token -> run): what the watchdog renews while
+        # the event loop is blocked.
         self.leases: dict[str, dict] = {}
-        self.stopping: set[str] = set()
-        self._watchdog: Optional[_Watchdog] = None
+        self._watchdog: Any = None  # a _Watchdog once needed (False: none to be had)
 
     def close(self) -> None:
-        if self._watchdog is not None:
+        if self._watchdog:
             self._watchdog.stop()
-            self._watchdog = None
+        self._watchdog = None
 
     def new_owner(self) -> str:
         """A fencing token: unique per claim, so even this worker's own earlier,
@@ -5847,11 +5850,15 @@ class _Engine:
         """Execute a claimed run until it completes, fails, is scheduled for a retry,
         is cancelled or is lost to another owner."""
         run_id, owner = run["run_id"], run["owner"]
+        if self._watchdog is None:
+            try:
+                self._watchdog = _Watchdog(self)
+            except RuntimeError:  # no thread to be had: the heartbeats alone keep the leases
+                _log.warning("worker %s: no watchdog thread", self.worker_id, exc_info=True)
+                self._watchdog = False  # (said once)
         task, done = asyncio.ensure_future(self._execute(run)), asyncio.Event()
         self._tasks[run_id] = (owner, task, done)
         self.leases[owner] = run
-        if self._watchdog is None:
-            self._watchdog = _Watchdog(self)
         heartbeat = asyncio.ensure_future(self._heartbeat(run))
         try:
             await task
@@ -5871,7 +5878,6 @@ class _Engine:
                         await self.store.settle_run(run_id, owner, self.clock())
             finally:
                 self.leases.pop(owner, None)
-                self.stopping.discard(owner)
                 if self._tasks.get(run_id, (None,))[0] == owner:
                     del self._tasks[run_id]
                 if run["queue_name"]:
@@ -5901,7 +5907,6 @@ class _Engine:
                 _log.info("run %s is no longer ours (cancelled or taken over); stopping", run_id)
                 self.cancel_local(run_id, owner)
                 stopping = True
-                self.stopping.add(owner)
 
     def cancel_local(self, run_id: str, owner: Optional[str] = None) -> None:
         """Stop this engine's execution of a run (only the one under ``owner``, if given)."""

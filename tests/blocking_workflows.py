@@ -10,6 +10,7 @@ counts executions across processes.
 """
 
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -26,6 +27,43 @@ async def sleeper(log: str, seconds: float) -> int:
         out.write(f"{os.getpid()}\n")
     time.sleep(seconds)  # the mistake: this blocks the event loop
     return os.getpid()
+
+
+@activity(name="blocking_note", retry_policy=NO_RETRY)
+async def note(log: str, what: str) -> None:
+    with open(log, "a") as out:
+        out.write(f"{what}\n")
+
+
+@activity(name="blocking_noting_sleeper", retry_policy=NO_RETRY)
+async def noting_sleeper(log: str, seconds: float) -> None:
+    with open(log, "a") as out:
+        out.write("step started\n")
+    time.sleep(seconds)  # blocks the event loop
+    with open(log, "a") as out:
+        out.write("step ended\n")
+
+
+@workflow(name="blocking_saga", retry_policy=NO_RETRY)
+async def blocking_saga(ctx: WorkflowContext):
+    log = ctx.get_input("log")
+    await ctx.execute_activity(note, log, "booked")
+    ctx.add_compensation(note, log, "compensated")
+    await ctx.execute_activity(note, log, "paid")  # (the compensation is recorded by now)
+    await ctx.execute_activity(noting_sleeper, log, ctx.get_input("seconds"))
+
+
+@activity(name="blocking_logger", retry_policy=NO_RETRY)
+async def logger(log: str) -> int:
+    with open(log, "a") as out:
+        out.write(f"{os.getpid()}\n")
+    logging.getLogger("blocking_workflows").warning("progress")  # a handler that blocks
+    return os.getpid()
+
+
+@workflow(name="blocking_log_handler", retry_policy=NO_RETRY)
+async def blocking_log_handler(ctx: WorkflowContext):
+    return await ctx.execute_activity(logger, ctx.get_input("log"))
 
 
 @workflow(name="blocking_activity", retry_policy=NO_RETRY)

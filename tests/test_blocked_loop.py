@@ -5,16 +5,18 @@ once and the run completes there, and the worker logs a warning that names what 
 On every backend."""
 
 import asyncio
+import contextlib
 import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
 import blocking_workflows  # noqa: F401  (registers the workflows here too)
-from dbutil import child_env
+from dbutil import child_env, sqlite_only, until
 from tinyworkflow import TinyWorkflowClient
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -84,3 +86,94 @@ async def test_an_in_memory_database_only_warns(caplog):
         assert (await client.get_workflow_status(run_id)).output_data == {"result": "done"}
     assert any("event loop has been blocked" in m for m in warnings(caplog))
     assert not any("could not" in m for m in warnings(caplog))
+
+
+async def test_a_run_cancelled_while_its_step_blocks_keeps_its_lease_until_the_step_ends(
+        db_url, tmp_path, second_worker):
+    """The cancellation comes from another client while the loop is blocked; the run's
+    compensation, which the second worker would run once the lease expired, must not
+    start before the blocked step has ended."""
+    log, run_id = tmp_path / "saga.log", "blocked-saga"
+
+    def cancel_soon():
+        async def cancel():
+            async with TinyWorkflowClient(db_url) as other:
+                await other.cancel_workflow(run_id)
+        time.sleep(0.5)
+        asyncio.run(cancel())
+
+    canceller = threading.Thread(target=cancel_soon)
+    canceller.start()
+    try:
+        async with TinyWorkflowClient(db_url, lease_seconds=LEASE) as client:
+            with contextlib.suppress(Exception):  # cancelled: the wait says so
+                await asyncio.wait_for(client.start_workflow(
+                    "blocking_saga", {"log": str(log), "seconds": 3 * LEASE}, run_id=run_id,
+                    wait=True), 60)
+
+            async def compensated():
+                return (await client.get_workflow_status(run_id)).status.value in (
+                    "compensated", "cancelled") and "compensated" in log.read_text()
+            await until(compensated, 30, "the compensation")
+    finally:
+        canceller.join()
+    assert log.read_text().split("\n")[:-1] == [
+        "booked", "paid", "step started", "step ended", "compensated"]
+
+
+@sqlite_only
+async def test_the_watchdog_finds_a_relative_database_after_a_chdir(tmp_path, second_worker,
+                                                                    monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    log = tmp_path / "executions.log"
+    async with TinyWorkflowClient("sqlite+aiosqlite:///tw.db", lease_seconds=LEASE) as client:
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        monkeypatch.chdir(elsewhere)
+        run_id = await asyncio.wait_for(client.start_workflow(
+            "blocking_activity", {"log": str(log), "seconds": 3 * LEASE}, wait=True), 60)
+        assert (await client.get_workflow_status(run_id)).status.value == "completed"
+    assert log.read_text().split() == [str(os.getpid())]
+    assert not (elsewhere / "tw.db").exists()
+
+
+class SlowHandler(logging.Handler):
+    """A log handler that takes its time over the application's "progress" message (a
+    full pipe, a slow log server), holding its lock meanwhile."""
+
+    def emit(self, record):
+        if record.getMessage() == "progress":
+            time.sleep(3 * LEASE)
+
+
+async def test_a_log_handler_that_blocks_the_loop_does_not_stop_the_renewals(
+        db_url, tmp_path, second_worker):
+    log, handler = tmp_path / "executions.log", SlowHandler()
+    logging.getLogger().addHandler(handler)
+    try:
+        async with TinyWorkflowClient(db_url, lease_seconds=LEASE) as client:
+            run_id = await asyncio.wait_for(client.start_workflow(
+                "blocking_log_handler", {"log": str(log)}, wait=True), 60)
+            assert (await client.get_workflow_status(run_id)).status.value == "completed"
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert log.read_text().split() == [str(os.getpid())]
+
+
+async def test_without_a_watchdog_thread_runs_still_execute(sqlite_url, monkeypatch, caplog):
+    """A process that cannot start one more thread executes its runs all the same (the
+    heartbeats keep the leases while the loop runs), and says so once."""
+    start = threading.Thread.start
+
+    def refuse_the_watchdog(thread):
+        if thread.name.startswith("tinyworkflow watchdog"):
+            raise RuntimeError("can't start new thread")
+        start(thread)
+    monkeypatch.setattr(threading.Thread, "start", refuse_the_watchdog)
+    caplog.set_level(logging.WARNING, logger="tinyworkflow")
+    async with TinyWorkflowClient(sqlite_url, lease_seconds=LEASE) as client:
+        for _ in range(2):
+            run_id = await asyncio.wait_for(client.start_workflow(
+                "blocking_workflow", {"seconds": 0}, wait=True), 30)
+            assert (await client.get_workflow_status(run_id)).status.value == "completed"
+    assert sum("no watchdog thread" in m for m in warnings(caplog)) == 1
