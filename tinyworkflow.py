@@ -1506,24 +1506,79 @@ _NEXT_APPROVAL = ("UPDATE {p}runs SET approval_required = (SELECT name FROM {p}s
                   "LIMIT 1) WHERE run_id = ?")
 
 
-# ---- wake-ups in this process -----------------------------------------------------------
+# ---- wake-ups in this process: the hub --------------------------------------------------
 
 
-# Workers of this process, by database: a run stored by any client wakes them at once.
-_LOCAL_WORKERS: dict[str, set] = {}
-# Executions of this process waiting in memory for a signal, by (database, run id).
-_SIGNAL_WAITERS: dict[tuple, set] = {}
+class _Hub:
+    """Who in this process waits on one database, and how each is woken: workers wait
+    for a run to become due; executions wait in memory for a signal to their run;
+    callers (``wait=True``, ``wait_for_result``, ``get_event``) watch a run change.
+    Whatever changes a run, in this process or (through PostgreSQL's NOTIFY) in
+    another, says so here. One hub per database (``_hub``), shared by its clients."""
+
+    def __init__(self) -> None:
+        self.workers: set = set()  # an asyncio.Event per worker
+        self.signal_waiters: dict[str, set] = {}  # run id -> what .set() wakes
+        self.watchers: dict[str, set] = {}  # run id -> an asyncio.Event per watcher
+
+    def run_due(self) -> None:
+        """A run became due: the workers look for it at once."""
+        for event in self.workers:
+            event.set()
+
+    def signal(self, run_id: str) -> None:
+        """A signal, an approval or a child's end reached the run: its wait in memory
+        here goes on."""
+        for waiter in self.signal_waiters.get(run_id, ()):
+            waiter.set()
+
+    def changed(self, run_id: str) -> None:
+        """The run's state changed (a step, its end, a cancellation)."""
+        for event in self.watchers.get(run_id, ()):
+            event.set()
+
+    def run_changed(self, run_id: str) -> None:
+        """Something reached the run from outside: whoever waits on it, and the workers
+        (the run may have become due)."""
+        self.signal(run_id)
+        self.changed(run_id)
+        self.run_due()
+
+    def notified(self, run_id: str) -> None:
+        """Another process made a run due (NOTIFY; the run's id when a signal did)."""
+        if run_id:
+            self.signal(run_id)
+        self.run_due()
+
+    @contextlib.contextmanager
+    def _in(self, members: dict, run_id: str, member: Any):
+        members.setdefault(run_id, set()).add(member)
+        try:
+            yield member
+        finally:
+            waiting = members.get(run_id, set())
+            waiting.discard(member)
+            if not waiting:
+                members.pop(run_id, None)
+
+    def waiting_for_signal(self, run_id: str, waiter: Any):
+        """A context in which ``waiter.set()`` is called when the run gets a signal."""
+        return self._in(self.signal_waiters, run_id, waiter)
+
+    def watching(self, run_id: str, event: Optional[asyncio.Event] = None):
+        """A context giving an event (``event``, or a new one) set whenever the run
+        changes here; clear it before reading the run's state."""
+        return self._in(self.watchers, run_id, event or asyncio.Event())
 
 
-def _wake_local_workers(key: str) -> None:
-    """A run became due: wake this process's workers on the database ``key``."""
-    for wakeup in _LOCAL_WORKERS.get(key, ()):
-        wakeup.set()
+_HUBS: dict[str, _Hub] = {}  # database key -> its hub
 
 
-def _wake_signal_waiters(key: str, run_id: str) -> None:
-    for event in _SIGNAL_WAITERS.get((key, run_id), ()):
-        event.set()
+def _hub(key: str) -> _Hub:
+    hub = _HUBS.get(key)
+    if hub is None:
+        hub = _HUBS[key] = _Hub()
+    return hub
 
 
 # ---- the store --------------------------------------------------------------------------
@@ -1608,10 +1663,11 @@ class _Store:
         """Statements to add to a write that makes a run due."""
         return []
 
-    async def listen(self, wake: Callable[[], None]) -> None:
-        """Call ``wake`` whenever another process makes a run due, while listening."""
+    async def listen(self) -> None:
+        """While a worker of this store runs: hear when another process makes a run due,
+        and say so to the hub (where the database can tell)."""
 
-    async def unlisten(self, wake: Callable[[], None]) -> None:
+    async def unlisten(self) -> None:
         pass
 
     def _event(self, run_id: str, event_type: str, data: Any, now: float) -> tuple:
@@ -3242,7 +3298,7 @@ class _PostgresStore(_ServerStore):
         self._queued: dict = {}  # kind -> writes to make at the end of this turn of the loop
         self._writing: set = set()  # group writes under way
         self._asyncpg: Any = None
-        self._wakers: set = set()
+        self._listening = 0  # workers of this store
         self._listener: Optional[asyncio.Task] = None
 
     async def connect(self) -> None:
@@ -3500,8 +3556,8 @@ class _PostgresStore(_ServerStore):
         self._compiled[(tuple(sqls), fence)] = statement
         return statement
 
-    async def listen(self, wake: Callable[[], None]) -> None:
-        self._wakers.add(wake)
+    async def listen(self) -> None:
+        self._listening += 1
         if self._listener is None:
             self._listener = asyncio.ensure_future(self._listen())
 
@@ -3511,9 +3567,9 @@ class _PostgresStore(_ServerStore):
             await asyncio.wait(set(self._writing))
         await super().close()
 
-    async def unlisten(self, wake: Callable[[], None]) -> None:
-        self._wakers.discard(wake)
-        if not self._wakers and self._listener is not None:
+    async def unlisten(self) -> None:
+        self._listening -= 1
+        if not self._listening and self._listener is not None:
             listener, self._listener = self._listener, None
             listener.cancel()
             await asyncio.wait({listener})
@@ -3531,10 +3587,7 @@ class _PostgresStore(_ServerStore):
     _LISTEN_PING = 30.0
 
     def _notified(self, _conn=None, _pid=None, _channel=None, run_id: str = "") -> None:
-        if run_id:
-            _wake_signal_waiters(self.key, run_id)
-        for wake in list(self._wakers):
-            wake()
+        _hub(self.key).notified(run_id)
 
     async def _listen(self) -> None:
         """Keep one connection LISTENing; when it dies, open another (meanwhile the
@@ -5216,18 +5269,14 @@ class _Execution:
         ("continued", input)) or is parked (("parked",)). Raises what stops the
         execution but not the run (_StoreFailed, _LostOwnership, _Released, a
         cancellation from outside); steps in flight are stopped first."""
-        waiters = _SIGNAL_WAITERS.setdefault((self.store.key, self.run_id), set())
-        waiters.add(self.notify)
         try:
-            self.main = asyncio.Task(definition.fn(self.ctx), loop=self.loop)
-            return await self.step()
+            with self.engine.hub.waiting_for_signal(self.run_id, self.notify):
+                self.main = asyncio.Task(definition.fn(self.ctx), loop=self.loop)
+                return await self.step()
         except BaseException:
             await self.halt(abandon=False)
             raise
         finally:
-            waiters.discard(self.notify)
-            if not waiters:
-                _SIGNAL_WAITERS.pop((self.store.key, self.run_id), None)
             self.teardown()
 
     async def step(self) -> tuple:
@@ -5368,9 +5417,9 @@ class _Execution:
             resolutions.append((future, self.child_handle(row["step"], row)))
             self.unchecked.discard(row["step"])  # just started: its end notifies
         if children:
-            _wake_local_workers(self.store.key)  # this process's workers take them at once
+            self.engine.hub.run_due()  # this process's workers take them at once
         if items:
-            self.engine.changed(self.run_id)  # get_event, start_workflow(wait=True)
+            self.engine.hub.changed(self.run_id)  # get_event, start_workflow(wait=True)
         for future, value in resolutions:
             _settle_future(future, value)
 
@@ -5775,7 +5824,7 @@ class _Engine:
         self._claims = itertools.count(1)
         self._tasks: dict[str, tuple] = {}  # run id -> (owner, task, done event)
         self._cancelling: set[tuple] = set()  # (run id, owner) of executions we cancelled
-        self._changes: dict[str, set] = {}  # run id -> an event per waiter here
+        self.hub = _hub(store.key)  # who waits here on this database
         self.draining: set[str] = set()  # owner tokens whose runs stop before their next step
         self.in_queues: collections.Counter = collections.Counter()  # queue -> claimed here
         self._claiming = asyncio.Lock()  # one claim at a time: in_queues stays exact
@@ -5822,7 +5871,7 @@ class _Engine:
                 break
             last = batch[-1]
         if started:
-            _wake_local_workers(self.store.key)
+            self.hub.run_due()
 
     async def _fire(self, schedule: dict, now: float) -> bool:
         timing, first_due = _timing(schedule), schedule["next_due_at"]
@@ -5883,7 +5932,7 @@ class _Engine:
                 if run["queue_name"]:
                     self.in_queues[run["queue_name"]] -= 1
                 done.set()
-                self.changed(run_id)
+                self.hub.changed(run_id)
 
     async def _heartbeat(self, run: dict) -> None:
         """Renew the lease while the run executes, also through activities longer than
@@ -5915,32 +5964,12 @@ class _Engine:
                 and (run_id, current_owner) not in self._cancelling):  # once: see call()
             self._cancelling.add((run_id, current_owner))
             task.cancel()
-        self.changed(run_id)
+        self.hub.changed(run_id)
 
     async def settled(self, run_id: str) -> None:
         """Wait until this engine no longer executes the run."""
         while run_id in self._tasks:
             await self._tasks[run_id][2].wait()
-
-    def changed(self, run_id: str) -> None:
-        """Wake whoever waits here for this run's state to change."""
-        for event in self._changes.get(run_id, ()):
-            event.set()
-
-    @contextlib.contextmanager
-    def watching(self, run_id: str, event: Optional[asyncio.Event] = None):
-        """An event (``event``, or a new one) set whenever this process changes the run
-        (executes a step of it, finishes it, cancels it); clear it before reading the
-        run's state."""
-        event = event or asyncio.Event()
-        self._changes.setdefault(run_id, set()).add(event)
-        try:
-            yield event
-        finally:
-            waiters = self._changes.get(run_id, set())
-            waiters.discard(event)
-            if not waiters:
-                self._changes.pop(run_id, None)
 
     async def _execute(self, run: dict) -> None:
         run_id, owner = run["run_id"], run["owner"]
@@ -5989,9 +6018,7 @@ class _Engine:
                       status)
             return
         if parent is not None:
-            _wake_signal_waiters(self.store.key, parent)  # its wait in memory here goes on
-            self.changed(parent)
-            _wake_local_workers(self.store.key)
+            self.hub.run_changed(parent)  # its wait in memory here goes on, or it is due
 
     async def _continue(self, run: dict, definition: _WorkflowDef, input_text: str) -> None:
         successor = _new_run(run["workflow_name"], input_text, run["workflow_id"],
@@ -6005,7 +6032,7 @@ class _Engine:
             _log.info("run %s is no longer ours; not continued", run["run_id"])
             return
         _log.info("run %s continued as new run %s", run["run_id"], new_id)
-        _wake_local_workers(self.store.key)
+        self.hub.run_due()
 
     async def _failed(self, run: dict, definition: _WorkflowDef, execution: _Execution,
                       error: BaseException) -> None:
@@ -6422,7 +6449,7 @@ class TinyWorkflowClient:
                     if not tree:
                         return
                     for run_id in {row[0] for row in tree} - watched:
-                        watches.enter_context(engine.watching(run_id, changed))
+                        watches.enter_context(engine.hub.watching(run_id, changed))
                         watched.add(run_id)
                     for run_id, task in list(executing.items()):
                         if task.done():
@@ -6534,9 +6561,9 @@ class TinyWorkflowClient:
                 continue
             raise RunStateError(f"run {run_id} is {row['status']}: it takes no more signals",
                                 run_id=run_id, status=row["status"])
-        _wake_signal_waiters(self._store.key, run_id)  # a wait in memory here takes it at once
-        engine.changed(run_id)  # a start_workflow(wait=True) here claims it again
-        self._wake_workers()
+        # A wait in memory here takes it at once; a start_workflow(wait=True) here
+        # claims it again; a worker here takes it if it is due.
+        engine.hub.run_changed(run_id)
 
     async def _current(self, run_id: str) -> dict:
         """The run, or for a run that continued as new the last run of its chain."""
@@ -6577,9 +6604,7 @@ class TinyWorkflowClient:
         deciding = key or row["approval_required"]
         if deciding is not None and await self._store.decide_approval(
                 run_id, deciding, approved, engine.clock()):
-            _wake_signal_waiters(self._store.key, run_id)  # an execution here takes it at once
-            engine.changed(run_id)  # a start_workflow(wait=True) here claims it again
-            self._wake_workers()
+            engine.hub.run_changed(run_id)  # an execution here takes it at once
             return True
         row = await self._store.get_run(run_id) or row  # it may have changed meanwhile
         status, waiting = row["status"], row["approval_required"]
@@ -6616,9 +6641,8 @@ class TinyWorkflowClient:
         for stopped_id in stopped:
             engine.cancel_local(stopped_id)
         if parent is not None:  # a child cancelled alone: its parent learns of it
-            _wake_signal_waiters(self._store.key, parent)
-            engine.changed(parent)
-        self._wake_workers()  # runs to compensate, a parent due
+            engine.hub.run_changed(parent)
+        engine.hub.run_due()  # runs to compensate
         return True
 
     async def wait_for_result(self, run_id: str, timeout: Optional[float] = None) -> Any:
@@ -6679,7 +6703,7 @@ class TinyWorkflowClient:
         engine = await self._engine_ready()
         poll = 0.02
         deadline = None if timeout is None else (started or time.monotonic()) + timeout
-        with engine.watching(run_id) as changed:
+        with engine.hub.watching(run_id) as changed:
             while True:
                 changed.clear()
                 row = await self._store.get_run(run_id)
@@ -6936,7 +6960,7 @@ class TinyWorkflowClient:
 
     def _wake_workers(self) -> None:
         """A run became due: wake this process's workers on this database."""
-        _wake_local_workers(self._store.key)
+        _hub(self._store.key).run_due()
 
     async def list_queues(self) -> list[QueueInfo]:
         """Every queue stored (declared, or used by name), by name: its limits and how
@@ -7005,8 +7029,8 @@ class TinyWorkflowClient:
             await asyncio.wait({self._worker})  # a stopping worker: let it finish first
         self._stopping = asyncio.Event()
         self._worker = asyncio.ensure_future(self._work(engine, self._stopping))
-        _LOCAL_WORKERS.setdefault(self._store.key, set()).add(self._wakeup)
-        await self._store.listen(self._wakeup.set)
+        engine.hub.workers.add(self._wakeup)
+        await self._store.listen()
 
     async def stop_worker(self, grace: float = 10.0) -> None:
         """Stop the background worker gracefully: it claims nothing more, lets the
@@ -7023,11 +7047,8 @@ class TinyWorkflowClient:
         await asyncio.wait({worker})  # every caller waits for the same drain
         if self._worker is worker:
             self._worker = None
-            local = _LOCAL_WORKERS.get(self._store.key, set())
-            local.discard(self._wakeup)
-            if not local:
-                _LOCAL_WORKERS.pop(self._store.key, None)
-            await self._store.unlisten(self._wakeup.set)
+            _hub(self._store.key).workers.discard(self._wakeup)
+            await self._store.unlisten()
             if not worker.cancelled() and worker.exception() is not None:
                 _log.error("the worker stopped with an error", exc_info=worker.exception())
 
