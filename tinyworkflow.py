@@ -31,7 +31,7 @@ process; the store; SQLite; database servers: pool, transactions, base store;
 PostgreSQL; MySQL; registry and decorators; the workflow loop (each run's own
 deterministic event loop, which replays its steps' outcomes in their recorded
 order); workflow context; engine: one run, replayed; engine: claims, leases, the
-watchdog; client; test hook; command-line hand-off.
+watchdog; the worker; client; test hook; command-line hand-off.
 """
 
 from __future__ import annotations
@@ -6100,6 +6100,265 @@ class _Engine:
             await self._finish(run, "compensated", None, error, ("workflow_compensated", {}))
 
 
+# ---- the worker -------------------------------------------------------------------------
+
+
+# The retention policy is applied at most once an hour (among all workers); each worker
+# looks whether it is its turn every few minutes.
+_RETENTION_EVERY = 3600.0
+_RETENTION_LOOK = 300.0
+
+
+class _Worker:
+    """What executes runs for a client, through its engine: the background worker of
+    ``start_worker`` (claims due runs up to its concurrency, fires due schedules,
+    advertises itself, applies the retention policy, and drains on stop), ``drive``
+    for ``start_workflow(wait=True)``, and ``recover`` for ``recover_workflows``."""
+
+    def __init__(self, engine: _Engine, poll_interval: float, concurrency: int,
+                 retention_days: Optional[float]):
+        self.engine, self.store = engine, engine.store
+        self.poll_interval, self.concurrency = poll_interval, concurrency
+        self.retention_days = retention_days
+        self.wakeup = asyncio.Event()  # a run may be due, a slot free, or a stop asked
+        self.task: Optional[asyncio.Task] = None  # the background worker
+        self.stopping = asyncio.Event()  # the current worker's; a new one gets a new one
+        self.grace = 10.0
+
+    async def start(self) -> None:
+        if self.task is not None and not self.task.done():
+            if not self.stopping.is_set():
+                return  # running already
+            await asyncio.wait({self.task})  # a stopping worker: let it finish first
+        self.stopping = asyncio.Event()
+        self.task = asyncio.ensure_future(self._work(self.stopping))
+        self.engine.hub.workers.add(self.wakeup)
+        await self.store.listen()
+
+    async def stop(self, grace: float) -> None:
+        task, stopping = self.task, self.stopping
+        if task is None:
+            return
+        if not stopping.is_set():
+            self.grace = grace
+            stopping.set()
+            self.wakeup.set()
+        await asyncio.wait({task})  # every caller waits for the same drain
+        if self.task is task:
+            self.task = None
+            self.engine.hub.workers.discard(self.wakeup)
+            await self.store.unlisten()
+            if not task.cancelled() and task.exception() is not None:
+                _log.error("the worker stopped with an error", exc_info=task.exception())
+
+    async def _work(self, stopping: asyncio.Event) -> None:
+        engine = self.engine
+        running: dict[asyncio.Task, dict] = {}
+        advertiser = asyncio.ensure_future(self._advertise())
+        retainer = asyncio.ensure_future(self._retain())
+        # When a schedule is due (the workflows' clock), when to look at the schedules
+        # anyway (the machine's), and the time of the last look.
+        schedule_due, look_at, looked = None, 0.0, 0.0
+        try:
+            while not stopping.is_set():
+                self.wakeup.clear()
+                if ((schedule_due is not None and schedule_due <= engine.clock())
+                        or time.monotonic() >= look_at):
+                    schedule_due, look_at = None, time.monotonic() + self.poll_interval
+                    looked = engine.clock()
+                    try:
+                        await engine.fire_schedules()
+                    except Exception:
+                        _log.warning("worker %s could not read the schedules; retrying in "
+                                     "%.1fs", engine.worker_id, self.poll_interval,
+                                     exc_info=True)
+                free = self.concurrency - len(running)
+                if free <= 0:  # every slot busy: a finishing execution wakes us
+                    await _REAL_CLOCK.wait(self.wakeup, None, self.poll_interval)
+                    continue
+                try:
+                    claimed = await engine.claim(limit=free)
+                except Exception:  # a locked or unreachable database: try again later
+                    _log.warning("worker %s could not claim runs; retrying in %.1fs",
+                                 engine.worker_id, self.poll_interval, exc_info=True)
+                    claimed = []
+                for run in claimed:
+                    task = asyncio.ensure_future(engine.execute(run))
+                    running[task] = run
+                    task.add_done_callback(self._finished(running))
+                if len(claimed) < free:  # else claim again right away: more are waiting
+                    run_due = None  # unknown: poll as usual
+                    with contextlib.suppress(Exception):
+                        run_due, schedule_due = await self.store.next_wake(
+                            sorted(_WORKFLOWS), looked, engine.clock())
+                    due = min((t for t in (run_due, schedule_due) if t is not None),
+                              default=None)
+                    # Until the earliest waiting run or schedule is due (the workflows'
+                    # clock), or the next look for runs stored by other processes.
+                    await engine.wait(self.wakeup, None if due is None else
+                                      due - engine.clock(), self.poll_interval)
+        finally:
+            advertiser.cancel()
+            retainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await retainer  # (a delete batch in flight rolls back first)
+            await self._drain(running)
+            with contextlib.suppress(Exception):
+                await self.store.retire(engine.worker_id)
+
+    async def _advertise(self) -> None:
+        """Keep this worker's row up to date: the workflows it serves, and until when
+        it counts as alive (one lease past its last heartbeat)."""
+        engine = self.engine
+        started = time.time()  # liveness: the machine's time
+        while True:
+            now = time.time()
+            serves = {name: {"max_retries": d.retry_policy.max_retries, "timeout": d.timeout,
+                             "retention_days": d.retention_days}
+                      for name, d in _WORKFLOWS.items()}
+            try:
+                await self.store.advertise({
+                    "worker_id": engine.worker_id, "host": socket.gethostname(),
+                    "pid": os.getpid(), "workflows": _dumps(serves, "the workflows served"),
+                    "started_at": started, "heartbeat_at": now, "expires_at": now + engine.lease})
+            except Exception:
+                _log.warning("worker %s could not record its heartbeat", engine.worker_id,
+                             exc_info=True)
+            await asyncio.sleep(engine.lease / 3)
+
+    async def _retain(self) -> None:
+        """Apply the retention policy (``retention_days`` of the workflows registered here
+        and of this client), at most once an hour among all the workers of the database:
+        finished runs older than that are deleted, a family at a time, in small batches
+        (see cleanup_old_workflows)."""
+        engine = self.engine
+        while True:
+            own = {name: d.retention_days for name, d in _WORKFLOWS.items()
+                   if d.retention_days is not None}
+            if own or self.retention_days is not None:
+                try:
+                    # The policies of the workflows other live workers serve count too.
+                    for _, _, _, served, _, _ in await self.store.live_workers(time.time()):
+                        for name, options in (_loads(served) or {}).items():
+                            days = (options or {}).get("retention_days")
+                            if days is not None and name not in own:
+                                own[name] = days
+                    if await self.store.take_turn("retention_at", _RETENTION_EVERY,
+                                                   time.time()):
+                        now, deleted = engine.clock(), 0
+                        for name, days in sorted(own.items()):
+                            deleted += await self.store.delete_finished_before(
+                                now - days * 86400, names=[name])
+                        if self.retention_days is not None:
+                            deleted += await self.store.delete_finished_before(
+                                now - self.retention_days * 86400, other_than=sorted(own))
+                        _log.info("worker %s: retention deleted %d finished runs",
+                                  engine.worker_id, deleted)
+                except Exception:
+                    _log.warning("worker %s could not apply the retention policy",
+                                 engine.worker_id, exc_info=True)
+            await asyncio.sleep(_RETENTION_LOOK)
+
+    async def _drain(self, running: dict) -> None:
+        """Let the executions finish their current step, then give their runs back."""
+        engine = self.engine
+        held = dict(running)
+        if not held:
+            return
+        owners = {run["owner"] for run in held.values()}
+        engine.draining |= owners
+        try:
+            _, late = await asyncio.wait(held, timeout=self.grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+            now = engine.clock()
+            for run in held.values():  # fenced: a run that finished is not touched
+                with contextlib.suppress(Exception):
+                    if await self.store.release_run(run["run_id"], run["owner"], now):
+                        _log.info("run %s released by stopping worker %s", run["run_id"],
+                                  engine.worker_id)
+        finally:
+            engine.draining -= owners
+
+    def _finished(self, running: dict) -> Callable[[asyncio.Task], None]:
+        def done(task: asyncio.Task) -> None:
+            running.pop(task, None)
+            if not task.cancelled() and task.exception() is not None:
+                _log.error("worker execution failed", exc_info=task.exception())
+            self.wakeup.set()
+        return done
+
+    async def drive(self, run: dict, owned: bool = True) -> None:
+        """Execute a run here until it is final, sleeping through retry backoffs and
+        timers; with it the child runs it starts (theirs too) and the runs it continues
+        as, side by side. ``owned``: ``run`` is claimed by this engine already (else
+        it is claimed when due, or waited for while another process executes it)."""
+        engine = self.engine
+        root, poll = run["run_id"], 0.05
+        claimed: list = [run] if owned else []  # rows this engine owns, to execute
+        executing: dict[str, asyncio.Task] = {}
+        changed, watched = asyncio.Event(), set()
+        with contextlib.ExitStack() as watches:
+            try:
+                while True:
+                    for row in claimed:
+                        executing[row["run_id"]] = asyncio.ensure_future(engine.execute(row))
+                        poll = 0.05
+                    changed.clear()  # before reading the state: no change is missed
+                    tree = await self.store.tree(root, engine.clock(), time.time())
+                    if not tree:
+                        return
+                    for run_id in {row[0] for row in tree} - watched:
+                        watches.enter_context(engine.hub.watching(run_id, changed))
+                        watched.add(run_id)
+                    for run_id, task in list(executing.items()):
+                        if task.done():
+                            del executing[run_id]
+                            task.result()  # an execution's own error is the caller's
+                    status, output = tree[0][1], tree[0][2]
+                    if status == "continued":  # carry on with its successor
+                        root, claimed = _loads(output)["continued_as"], []
+                        continue
+                    if status in _TERMINAL and all(row[1] != "compensating" for row in tree):
+                        return  # (descendants cancelled with it compensate first)
+                    due = [row[0] for row in tree if row[3] and row[0] not in executing]
+                    claimed = await engine.claim(run_ids=due, limit=len(due)) if due else []
+                    if claimed:
+                        continue
+                    # Until a change here, the next timer or backoff, or a look at the
+                    # work of other processes.
+                    now = engine.clock()
+                    wake = min((row[4] for row in tree if row[4] is not None and row[4] > now),
+                               default=None)
+                    await engine.wait(changed, None if wake is None else wake - now, poll)
+                    poll = min(poll * 2, 1.0)
+            except BaseException:
+                for task in executing.values():
+                    task.cancel()
+                raise
+            finally:
+                # Children it left running (never awaited) park or finish first.
+                await asyncio.gather(*executing.values(), return_exceptions=True)
+
+    async def recover(self) -> list[str]:
+        """``recover_workflows``: claim every due run and execute them side by side."""
+        engine = self.engine
+        await engine.fire_schedules()
+        runs: list = []
+        try:
+            while True:  # in batches: one claim binds every id in an IN list
+                claimed = await engine.claim(limit=500)
+                runs += claimed
+                if len(claimed) < 500:
+                    break
+        except BaseException:
+            engine.forget(runs)
+            raise
+        await asyncio.gather(*(engine.execute(run) for run in runs))
+        return [run["run_id"] for run in runs]
+
+
 # ---- client -----------------------------------------------------------------------------
 
 
@@ -6159,12 +6418,6 @@ def _lease_seconds(value: Optional[float]) -> float:
     return seconds
 
 
-# The retention policy is applied at most once an hour (among all workers); each worker
-# looks whether it is its turn every few minutes.
-_RETENTION_EVERY = 3600.0
-_RETENTION_LOOK = 300.0
-
-
 class TinyWorkflowClient:
     """The entry point: starts, inspects and executes runs.
 
@@ -6207,10 +6460,7 @@ class TinyWorkflowClient:
         self._auto_start_worker = auto_start_worker
         self._poll_interval, self._worker_concurrency = poll_interval, worker_concurrency
         self._engine: Optional[_Engine] = None
-        self._worker: Optional[asyncio.Task] = None
-        self._wakeup: Optional[asyncio.Event] = None
-        self._stopping = asyncio.Event()  # the current worker's; a new worker gets a new one
-        self._stop_grace = 10.0
+        self._worker: Optional[_Worker] = None
         self._opening = asyncio.Lock()
         self._queues_stored: dict = {}  # queue name -> the declaration stored (None: none)
 
@@ -6246,7 +6496,8 @@ class TinyWorkflowClient:
                                f"{exc}") from exc
                 raise
             self._engine = _Engine(self._store, self._lease, self._clock)
-            self._wakeup = asyncio.Event()
+            self._worker = _Worker(self._engine, self._poll_interval, self._worker_concurrency,
+                                   self._retention_days)
         if self._auto_start_worker:
             await self.start_worker()
 
@@ -6335,7 +6586,7 @@ class TinyWorkflowClient:
             if wait and definition is None:  # served by a live worker: it executes it
                 await self._until_final(existing or run_id)
             elif wait:  # in its queue: executed here once the queue lets it start
-                await self._drive(engine, {"run_id": existing or run_id}, owned=False)
+                await self._worker.drive({"run_id": existing or run_id}, owned=False)
             return existing or run_id
         # Inserted already claimed, so no worker can take it between insert and execute.
         owner = engine.new_owner()
@@ -6345,9 +6596,9 @@ class TinyWorkflowClient:
         events.append(("workflow_started", {"attempt": 1, "owner": owner}))
         existing = await self._insert_once(run, events)
         if existing is not None:  # started before: execute it here if it is due, else wait
-            await self._drive(engine, {"run_id": existing}, owned=False)
+            await self._worker.drive({"run_id": existing}, owned=False)
             return existing
-        await self._drive(engine, await self._store.get_run(run_id))
+        await self._worker.drive(await self._store.get_run(run_id))
         return run_id
 
     async def _until_final(self, run_id: str) -> None:
@@ -6428,63 +6679,6 @@ class TinyWorkflowClient:
                 return waiting["run_id"]
         raise TinyWorkflowError(f"debounce key {key!r}: its run kept starting or changing "
                                 "under this call; nothing was stored")
-
-    async def _drive(self, engine: _Engine, run: dict, owned: bool = True) -> None:
-        """Execute a run here until it is final, sleeping through retry backoffs and
-        timers; with it the child runs it starts (theirs too) and the runs it continues
-        as, side by side. ``owned``: ``run`` is claimed by this engine already (else
-        it is claimed when due, or waited for while another process executes it)."""
-        root, poll = run["run_id"], 0.05
-        claimed: list = [run] if owned else []  # rows this engine owns, to execute
-        executing: dict[str, asyncio.Task] = {}
-        changed, watched = asyncio.Event(), set()
-        with contextlib.ExitStack() as watches:
-            try:
-                while True:
-                    for row in claimed:
-                        executing[row["run_id"]] = asyncio.ensure_future(engine.execute(row))
-                        poll = 0.05
-                    changed.clear()  # before reading the state: no change is missed
-                    tree = await self._store.tree(root, engine.clock(), time.time())
-                    if not tree:
-                        return
-                    for run_id in {row[0] for row in tree} - watched:
-                        watches.enter_context(engine.hub.watching(run_id, changed))
-                        watched.add(run_id)
-                    for run_id, task in list(executing.items()):
-                        if task.done():
-                            del executing[run_id]
-                            task.result()  # an execution's own error is the caller's
-                    status, output = tree[0][1], tree[0][2]
-                    if status == "continued":  # carry on with its successor
-                        root, claimed = _loads(output)["continued_as"], []
-                        continue
-                    if status in _TERMINAL and all(row[1] != "compensating" for row in tree):
-                        return  # (descendants cancelled with it compensate first)
-                    due = [row[0] for row in tree if row[3] and row[0] not in executing]
-                    claimed = await engine.claim(run_ids=due, limit=len(due)) if due else []
-                    if claimed:
-                        continue
-                    # Until a change here, the next timer or backoff, or a look at the
-                    # work of other processes.
-                    now = engine.clock()
-                    wake = min((row[4] for row in tree if row[4] is not None and row[4] > now),
-                               default=None)
-                    await engine.wait(changed, None if wake is None else wake - now, poll)
-                    poll = min(poll * 2, 1.0)
-            except BaseException:
-                for task in executing.values():
-                    task.cancel()
-                raise
-            finally:
-                # Children it left running (never awaited) park or finish first.
-                await asyncio.gather(*executing.values(), return_exceptions=True)
-
-    @staticmethod
-    async def _until(event: asyncio.Event, seconds: float) -> bool:
-        """Sleep up to ``seconds`` of the machine's time (a poll); True if ``event`` was
-        set meanwhile."""
-        return await _REAL_CLOCK.wait(event, None, seconds)
 
     async def get_workflow_status(self, run_id: str) -> Optional[WorkflowExecution]:
         """The run with this id, or None if there is none."""
@@ -6719,7 +6913,7 @@ class TinyWorkflowClient:
                         raise TimeoutError(f"run {run_id} has not {what} within {timeout} s "
                                            f"(it is {row['status']})")
                     pause = min(pause, left)
-                await self._until(changed, pause)
+                await _REAL_CLOCK.wait(changed, None, pause)
                 poll = min(poll * 2, self._poll_interval)
 
     async def resume_workflow(self, run_id: str) -> str:
@@ -6997,20 +7191,8 @@ class TinyWorkflowClient:
         schedule. Returns their run ids once each has finished or been rescheduled.
         Runs in a queue start as far as its limits allow now; the others wait for the
         next call or a worker."""
-        engine = await self._engine_ready()
-        await engine.fire_schedules()
-        runs: list = []
-        try:
-            while True:  # in batches: one claim binds every id in an IN list
-                claimed = await engine.claim(limit=500)
-                runs += claimed
-                if len(claimed) < 500:
-                    break
-        except BaseException:
-            engine.forget(runs)
-            raise
-        await asyncio.gather(*(engine.execute(run) for run in runs))
-        return [run["run_id"] for run in runs]
+        await self._engine_ready()
+        return await self._worker.recover()
 
     async def cleanup_old_workflows(self, days: float = 30) -> int:
         """Delete finished runs (with their steps and events) that finished more than
@@ -7022,169 +7204,16 @@ class TinyWorkflowClient:
     # -- worker
     async def start_worker(self) -> None:
         """Execute due runs in the background of this event loop until ``stop_worker``."""
-        engine = await self._engine_ready()
-        if self._worker is not None and not self._worker.done():
-            if not self._stopping.is_set():
-                return  # running already
-            await asyncio.wait({self._worker})  # a stopping worker: let it finish first
-        self._stopping = asyncio.Event()
-        self._worker = asyncio.ensure_future(self._work(engine, self._stopping))
-        engine.hub.workers.add(self._wakeup)
-        await self._store.listen()
+        await self._engine_ready()
+        await self._worker.start()
 
     async def stop_worker(self, grace: float = 10.0) -> None:
         """Stop the background worker gracefully: it claims nothing more, lets the
         steps in flight finish for up to ``grace`` seconds (each run stops before its
         next step), cancels what is still running then, and gives every run it held
         back to the database, so that another worker takes it over at once."""
-        worker, stopping = self._worker, self._stopping
-        if worker is None:
-            return
-        if not stopping.is_set():
-            self._stop_grace = grace
-            stopping.set()
-            self._wakeup.set()
-        await asyncio.wait({worker})  # every caller waits for the same drain
-        if self._worker is worker:
-            self._worker = None
-            _hub(self._store.key).workers.discard(self._wakeup)
-            await self._store.unlisten()
-            if not worker.cancelled() and worker.exception() is not None:
-                _log.error("the worker stopped with an error", exc_info=worker.exception())
-
-    async def _work(self, engine: _Engine, stopping: asyncio.Event) -> None:
-        running: dict[asyncio.Task, dict] = {}
-        advertiser = asyncio.ensure_future(self._advertise(engine))
-        retainer = asyncio.ensure_future(self._retain(engine))
-        # When a schedule is due (the workflows' clock), when to look at the schedules
-        # anyway (the machine's), and the time of the last look.
-        schedule_due, look_at, looked = None, 0.0, 0.0
-        try:
-            while not stopping.is_set():
-                self._wakeup.clear()
-                if ((schedule_due is not None and schedule_due <= engine.clock())
-                        or time.monotonic() >= look_at):
-                    schedule_due, look_at = None, time.monotonic() + self._poll_interval
-                    looked = engine.clock()
-                    try:
-                        await engine.fire_schedules()
-                    except Exception:
-                        _log.warning("worker %s could not read the schedules; retrying in "
-                                     "%.1fs", engine.worker_id, self._poll_interval,
-                                     exc_info=True)
-                free = self._worker_concurrency - len(running)
-                if free <= 0:  # every slot busy: a finishing execution wakes us
-                    await self._until(self._wakeup, self._poll_interval)
-                    continue
-                try:
-                    claimed = await engine.claim(limit=free)
-                except Exception:  # a locked or unreachable database: try again later
-                    _log.warning("worker %s could not claim runs; retrying in %.1fs",
-                                 engine.worker_id, self._poll_interval, exc_info=True)
-                    claimed = []
-                for run in claimed:
-                    task = asyncio.ensure_future(engine.execute(run))
-                    running[task] = run
-                    task.add_done_callback(self._finished(running))
-                if len(claimed) < free:  # else claim again right away: more are waiting
-                    run_due = None  # unknown: poll as usual
-                    with contextlib.suppress(Exception):
-                        run_due, schedule_due = await self._store.next_wake(
-                            sorted(_WORKFLOWS), looked, engine.clock())
-                    due = min((t for t in (run_due, schedule_due) if t is not None),
-                              default=None)
-                    # Until the earliest waiting run or schedule is due (the workflows'
-                    # clock), or the next look for runs stored by other processes.
-                    await engine.wait(self._wakeup, None if due is None else
-                                      due - engine.clock(), self._poll_interval)
-        finally:
-            advertiser.cancel()
-            retainer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await retainer  # (a delete batch in flight rolls back first)
-            await self._drain(engine, running)
-            with contextlib.suppress(Exception):
-                await self._store.retire(engine.worker_id)
-
-    async def _advertise(self, engine: _Engine) -> None:
-        """Keep this worker's row up to date: the workflows it serves, and until when
-        it counts as alive (one lease past its last heartbeat)."""
-        started = time.time()  # liveness: the machine's time
-        while True:
-            now = time.time()
-            serves = {name: {"max_retries": d.retry_policy.max_retries, "timeout": d.timeout,
-                             "retention_days": d.retention_days}
-                      for name, d in _WORKFLOWS.items()}
-            try:
-                await self._store.advertise({
-                    "worker_id": engine.worker_id, "host": socket.gethostname(),
-                    "pid": os.getpid(), "workflows": _dumps(serves, "the workflows served"),
-                    "started_at": started, "heartbeat_at": now, "expires_at": now + engine.lease})
-            except Exception:
-                _log.warning("worker %s could not record its heartbeat", engine.worker_id,
-                             exc_info=True)
-            await asyncio.sleep(engine.lease / 3)
-
-    async def _retain(self, engine: _Engine) -> None:
-        """Apply the retention policy (``retention_days`` of the workflows registered here
-        and of this client), at most once an hour among all the workers of the database:
-        finished runs older than that are deleted, a family at a time, in small batches
-        (see cleanup_old_workflows)."""
-        while True:
-            own = {name: d.retention_days for name, d in _WORKFLOWS.items()
-                   if d.retention_days is not None}
-            if own or self._retention_days is not None:
-                try:
-                    # The policies of the workflows other live workers serve count too.
-                    for _, _, _, served, _, _ in await self._store.live_workers(time.time()):
-                        for name, options in (_loads(served) or {}).items():
-                            days = (options or {}).get("retention_days")
-                            if days is not None and name not in own:
-                                own[name] = days
-                    if await self._store.take_turn("retention_at", _RETENTION_EVERY,
-                                                   time.time()):
-                        now, deleted = engine.clock(), 0
-                        for name, days in sorted(own.items()):
-                            deleted += await self._store.delete_finished_before(
-                                now - days * 86400, names=[name])
-                        if self._retention_days is not None:
-                            deleted += await self._store.delete_finished_before(
-                                now - self._retention_days * 86400, other_than=sorted(own))
-                        _log.info("worker %s: retention deleted %d finished runs",
-                                  engine.worker_id, deleted)
-                except Exception:
-                    _log.warning("worker %s could not apply the retention policy",
-                                 engine.worker_id, exc_info=True)
-            await asyncio.sleep(_RETENTION_LOOK)
-
-    async def _drain(self, engine: _Engine, running: dict) -> None:
-        """Let the executions finish their current step, then give their runs back."""
-        held = dict(running)
-        if not held:
-            return
-        owners = {run["owner"] for run in held.values()}
-        engine.draining |= owners
-        try:
-            _, late = await asyncio.wait(held, timeout=self._stop_grace)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-            now = engine.clock()
-            for run in held.values():  # fenced: a run that finished is not touched
-                with contextlib.suppress(Exception):
-                    if await self._store.release_run(run["run_id"], run["owner"], now):
-                        _log.info("run %s released by stopping worker %s", run["run_id"],
-                                  engine.worker_id)
-        finally:
-            engine.draining -= owners
-
-    def _finished(self, running: dict) -> Callable[[asyncio.Task], None]:
-        def done(task: asyncio.Task) -> None:
-            running.pop(task, None)
-            if not task.cancelled() and task.exception() is not None:
-                _log.error("worker execution failed", exc_info=task.exception())
-            self._wakeup.set()
-        return done
+        if self._worker is not None:
+            await self._worker.stop(grace)
 
     # -- registry
     def list_registered_workflows(self) -> list[str]:
