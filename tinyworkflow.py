@@ -550,6 +550,11 @@ def _loads(text: Optional[str]) -> Any:
     return json.loads(text)  # (or its error)
 
 
+def _successor(status: str, output: Optional[str]) -> Optional[str]:
+    """The run a run that continued as new handed over to (None for any other run)."""
+    return (_loads(output) or {}).get("continued_as") if status == "continued" else None
+
+
 def _dumps_for_display(value: Any) -> str:
     """For what is recorded only to be read by people (activity arguments): never fails."""
     try:
@@ -2316,6 +2321,17 @@ class _Store:
                                          "WHERE run_id = ?"), (run_id,))
         return dict(zip(_RUN_COLUMNS, rows[0])) if rows else None
 
+    async def current_run(self, run_id: str) -> Optional[dict]:
+        """The run; for one that continued as new, the last run of its chain."""
+        row, seen = await self.get_run(run_id), {run_id}
+        while row is not None:
+            successor = _successor(row["status"], row["output_data"])
+            if successor is None or successor in seen:
+                return row
+            seen.add(successor)
+            row = await self.get_run(successor)
+        return row
+
     @staticmethod
     def _run_filter(filters: dict) -> tuple:
         """The WHERE clause and parameters of list_runs/count_runs: equal columns, and
@@ -2465,8 +2481,8 @@ class _Store:
             if not over(ancestor):
                 return False
         link = row
-        while link[1] == "continued":  # on: the chain, to its current run
-            successor = (_loads(link[3]) or {}).get("continued_as")
+        while True:  # on: the chain, to its current run
+            successor = _successor(link[1], link[3])
             if successor is None or successor in seen:
                 break
             seen.add(successor)
@@ -5532,9 +5548,7 @@ class _Execution:
 
     async def take_child(self, wait: _Wait, until: Optional[float]) -> None:
         try:
-            child = await self.store.get_run(wait.child_id)
-            while child is not None and child["status"] == "continued":
-                child = await self.store.get_run(_loads(child["output_data"])["continued_as"])
+            child = await self.store.current_run(wait.child_id)
         except Exception as exc:
             raise _StoreFailed(self.run_id, exc) from exc
         if child is not None and (child["status"] not in _TERMINAL or (
@@ -6318,7 +6332,7 @@ class _Worker:
                             task.result()  # an execution's own error is the caller's
                     status, output = tree[0][1], tree[0][2]
                     if status == "continued":  # carry on with its successor
-                        root, claimed = _loads(output)["continued_as"], []
+                        root, claimed = _successor(status, output), []
                         continue
                     if status in _TERMINAL and all(row[1] != "compensating" for row in tree):
                         return  # (descendants cancelled with it compensate first)
@@ -6606,7 +6620,7 @@ class TinyWorkflowClient:
         state, wherever it executes."""
         async def look(row: dict) -> Any:
             if row["status"] == "continued":
-                return _loads(row["output_data"])["continued_as"]
+                return _successor(row["status"], row["output_data"])
             return None if row["status"] in _TERMINAL else _NOT_YET
         while run_id is not None:
             run_id = await self._watch(run_id, None, look, "finished")
@@ -6761,11 +6775,9 @@ class TinyWorkflowClient:
 
     async def _current(self, run_id: str) -> dict:
         """The run, or for a run that continued as new the last run of its chain."""
-        row = await self._store.get_run(run_id)
+        row = await self._store.current_run(run_id)
         if row is None:
             raise RunNotFoundError(f"no run with id {run_id!r}")
-        while row["status"] == "continued":
-            row = await self._store.get_run(_loads(row["output_data"])["continued_as"])
         return row
 
     async def get_pending_approvals(self) -> list[WorkflowExecution]:
@@ -6852,7 +6864,7 @@ class TinyWorkflowClient:
             if status == "completed":
                 return _loads(row["output_data"])["result"]
             if status == "continued":
-                successor.append(_loads(row["output_data"])["continued_as"])
+                successor.append(_successor(status, row["output_data"]))
                 return None
             if status in _TERMINAL:
                 raise WorkflowFailedError(
