@@ -1505,6 +1505,10 @@ _EVENT_COLUMNS = "run_id, event_type, event_data, timestamp"
 _EVENT_INSERT = f"INSERT INTO {{p}}events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?)"
 
 
+# A parent waiting for a child: due now (as a signal makes it). It reads nothing the
+# statements before it in a batch write, so PostgreSQL may run it beside them.
+_WAKE_PARENT = ("UPDATE {p}runs SET wake_at = ?, inbox = inbox + 1, updated_at = ? "
+                "WHERE run_id = ? AND status IN ('running', 'paused')")
 # The next approval a run waits for (after one was decided or given up).
 _NEXT_APPROVAL = ("UPDATE {p}runs SET approval_required = (SELECT name FROM {p}steps WHERE "
                   "run_id = ? AND kind = 'approval' AND status = 'waiting' ORDER BY step "
@@ -1607,6 +1611,11 @@ class _Store:
         # The largest value one statement can carry, in bytes (None: no limit that
         # matters; MySQL's max_allowed_packet, read when connecting, less some room).
         self.max_value: Optional[int] = None
+        # Server writes by the path they took: "transaction" (BEGIN, the statements,
+        # COMMIT: a round trip each), "statement" (one statement), "grouped steps" /
+        # "grouped finishes" (one statement for the writes of many runs). A test pins
+        # the path of each hot write (tests/test_write_paths.py).
+        self.paths: collections.Counter = collections.Counter()
 
     def fits(self, what: str, text: Optional[str]) -> Optional[str]:
         """``text`` if the database takes a value that long, else SerializationError."""
@@ -2235,9 +2244,7 @@ class _Store:
 
     def _wake_parent(self, parent: str, now: float) -> list:
         """Statements that make a parent waiting for its child due (as a signal does)."""
-        return [(self.sql("UPDATE {p}runs SET wake_at = ?, inbox = inbox + 1, updated_at = ? "
-                          "WHERE run_id = ? AND status IN ('running', 'paused')"),
-                 (now, now, parent)),
+        return [(self.sql(_WAKE_PARENT), (now, now, parent)),
                 *self._wake_ops(parent)]
 
     async def retry_run(self, run_id: str, owner: str, now: float, wake_at: float,
@@ -3244,6 +3251,7 @@ class _ServerStore(_Store):
                 _log.info("database connection lost during a read (%s); reading again", exc)
 
     async def batch(self, ops: list, fence: bool = False) -> bool:
+        self.paths["transaction"] += 1
         for attempt in range(1, self._WRITE_ATTEMPTS + 1):
             committing = False
             try:
@@ -3279,6 +3287,7 @@ class _ServerStore(_Store):
 
     @contextlib.asynccontextmanager
     async def transaction(self):
+        self.paths["transaction"] += 1
         async with self._connection() as conn:
             await self._execute(conn, "BEGIN", ())
             try:
@@ -3442,6 +3451,7 @@ class _PostgresStore(_ServerStore):
                     in group]
         one_by_one = len(group) == 1 or len(set(keys)) < len(keys)  # a key twice: apart
         if not one_by_one:
+            self.paths[f"grouped {kind}"] += 1
             try:
                 written = {tuple(row) for row in await self._write_one(
                     self._group_sql(kind), [list(column) for column in zip(*rows)], fetch=True)}
@@ -3512,6 +3522,7 @@ class _PostgresStore(_ServerStore):
             statement = self._compile([sql for sql, _ in ops], fence)
         if not statement:
             return await super().batch(ops, fence)
+        self.paths["statement"] += 1
         count = await self._write_one(statement, [p for _, op_params in ops for p in op_params])
         return count > 0 or not fence
 
@@ -3561,6 +3572,9 @@ class _PostgresStore(_ServerStore):
                             f"{' FROM b0' if fence else ''})")
             elif i > 0 and not fence and sql.startswith("INSERT"):  # fork_run's steps
                 ctes.append(f"b{i} AS ({shifted})")
+            elif i > 0 and sql == self.sql(_WAKE_PARENT):  # a child's end: its parent due
+                ctes.append(f"b{i} AS ({shifted}"
+                            f"{' AND EXISTS (SELECT 1 FROM b0)' if fence else ''})")
             else:
                 self._compiled[(tuple(sqls), fence)] = ""
                 return ""
