@@ -5933,6 +5933,9 @@ class _Engine:
             except RuntimeError:  # no thread to be had: the heartbeats alone keep the leases
                 _log.warning("worker %s: no watchdog thread", self.worker_id, exc_info=True)
                 self._watchdog = False  # (said once)
+        if run_id in self._tasks:  # an execution here lost the run (its lease ran out)
+            self.cancel_local(run_id)  # and this claim took it: the old one stops first,
+            await self.settled(run_id)  # so that the two never overlap
         task, done = asyncio.ensure_future(self._execute(run)), asyncio.Event()
         self._tasks[run_id] = (owner, task, done)
         self.leases[owner] = run

@@ -5,9 +5,11 @@ once and the run completes there, and the worker logs a warning that names what 
 On every backend."""
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -17,7 +19,7 @@ import pytest
 
 import blocking_workflows  # noqa: F401  (registers the workflows here too)
 from dbutil import child_env, sqlite_only, until
-from tinyworkflow import TinyWorkflowClient
+from tinyworkflow import TinyWorkflowClient, activity, workflow
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 LEASE = 1.2
@@ -177,3 +179,53 @@ async def test_without_a_watchdog_thread_runs_still_execute(sqlite_url, monkeypa
                 "blocking_workflow", {"seconds": 0}, wait=True), 30)
             assert (await client.get_workflow_status(run_id)).status.value == "completed"
     assert sum("no watchdog thread" in m for m in warnings(caplog)) == 1
+
+
+GATE: dict = {}  # test id -> the asyncio.Event the activity waits for
+RUNNING = collections.Counter()  # test id -> executions of the activity at this moment
+MOST = collections.Counter()  # test id -> the most at any moment
+
+
+@activity(name="blocked_loop_gated")
+async def gated(token: str) -> str:
+    RUNNING[token] += 1
+    MOST[token] = max(MOST[token], RUNNING[token])
+    try:
+        await GATE[token].wait()
+    finally:
+        RUNNING[token] -= 1
+    return token
+
+
+@workflow(name="blocked_loop_gated_flow")
+async def gated_flow(ctx):
+    return await ctx.execute_activity(gated, ctx.get_input("token"))
+
+
+def owner(path) -> str:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return db.execute("SELECT owner FROM tinyworkflow_runs").fetchone()[0]
+
+
+async def test_a_run_claimed_again_by_the_engine_executing_it_never_runs_twice_at_once(
+        sqlite_url, tmp_path):
+    """The watchdog could not keep the lease (say a transaction of this very process
+    held the database) and this process's own worker claims the run again: the old
+    execution stops before the new one starts."""
+    token, path = str(tmp_path), tmp_path / "tw.db"
+    GATE[token] = asyncio.Event()
+    async with TinyWorkflowClient(sqlite_url) as client:
+        first = asyncio.ensure_future(client.start_workflow(
+            "blocked_loop_gated_flow", {"token": token}, wait=True))
+        await until(lambda: RUNNING[token] == 1, 10, "the first execution")
+        was = owner(path)
+        with contextlib.closing(sqlite3.connect(path)) as db, db:  # its lease ran out
+            db.execute("UPDATE tinyworkflow_runs SET lease_expires_at = 0")
+        again = asyncio.ensure_future(client.recover_workflows())
+        await until(lambda: owner(path) != was, 10, "the second claim")
+        await asyncio.sleep(0.3)  # the new execution reaches the activity, if it may
+        GATE[token].set()
+        run_id = await asyncio.wait_for(first, 30)
+        await asyncio.wait_for(again, 30)
+        assert (await client.get_workflow_status(run_id)).output_data == {"result": token}
+    assert MOST[token] == 1
