@@ -1509,6 +1509,11 @@ _EVENT_INSERT = f"INSERT INTO {{p}}events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?)
 # statements before it in a batch write, so PostgreSQL may run it beside them.
 _WAKE_PARENT = ("UPDATE {p}runs SET wake_at = ?, inbox = inbox + 1, updated_at = ? "
                 "WHERE run_id = ? AND status IN ('running', 'paused')")
+_SIGNAL_INSERT = ("INSERT INTO {p}signals (run_id, name, payload, created_at) "
+                  "VALUES (?, ?, ?, ?)")
+# The column types of the INSERTs PostgreSQL may run after a batch's first statement and
+# only if that one wrote a row (INSERT ... SELECT ... FROM it: binds there need a type).
+_TYPED_INSERTS = {_SIGNAL_INSERT: ("key", "key", "text", "float")}
 # The next approval a run waits for (after one was decided or given up).
 _NEXT_APPROVAL = ("UPDATE {p}runs SET approval_required = (SELECT name FROM {p}steps WHERE "
                   "run_id = ? AND kind = 'approval' AND status = 'waiting' ORDER BY step "
@@ -2152,8 +2157,7 @@ class _Store:
             (self.sql("UPDATE {p}runs SET wake_at = CASE WHEN status IN ('running', 'paused') "
                       "THEN ? ELSE wake_at END, inbox = inbox + 1, updated_at = ? "
                       f"WHERE run_id = ? AND {_NOT_TERMINAL}"), (now, now, run_id)),
-            (self.sql("INSERT INTO {p}signals (run_id, name, payload, created_at) "
-                      "VALUES (?, ?, ?, ?)"), (run_id, name, payload, now)),
+            (self.sql(_SIGNAL_INSERT), (run_id, name, payload, now)),
             self._event(run_id, "signal_received", {"name": name}, now),
             *self._wake_ops(run_id),
         ], fence=True)
@@ -3544,6 +3548,7 @@ class _PostgresStore(_ServerStore):
         """One statement doing what the batch's statements do, or "" if some statement
         is not of a kind this knows (then the batch runs as a transaction)."""
         ctes, offset, event = [], 0, self.sql(_EVENT_INSERT)
+        typed = {self.sql(insert): kinds for insert, kinds in _TYPED_INSERTS.items()}
         events: list = []  # the rows of consecutive events: one INSERT keeps their order
         for i, sql in enumerate(sqls):
             count = len(re.findall(r"\$\d+", sql))
@@ -3572,6 +3577,11 @@ class _PostgresStore(_ServerStore):
                             f"{' FROM b0' if fence else ''})")
             elif i > 0 and not fence and sql.startswith("INSERT"):  # fork_run's steps
                 ctes.append(f"b{i} AS ({shifted})")
+            elif i > 0 and fence and sql in typed:  # a row only if the first wrote one
+                casts = ", ".join(f"CAST({mark} AS {self.dialect.types[kind]})"
+                                  for mark, kind in zip(marks, typed[sql]))
+                ctes.append(f"b{i} AS ({shifted[:shifted.index(' VALUES ')]} "
+                            f"SELECT {casts} FROM b0)")
             elif i > 0 and sql == self.sql(_WAKE_PARENT):  # a child's end: its parent due
                 ctes.append(f"b{i} AS ({shifted}"
                             f"{' AND EXISTS (SELECT 1 FROM b0)' if fence else ''})")

@@ -6,8 +6,8 @@ statement for the steps of many runs, "transaction" BEGIN, the statements and CO
 it can be seen, instead of only in a benchmark.
 
 Still transactions, and why: a claim and a cancellation read before they write; a
-child's start (its step row fences the batch, and the run row it inserts has no
-one-statement form yet) and a signal (likewise its signal row).
+child's start (its step row fences the batch, and the run row it inserts has no typed
+one-statement form yet, as the signal row of ``send_signal`` has).
 """
 
 import asyncio
@@ -83,7 +83,7 @@ async def test_each_hot_write_takes_its_path_on_postgresql(db_url):
             "statement": 5, "transaction": 2}
         run_id = await client.start_workflow("paths_signal")
         await client.recover_workflows()  # parked, waiting
-        assert (await paths(client.send_signal(run_id, "go", 1)))[0] == {"transaction": 1}
+        assert (await paths(client.send_signal(run_id, "go", 1)))[0] == {"statement": 1}
         assert (await paths(client.recover_workflows()))[0] == {
             "transaction": 2, "statement": 1}
         # Two steps, a compensation registered and run, the failure: no transaction.
