@@ -1511,9 +1511,21 @@ _WAKE_PARENT = ("UPDATE {p}runs SET wake_at = ?, inbox = inbox + 1, updated_at =
                 "WHERE run_id = ? AND status IN ('running', 'paused')")
 _SIGNAL_INSERT = ("INSERT INTO {p}signals (run_id, name, payload, created_at) "
                   "VALUES (?, ?, ?, ?)")
-# The column types of the INSERTs PostgreSQL may run after a batch's first statement and
-# only if that one wrote a row (INSERT ... SELECT ... FROM it: binds there need a type).
-_TYPED_INSERTS = {_SIGNAL_INSERT: ("key", "key", "text", "float")}
+# The column types of the tables PostgreSQL may insert into after a batch's first
+# statement, only if that one wrote a row (INSERT ... SELECT ... FROM it: a bind there
+# needs a type): a child's run, a signal.
+_COLUMN_TYPES = {
+    "runs": {**dict.fromkeys(("run_id", "workflow_id", "workflow_name", "status", "owner",
+                              "parent_run_id", "approval_required", "schedule_id",
+                              "idempotency_key", "queue_name", "queue_key", "debounce_key"),
+                             "key"),
+             **dict.fromkeys(("input_data", "output_data", "error"), "text"),
+             **dict.fromkeys(("retry_count", "max_retries", "priority", "inbox"), "int"),
+             **dict.fromkeys(("timeout", "created_at", "started_at", "completed_at",
+                              "updated_at", "wake_at", "deadline_at", "lease_expires_at",
+                              "scheduled_for", "dequeued_at", "attempt_started_at"), "float")},
+    "signals": {"run_id": "key", "name": "key", "payload": "text", "created_at": "float"},
+}
 # The next approval a run waits for (after one was decided or given up).
 _NEXT_APPROVAL = ("UPDATE {p}runs SET approval_required = (SELECT name FROM {p}steps WHERE "
                   "run_id = ? AND kind = 'approval' AND status = 'waiting' ORDER BY step "
@@ -3548,7 +3560,6 @@ class _PostgresStore(_ServerStore):
         """One statement doing what the batch's statements do, or "" if some statement
         is not of a kind this knows (then the batch runs as a transaction)."""
         ctes, offset, event = [], 0, self.sql(_EVENT_INSERT)
-        typed = {self.sql(insert): kinds for insert, kinds in _TYPED_INSERTS.items()}
         events: list = []  # the rows of consecutive events: one INSERT keeps their order
         for i, sql in enumerate(sqls):
             count = len(re.findall(r"\$\d+", sql))
@@ -3577,9 +3588,9 @@ class _PostgresStore(_ServerStore):
                             f"{' FROM b0' if fence else ''})")
             elif i > 0 and not fence and sql.startswith("INSERT"):  # fork_run's steps
                 ctes.append(f"b{i} AS ({shifted})")
-            elif i > 0 and fence and sql in typed:  # a row only if the first wrote one
+            elif i > 0 and fence and self._column_types(sql):  # a row if the first wrote one
                 casts = ", ".join(f"CAST({mark} AS {self.dialect.types[kind]})"
-                                  for mark, kind in zip(marks, typed[sql]))
+                                  for mark, kind in zip(marks, self._column_types(sql)))
                 ctes.append(f"b{i} AS ({shifted[:shifted.index(' VALUES ')]} "
                             f"SELECT {casts} FROM b0)")
             elif i > 0 and sql == self.sql(_WAKE_PARENT):  # a child's end: its parent due
@@ -3595,6 +3606,16 @@ class _PostgresStore(_ServerStore):
                      + "".join(f" + 0 * {n}" for n in notified))
         self._compiled[(tuple(sqls), fence)] = statement
         return statement
+
+    def _column_types(self, sql: str) -> Optional[list]:
+        """The types of an ``INSERT ... VALUES`` statement's columns, if _COLUMN_TYPES
+        knows its table and every column."""
+        found = re.fullmatch(rf"INSERT INTO {re.escape(self.prefix)}(\w+) \(([\w, ]+)\) "
+                             r"VALUES \([$\d, ]+\)", sql)
+        table = _COLUMN_TYPES.get(found.group(1)) if found else None
+        columns = found.group(2).split(", ") if table else ()
+        return [table[c] for c in columns] if table and all(c in table for c in columns) \
+            else None
 
     async def listen(self) -> None:
         self._listening += 1

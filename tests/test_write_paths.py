@@ -5,9 +5,7 @@ statement for the steps of many runs, "transaction" BEGIN, the statements and CO
 (a round trip each). A change that moves a write to a slower path fails here, where
 it can be seen, instead of only in a benchmark.
 
-Still transactions, and why: a claim and a cancellation read before they write; a
-child's start (its step row fences the batch, and the run row it inserts has no typed
-one-statement form yet, as the signal row of ``send_signal`` has).
+Still transactions, and why: a claim and a cancellation read before they write.
 """
 
 import asyncio
@@ -77,10 +75,10 @@ async def test_each_hot_write_takes_its_path_on_postgresql(db_url):
         # Inserted claimed; the step and the finish: one statement each.
         assert (await paths(client.start_workflow("paths_one_step", wait=True)))[0] == {
             "statement": 3}
-        # The child's start and its claim are transactions; its end, which makes the
-        # parent due, is one statement.
+        # The child's start (with the parent's step) and its end (which makes the parent
+        # due) are one statement each; its claim is a transaction.
         assert (await paths(client.start_workflow("paths_parent", wait=True)))[0] == {
-            "statement": 5, "transaction": 2}
+            "statement": 6, "transaction": 1}
         run_id = await client.start_workflow("paths_signal")
         await client.recover_workflows()  # parked, waiting
         assert (await paths(client.send_signal(run_id, "go", 1)))[0] == {"statement": 1}
