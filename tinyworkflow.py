@@ -2649,7 +2649,10 @@ _INLINE_COMMIT_LIMIT = 0.002  # seconds a write batch may hold the event loop, o
 
 
 def _resolve(group: list, results: list) -> None:
-    for (_, _, future), result in zip(group, results):
+    """Hand each queued write (an entry whose last item is its caller's future) its
+    result or error."""
+    for entry, result in zip(group, results):
+        future = entry[-1]
         if future.done():  # its caller was cancelled; the write stands or not alike
             continue
         if isinstance(result, BaseException):
@@ -3479,14 +3482,7 @@ class _PostgresStore(_ServerStore):
         if one_by_one:
             results = await asyncio.gather(*(single(*item) for item, _ in group),
                                            return_exceptions=True)
-        for (_, future), result in zip(group, results):
-            if future.done():
-                continue
-            if isinstance(result, BaseException):
-                future.set_exception(result if isinstance(result, Exception) else
-                                     TinyWorkflowError(f"write interrupted: {result!r}"))
-            else:
-                future.set_result(result)
+        _resolve(group, results)
 
     def _group_sql(self, kind: str) -> str:
         """One statement for many writes, taking one array per column; it returns the
