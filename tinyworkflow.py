@@ -26,12 +26,14 @@ stored result without running, and the run carries on where it stopped.
 
 Sections, in dependency order, each using only what stands above it (grep for
 "# ---- "): statuses and records; errors; helpers; retry policy; time; schedule
-times; dialects: database URLs; dialects: SQL, migrations; wake-ups in this
-process; the store; SQLite; database servers: pool, transactions, base store;
-PostgreSQL; MySQL; registry and decorators; the workflow loop (each run's own
-deterministic event loop, which replays its steps' outcomes in their recorded
-order); workflow context; engine: one run, replayed; engine: claims, leases, the
-watchdog; the worker; client; test hook; command-line hand-off.
+times; dialects: database URLs; dialects: SQL, migrations; drivers: their errors,
+transactions; drivers: SQLite (aiosqlite); drivers: database servers (asyncpg,
+aiomysql); drivers: the connection pool; the store; the store: SQLite; the store:
+database servers; the store: PostgreSQL; the store: MySQL; registry and decorators;
+the workflow loop (each run's own deterministic event loop, which replays its steps'
+outcomes in their recorded order); workflow context; wake-ups in this process: the
+hub; engine: one run, replayed; engine: claims, leases, the watchdog; the worker;
+client; test hook; command-line hand-off.
 """
 
 from __future__ import annotations
@@ -406,71 +408,6 @@ class DatabaseIntegrityError(DatabaseError):
 
 class DataTooLargeError(DatabaseError, ValueError):
     """A value or a statement too large for the database (or its configuration)."""
-
-
-_JSON_ARGUMENTS = ("input_data", "payload")  # stored as JSON: NUL is escaped
-_DRIVERS = ("sqlite3", "aiosqlite", "asyncpg", "pymysql", "aiomysql")
-_BUSY_SQLSTATES = ("40001", "40P01", "55P03")  # serialisation failure, deadlock, lock
-_MYSQL_KINDS = {1205: DatabaseBusyError, 1213: DatabaseBusyError, 1062: DatabaseIntegrityError,
-                1451: DatabaseIntegrityError, 1452: DatabaseIntegrityError,
-                1153: DataTooLargeError, 1406: DataTooLargeError, 2002: DatabaseUnavailableError,
-                2003: DatabaseUnavailableError, 2006: DatabaseUnavailableError,
-                2013: DatabaseUnavailableError}
-
-
-def _database_error(exc: BaseException) -> Optional[DatabaseError]:
-    """tinyworkflow's error for a database driver's exception (by its module, class
-    name, SQLSTATE or error code, as peewee does), or None if it is not one."""
-    if isinstance(exc, TinyWorkflowError):
-        return None  # ours already
-    kind = type(exc)
-    driver = kind.__module__.partition(".")[0] in _DRIVERS
-    if not driver and not isinstance(exc, (ConnectionError, socket.gaierror)):
-        return None
-    text, name = str(exc), kind.__name__
-    sqlstate = str(getattr(exc, "sqlstate", "") or "")
-    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
-    if isinstance(exc, (ConnectionError, socket.gaierror)) or sqlstate.startswith("08") \
-            or sqlstate in ("57P01", "57P02", "57P03") or "Connection" in name \
-            or name == "InterfaceError" or "unable to open" in text:
-        cls: type = DatabaseUnavailableError
-    elif code in _MYSQL_KINDS:
-        cls = _MYSQL_KINDS[code]
-    elif sqlstate in _BUSY_SQLSTATES or "locked" in text or "busy" in text or "Deadlock" in name:
-        cls = DatabaseBusyError
-    elif sqlstate.startswith("23") or name == "IntegrityError":
-        cls = DatabaseIntegrityError
-    elif sqlstate.startswith("54") or sqlstate == "22001" or "too big" in text \
-            or "too large" in text:
-        cls = DataTooLargeError
-    else:
-        cls = DatabaseError
-    what = {DatabaseBusyError: "the database is busy", DatabaseIntegrityError:
-            "the database refused the write", DataTooLargeError: "too large for the database",
-            DatabaseUnavailableError: "the database is unreachable"}.get(cls, "the database failed")
-    return cls(f"{what}: {kind.__module__}.{name}: {text}")
-
-
-def _translating(method: Callable) -> Callable:
-    """A public coroutine method whose driver exceptions come out as tinyworkflow's, and
-    which refuses NUL in a text argument (a name, an id, a key: stored as they are, and
-    PostgreSQL refuses NUL; JSON values such as ``input_data`` escape it)."""
-    names = list(inspect.signature(method).parameters)[1:]  # after self
-
-    @functools.wraps(method)
-    async def call(*args: Any, **kwargs: Any) -> Any:
-        for name, value in (*zip(names, args[1:]), *kwargs.items()):
-            if type(value) is str and "\x00" in value and name not in _JSON_ARGUMENTS:
-                raise ValueError(f"{name} {value!r} contains NUL, which not every database "
-                                 "stores")
-        try:
-            return await method(*args, **kwargs)
-        except Exception as exc:
-            error = _database_error(exc)
-            if error is None:
-                raise
-            raise error from exc
-    return call
 
 
 class _Released(BaseException):
@@ -1532,79 +1469,648 @@ _NEXT_APPROVAL = ("UPDATE {p}runs SET approval_required = (SELECT name FROM {p}s
                   "LIMIT 1) WHERE run_id = ?")
 
 
-# ---- wake-ups in this process: the hub --------------------------------------------------
+# ---- drivers: their errors, transactions ------------------------------------------------
+# The only code that touches aiosqlite, asyncpg or aiomysql. A driver opens and closes
+# connections, runs a statement on one, and says what one of its exceptions means: to
+# the store, whether a write may be done again (``lost``, ``unsent``, ``conflict``,
+# ``transient``, ``duplicate``); to callers of the public API, which of tinyworkflow's
+# errors it is (``_database_error``, applied by ``_translating``).
+
+_JSON_ARGUMENTS = ("input_data", "payload")  # stored as JSON: NUL is escaped
+_DRIVERS = ("sqlite3", "aiosqlite", "asyncpg", "pymysql", "aiomysql")
+_BUSY_SQLSTATES = ("40001", "40P01", "55P03")  # serialisation failure, deadlock, lock
+_MYSQL_KINDS = {1205: DatabaseBusyError, 1213: DatabaseBusyError, 1062: DatabaseIntegrityError,
+                1451: DatabaseIntegrityError, 1452: DatabaseIntegrityError,
+                1153: DataTooLargeError, 1406: DataTooLargeError, 2002: DatabaseUnavailableError,
+                2003: DatabaseUnavailableError, 2006: DatabaseUnavailableError,
+                2013: DatabaseUnavailableError}
 
 
-class _Hub:
-    """Who in this process waits on one database, and how each is woken: workers wait
-    for a run to become due; executions wait in memory for a signal to their run;
-    callers (``wait=True``, ``wait_for_result``, ``get_event``) watch a run change.
-    Whatever changes a run, in this process or (through PostgreSQL's NOTIFY) in
-    another, says so here. One hub per database (``_hub``), shared by its clients."""
+def _database_error(exc: BaseException) -> Optional[DatabaseError]:
+    """tinyworkflow's error for a database driver's exception (by its module, class
+    name, SQLSTATE or error code, as peewee does), or None if it is not one."""
+    if isinstance(exc, TinyWorkflowError):
+        return None  # ours already
+    kind = type(exc)
+    driver = kind.__module__.partition(".")[0] in _DRIVERS
+    if not driver and not isinstance(exc, (ConnectionError, socket.gaierror)):
+        return None
+    text, name = str(exc), kind.__name__
+    sqlstate = str(getattr(exc, "sqlstate", "") or "")
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+    if isinstance(exc, (ConnectionError, socket.gaierror)) or sqlstate.startswith("08") \
+            or sqlstate in ("57P01", "57P02", "57P03") or "Connection" in name \
+            or name == "InterfaceError" or "unable to open" in text:
+        cls: type = DatabaseUnavailableError
+    elif code in _MYSQL_KINDS:
+        cls = _MYSQL_KINDS[code]
+    elif sqlstate in _BUSY_SQLSTATES or "locked" in text or "busy" in text or "Deadlock" in name:
+        cls = DatabaseBusyError
+    elif sqlstate.startswith("23") or name == "IntegrityError":
+        cls = DatabaseIntegrityError
+    elif sqlstate.startswith("54") or sqlstate == "22001" or "too big" in text \
+            or "too large" in text:
+        cls = DataTooLargeError
+    else:
+        cls = DatabaseError
+    what = {DatabaseBusyError: "the database is busy", DatabaseIntegrityError:
+            "the database refused the write", DataTooLargeError: "too large for the database",
+            DatabaseUnavailableError: "the database is unreachable"}.get(cls, "the database failed")
+    return cls(f"{what}: {kind.__module__}.{name}: {text}")
 
-    def __init__(self) -> None:
-        self.workers: set = set()  # an asyncio.Event per worker
-        self.signal_waiters: dict[str, set] = {}  # run id -> what .set() wakes
-        self.watchers: dict[str, set] = {}  # run id -> an asyncio.Event per watcher
 
-    def run_due(self) -> None:
-        """A run became due: the workers look for it at once."""
-        for event in self.workers:
-            event.set()
+def _translating(method: Callable) -> Callable:
+    """A public coroutine method whose driver exceptions come out as tinyworkflow's, and
+    which refuses NUL in a text argument (a name, an id, a key: stored as they are, and
+    PostgreSQL refuses NUL; JSON values such as ``input_data`` escape it)."""
+    names = list(inspect.signature(method).parameters)[1:]  # after self
 
-    def signal(self, run_id: str) -> None:
-        """A signal, an approval or a child's end reached the run: its wait in memory
-        here goes on."""
-        for waiter in self.signal_waiters.get(run_id, ()):
-            waiter.set()
-
-    def changed(self, run_id: str) -> None:
-        """The run's state changed (a step, its end, a cancellation)."""
-        for event in self.watchers.get(run_id, ()):
-            event.set()
-
-    def run_changed(self, run_id: str) -> None:
-        """Something reached the run from outside: whoever waits on it, and the workers
-        (the run may have become due)."""
-        self.signal(run_id)
-        self.changed(run_id)
-        self.run_due()
-
-    def notified(self, run_id: str) -> None:
-        """Another process made a run due (NOTIFY; the run's id when a signal did)."""
-        if run_id:
-            self.signal(run_id)
-        self.run_due()
-
-    @contextlib.contextmanager
-    def _in(self, members: dict, run_id: str, member: Any):
-        members.setdefault(run_id, set()).add(member)
+    @functools.wraps(method)
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        for name, value in (*zip(names, args[1:]), *kwargs.items()):
+            if type(value) is str and "\x00" in value and name not in _JSON_ARGUMENTS:
+                raise ValueError(f"{name} {value!r} contains NUL, which not every database "
+                                 "stores")
         try:
-            yield member
+            return await method(*args, **kwargs)
+        except Exception as exc:
+            error = _database_error(exc)
+            if error is None:
+                raise
+            raise error from exc
+    return call
+
+
+
+
+def _import_driver(module: str, extra: str, backend: str) -> types.ModuleType:
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ImportError(f"tinyworkflow needs {module} for {backend}: "
+                          f'pip install "tinyworkflow[{extra}]"') from None
+
+
+class _Transaction:
+    """A general transaction (``async with store.transaction() as tx``): reads and
+    writes on the one connection that holds it, through its driver."""
+
+    def __init__(self, driver: Any, conn: Any = None):
+        self._driver, self._conn = driver, conn
+
+    async def fetch(self, sql: str, params: tuple = ()) -> list:
+        return await self._driver.fetch(self._conn, sql, params)
+
+    async def execute(self, sql: str, params: tuple = ()) -> int:
+        return await self._driver.execute(self._conn, sql, params)
+
+    async def executemany(self, sql: str, rows: list) -> None:
+        await self._driver.executemany(self._conn, sql, rows)
+
+
+# ---- drivers: SQLite (aiosqlite) --------------------------------------------------------
+
+
+def _is_busy(exc: BaseException) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)  # SQLITE_BUSY, SQLITE_LOCKED
+
+
+class _Abandoned(Exception):
+    """A queued thread call whose caller was cancelled before it started."""
+
+
+class _SQLiteDriver:
+    """One sqlite3 connection, whose calls run on aiosqlite's thread (``call``); the
+    store's group commit also uses it (``db``) on the event loop. SQLite's own busy
+    handler is off: only on the thread do we wait for another connection's lock
+    (``retry_busy``), up to ``timeout`` seconds."""
+
+    def __init__(self, path: str, timeout: float):
+        self.path, self.timeout = path, timeout
+        self.connection: Any = None  # aiosqlite's Connection, while open
+        self._abandoned = False  # the caller of the thread call under way was cancelled
+
+    async def open(self) -> None:
+        try:
+            import aiosqlite
+        except ImportError:
+            raise ImportError("tinyworkflow needs aiosqlite for SQLite: pip install aiosqlite") \
+                from None
+        # Calls run on aiosqlite's thread through Connection._execute, which is not public
+        # API: the versions that have it as used here are the ones pyproject.toml allows.
+        if not inspect.iscoroutinefunction(getattr(aiosqlite.Connection, "_execute", None)):
+            raise ImportError(f"tinyworkflow needs aiosqlite 0.17 to 0.22, found "
+                              f"{getattr(aiosqlite, '__version__', 'another version')}: "
+                              "pip install 'aiosqlite>=0.17,<0.23'")
+        if self.path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves. timeout=0:
+        # no busy handler, so nothing waits for a lock inside SQLite (see retry_busy).
+        self.connection = await aiosqlite.connect(self.path, timeout=0, isolation_level=None,
+                                                  check_same_thread=False)
+
+    async def close(self) -> None:
+        if self.connection is not None:
+            conn, self.connection = self.connection, None
+            await conn.close()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        return self.connection._conn
+
+    async def call(self, fn, *args):
+        """Run ``fn(*args)`` on aiosqlite's connection thread (a whole transaction can
+        be one call: one hop). A queued call runs even if its caller is cancelled, so a
+        cancelled caller keeps the connection until the call has ended -- soon: a call
+        not yet started is skipped, one waiting for a lock gives up, and a running
+        statement is interrupted (which rolls its transaction back)."""
+        future = asyncio.ensure_future(self.connection._execute(self._unless_abandoned, fn,
+                                                                *args))
+        _IN_FLIGHT.count += 1
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if future.done():
+                raise
         finally:
-            waiting = members.get(run_id, set())
-            waiting.discard(member)
-            if not waiting:
-                members.pop(run_id, None)
+            _IN_FLIGHT.count -= 1
+        self._abandoned = True
+        try:
+            while not future.done():
+                self.db.interrupt()  # thread-safe; a no-op between statements, so repeat
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait({future}, timeout=0.01)
+        finally:
+            self._abandoned = False
+        if not future.cancelled():
+            future.exception()  # retrieved: the caller is gone either way
+        raise asyncio.CancelledError
 
-    def waiting_for_signal(self, run_id: str, waiter: Any):
-        """A context in which ``waiter.set()`` is called when the run gets a signal."""
-        return self._in(self.signal_waiters, run_id, waiter)
+    def _unless_abandoned(self, fn, *args):
+        if self._abandoned:
+            raise _Abandoned
+        return fn(*args)
 
-    def watching(self, run_id: str, event: Optional[asyncio.Event] = None):
-        """A context giving an event (``event``, or a new one) set whenever the run
-        changes here; clear it before reading the run's state."""
-        return self._in(self.watchers, run_id, event or asyncio.Event())
+    def retry_busy(self, fn, *args):
+        """Call ``fn`` until it gets past another connection's lock, up to the timeout.
+        Only ever on the thread; gives up at once when the caller is gone."""
+        deadline, pause = time.monotonic() + self.timeout, 0.001
+        while True:
+            try:
+                return fn(*args)
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or self._abandoned or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    # Statements on the thread (``conn`` is None: there is one connection).
+    async def fetch(self, conn: None, sql: str, params: tuple) -> list:
+        return await self.call(self.fetch_sync, sql, params)
+
+    async def execute(self, conn: None, sql: str, params: tuple) -> int:
+        return await self.call(self._execute_sync, sql, params)
+
+    async def executemany(self, conn: None, sql: str, rows: list) -> None:
+        await self.call(self.db.executemany, sql, rows)
+
+    def _execute_sync(self, sql: str, params: tuple) -> int:
+        return self.db.execute(sql, params).rowcount
+
+    def fetch_sync(self, sql: str, params: tuple) -> list:
+        return self.retry_busy(lambda: self.db.execute(sql, params).fetchall())
+
+    # What an exception means.
+    def transient(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.OperationalError) and _is_busy(exc)
+
+    def conflict(self, exc: BaseException) -> bool:
+        return False  # one writer at a time: no deadlocks
+
+    def duplicate(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc)
 
 
-_HUBS: dict[str, _Hub] = {}  # database key -> its hub
+# ---- drivers: database servers (asyncpg, aiomysql) --------------------------------------
 
 
-def _hub(key: str) -> _Hub:
-    hub = _HUBS.get(key)
-    if hub is None:
-        hub = _HUBS[key] = _Hub()
-    return hub
+class _PostgresDriver:
+    """asyncpg: connections to PostgreSQL, and what its exceptions mean."""
+
+    def __init__(self, target: dict, options: dict, url: str):
+        self.target, self.options, self.url = target, options, url
+        self._asyncpg: Any = None
+
+    def load(self) -> None:
+        self._asyncpg = _import_driver("asyncpg", "postgres", "PostgreSQL")
+
+    async def open(self):
+        asyncpg = self._asyncpg
+        try:
+            return await asyncpg.connect(
+                self.target["dsn"], timeout=self.options["connect_timeout"],
+                statement_cache_size=1000,
+                server_settings={"application_name": "tinyworkflow"}
+                if "application_name=" not in self.target["dsn"] else None)
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
+                asyncpg.InterfaceError) as exc:
+            raise DatabaseUnavailableError(f"cannot connect to {self.url}: {exc}") from exc
+
+    async def close(self, conn) -> None:
+        await conn.close()
+
+    def terminate(self, conn) -> None:
+        conn.terminate()
+
+    def is_closed(self, conn) -> bool:
+        return conn.is_closed()
+
+    def reusable(self, conn) -> bool:
+        """Open, idle and outside a transaction."""
+        return not conn.is_closed() and not conn.is_in_transaction()
+
+    async def ping(self, conn) -> None:
+        await asyncio.wait_for(conn.execute("SELECT 1"), self.options["connect_timeout"])
+
+    async def execute(self, conn, sql: str, params: tuple) -> int:
+        status = await conn.execute(sql, *params)
+        count = status.rpartition(" ")[2]  # "UPDATE 3", "INSERT 0 1", "SELECT 1", "BEGIN"
+        return int(count) if count.isdigit() else 0
+
+    async def fetch(self, conn, sql: str, params: tuple) -> list:
+        return [tuple(row) for row in await conn.fetch(sql, *params)]
+
+    async def fetchval(self, conn, sql: str, params: tuple) -> Any:
+        return await conn.fetchval(sql, *params)
+
+    async def executemany(self, conn, sql: str, rows: list) -> None:
+        await conn.executemany(sql, rows)
+
+    async def listen(self, conn, channel: str, heard: Callable[[str], None],
+                     lost: asyncio.Event) -> None:
+        """Call ``heard(payload)`` for each NOTIFY on ``channel``; set ``lost`` when the
+        connection ends."""
+        conn.add_termination_listener(lambda _conn: lost.set())
+        await conn.add_listener(channel, lambda _conn, _pid, _channel, payload: heard(payload))
+
+    # What an exception means.
+    def lost(self, exc: BaseException) -> bool:
+        """The connection is gone (killed, server restarted, network)."""
+        asyncpg = self._asyncpg
+        return isinstance(exc, (OSError, asyncpg.ConnectionDoesNotExistError,
+                                asyncpg.PostgresConnectionError,
+                                asyncpg.exceptions.AdminShutdownError,
+                                asyncpg.exceptions.CrashShutdownError,
+                                asyncpg.exceptions.CannotConnectNowError)) or (
+            isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)) or self.unsent(exc)
+
+    def unsent(self, exc: BaseException) -> bool:
+        """A lost connection that failed before the statement was sent: safe to redo."""
+        # Raised before anything was sent: the connection was known closed, or is still
+        # taking in the error the server sent as it ended the session.
+        asyncpg = self._asyncpg
+        return (isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc)) \
+            or (isinstance(exc, asyncpg.exceptions.InternalClientError)
+                and "cannot switch to state" in str(exc))
+
+    def full(self, exc: Optional[BaseException]) -> bool:
+        """The server refused a new connection: it has as many as it allows."""
+        return isinstance(exc, self._asyncpg.exceptions.TooManyConnectionsError)
+
+    def conflict(self, exc: BaseException) -> bool:
+        """A deadlock or serialisation failure: the transaction was rolled back."""
+        return isinstance(exc, (self._asyncpg.exceptions.DeadlockDetectedError,
+                                self._asyncpg.exceptions.SerializationError))
+
+    def transient(self, exc: BaseException) -> bool:
+        return self.lost(exc) or self.conflict(exc) or \
+            isinstance(exc, (OSError, asyncio.TimeoutError))
+
+    def duplicate(self, exc: BaseException) -> bool:
+        return isinstance(exc, self._asyncpg.exceptions.UniqueViolationError)
+
+
+class _MySQLDriver:
+    """aiomysql: connections to MySQL 8 / MariaDB 10.6+, and what its exceptions mean.
+    Sessions run in UTC, in strict mode (a value that does not fit is an error, not
+    truncated) and at READ COMMITTED (the claim's SKIP LOCKED locks only the rows it
+    takes)."""
+
+    # The server's error numbers: deadlock, lock wait timeout; gone away, lost, killed.
+    _CONFLICTS = {1213, 1205}
+    _LOST = {2003, 2006, 2013, 2055, 1927, 4031, 1053}
+    # Table, column or index exists: a migration half done by a crash.
+    _EXISTS = {1050, 1060, 1061}
+
+    def __init__(self, target: dict, options: dict, url: str):
+        self.target, self.options, self.url = target, options, url
+        self._aiomysql: Any = None
+        self._pymysql: Any = None  # aiomysql's own dependency: its errors and flags
+
+    def load(self) -> None:
+        self._aiomysql = _import_driver("aiomysql", "mysql", "MySQL")
+        import pymysql
+        self._pymysql = pymysql
+
+    async def open(self):
+        pymysql, target, options = self._pymysql, self.target, self.options
+        extra = ({"unix_socket": options["unix_socket"]} if "unix_socket" in options else {})
+        try:
+            conn = await self._aiomysql.connect(
+                host=target["host"], port=target["port"], user=target["user"],
+                password=target["password"], db=target["db"],
+                charset=options.get("charset", "utf8mb4"), autocommit=True,
+                connect_timeout=options["connect_timeout"],
+                # UPDATE counts the rows it matched, not those it changed: a fence.
+                client_flag=pymysql.constants.CLIENT.FOUND_ROWS, **extra)
+        except (OSError, asyncio.TimeoutError, pymysql.MySQLError) as exc:
+            raise DatabaseUnavailableError(f"cannot connect to {self.url}: {exc}") from exc
+        try:
+            async with conn.cursor() as cur:
+                await cur.execute("SET SESSION time_zone = '+00:00', SESSION sql_mode = "
+                                  "CONCAT_WS(',', @@sql_mode, 'STRICT_ALL_TABLES')")
+                await cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def close(self, conn) -> None:
+        await conn.ensure_closed()
+
+    def terminate(self, conn) -> None:
+        conn.close()
+
+    def is_closed(self, conn) -> bool:
+        return conn.closed or conn._reader.at_eof()
+
+    def reusable(self, conn) -> bool:
+        """Open, idle and outside a transaction."""
+        return not self.is_closed(conn) and not conn.get_transaction_status()
+
+    async def ping(self, conn) -> None:
+        await asyncio.wait_for(conn.ping(reconnect=False), self.options["connect_timeout"])
+
+    async def execute(self, conn, sql: str, params: tuple) -> int:
+        async with conn.cursor() as cur:
+            return await cur.execute(sql, params)
+
+    async def fetch(self, conn, sql: str, params: tuple) -> list:
+        async with conn.cursor() as cur:
+            await cur.execute(sql, params)
+            return list(await cur.fetchall())
+
+    async def executemany(self, conn, sql: str, rows: list) -> None:
+        async with conn.cursor() as cur:
+            await cur.executemany(sql, rows)
+
+    # What an exception means.
+    @staticmethod
+    def _code(exc: BaseException) -> Optional[int]:
+        args = getattr(exc, "args", ())
+        return args[0] if args and isinstance(args[0], int) else None
+
+    def lost(self, exc: BaseException) -> bool:
+        pymysql = self._pymysql
+        if isinstance(exc, OSError):
+            return True
+        if isinstance(exc, pymysql.err.InterfaceError):  # (0, '') once the socket is gone
+            return True
+        return isinstance(exc, pymysql.MySQLError) and self._code(exc) in self._LOST
+
+    def full(self, exc: Optional[BaseException]) -> bool:
+        return self._code(exc) in (1040, 1226)  # too many connections (all, this user's)
+
+    def unsent(self, exc: BaseException) -> bool:
+        return isinstance(exc, self._pymysql.err.InterfaceError)  # the socket was already gone
+
+    def conflict(self, exc: BaseException) -> bool:
+        return isinstance(exc, self._pymysql.MySQLError) and self._code(exc) in self._CONFLICTS
+
+    def transient(self, exc: BaseException) -> bool:
+        return self.lost(exc) or self.conflict(exc) or \
+            isinstance(exc, (OSError, asyncio.TimeoutError))
+
+    def duplicate(self, exc: BaseException) -> bool:
+        return isinstance(exc, self._pymysql.err.IntegrityError) and self._code(exc) == 1062
+
+    def exists(self, exc: BaseException) -> bool:
+        """DDL refused because what it creates is there (a half-done migration)."""
+        return isinstance(exc, self._pymysql.MySQLError) and self._code(exc) in self._EXISTS
+
+
+# ---- drivers: the connection pool -------------------------------------------------------
+
+
+class _Pool:
+    """Connections to a database server, as the usage guide promises: ``size`` kept
+    open, up to ``overflow`` more opened under load (closed again once the load has
+    passed: after ``_OVERFLOW_IDLE`` seconds unused, rather than at once, which under
+    steady load would open a connection per query), and replaced once older than
+    ``recycle`` seconds. Before use, each is checked: one whose socket the server has
+    closed is replaced, and with ``pre_ping`` one that sat unused for more than
+    ``_PING_IDLE`` seconds is pinged first (a round trip; a dead one is replaced). A
+    busy connection is not pinged: that would double the round trips of a step. A
+    caller waits up to ``timeout`` seconds for a free connection."""
+
+    _OVERFLOW_IDLE = 10.0
+    _OVERFLOW_PATIENCE = 0.02
+    _PING_IDLE = 1.0
+
+    def __init__(self, driver: Any, options: dict):
+        self._driver = driver
+        self.size, self.overflow = options["pool_size"], options["max_overflow"]
+        self.recycle, self.pre_ping = options["pool_recycle"], options["pool_pre_ping"]
+        self.timeout = options["pool_timeout"]
+        self._idle: list = []  # (connection, opened at, idle since), the warmest last
+        self._free = asyncio.Semaphore(self.size + self.overflow)  # one per connection out
+        self._closing: set = set()  # graceful closes under way
+        self._out = 0  # connections in use
+        self._opening = 0  # connections being opened
+        self._waiters: list = []  # futures of callers waiting for a connection of ours
+        self._full_until = 0.0  # the server refused a connection: open none until then
+        self._trimmer: Optional[asyncio.TimerHandle] = None  # the next look for surplus
+        self._closed = False
+
+    @contextlib.asynccontextmanager
+    async def connection(self):
+        """A checked connection for the block. One that failed in the block is closed
+        rather than given back: its state (a transaction, the socket) is unknown."""
+        deadline = time.monotonic() + self.timeout
+        if not self._free.locked():
+            await self._free.acquire()  # free now: no timer (and no lost cancellation)
+        else:
+            try:
+                await asyncio.wait_for(self._free.acquire(), self.timeout)
+            except asyncio.TimeoutError:
+                raise self._timed_out() from None
+        _IN_FLIGHT.count += 1
+        try:
+            conn, opened = await self._checkout(deadline)
+            self._out += 1
+            try:
+                yield conn
+            except BaseException as exc:
+                self._out -= 1
+                # An error the server answered (a deadlock, a refused value) leaves the
+                # connection usable once out of its transaction; anything else may not.
+                lost = isinstance(exc, Exception) and self._driver.lost(exc)
+                if isinstance(exc, Exception) and not lost and self._driver.reusable(conn):
+                    self._give_back(conn, opened)
+                else:
+                    self._discard(conn)
+                if lost:  # the server restarted or ended sessions: likely not this one only
+                    self._invalidate()
+                raise
+            self._out -= 1
+            self._give_back(conn, opened)
+        finally:
+            _IN_FLIGHT.count -= 1
+            self._free.release()
+
+    def _timed_out(self) -> TinyWorkflowError:
+        return DatabaseBusyError(
+            f"no database connection became free within pool_timeout={self.timeout} s "
+            f"(pool_size={self.size}, max_overflow={self.overflow}); raise them in the "
+            "URL, or the server's connection limit, or lower worker_concurrency")
+
+    async def _checkout(self, deadline: float) -> tuple:
+        driver, patient = self._driver, True
+        while True:
+            while self._idle:
+                conn, opened, idle_since = self._idle.pop()
+                now = time.monotonic()
+                if driver.is_closed(conn) or (self.recycle > 0 and now - opened > self.recycle):
+                    self._discard(conn)
+                    continue
+                if self.pre_ping and now - idle_since > self._PING_IDLE:
+                    try:
+                        await driver.ping(conn)
+                    except BaseException as exc:
+                        self._discard(conn)
+                        if not (isinstance(exc, Exception) and driver.lost(exc)):
+                            raise
+                        _log.info("a pooled database connection was dead (%s); replacing it",
+                                  exc)
+                        continue
+                return conn, opened
+            if self._closed:
+                raise TinyWorkflowError("the database connection is closed")
+            if patient and self._out + self._opening >= self.size:
+                # Every kept connection is busy. A statement takes a millisecond and a
+                # new connection several: wait a moment for one before opening overflow.
+                patient = False
+                got = await self._wait_for_give_back(
+                    min(deadline, time.monotonic() + self._OVERFLOW_PATIENCE), quiet=True)
+                if got is not None:
+                    return got
+                continue
+            if time.monotonic() >= self._full_until or not self._out:
+                try:
+                    self._opening += 1
+                    try:
+                        return await driver.open(), time.monotonic()
+                    finally:
+                        self._opening -= 1
+                except TinyWorkflowError as exc:
+                    if not driver.full(exc.__cause__) or time.monotonic() >= deadline:
+                        raise
+                    # The server takes no more connections (other processes hold them):
+                    # share ours, and stop asking for more for a while.
+                    if time.monotonic() >= self._full_until:
+                        _log.info("the database server has no connection to spare (%s); "
+                                  "sharing the %d open ones", exc.__cause__, self._out)
+                    self._full_until = time.monotonic() + 1.0
+                    if not self._out:  # none of ours will come back: ask again soon
+                        await asyncio.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
+                        continue
+            got = await self._wait_for_give_back(deadline)
+            if got is not None:
+                return got
+
+    async def _wait_for_give_back(self, deadline: float, quiet: bool = False) -> Optional[tuple]:
+        """A connection one of ours gives back, or None when one was closed (so the
+        server has room again) or, if ``quiet``, when the deadline has passed."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter),
+                                          max(deadline - time.monotonic(), 0))
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
+                self._give_back(*waiter.result())  # handed to us as we gave up
+            if isinstance(exc, asyncio.TimeoutError):
+                if quiet:
+                    return None
+                raise self._timed_out() from None
+            raise
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            waiter.cancel()  # a no-op once it has a result
+
+    def _hand_over(self, got: Optional[tuple]) -> bool:
+        while self._waiters:
+            waiter = self._waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(got)
+                return True
+        return False
+
+    def _give_back(self, conn, opened: float) -> None:
+        if self._trimmer is not None:
+            self._trimmer.cancel()
+            self._trimmer = None
+        if self._driver.is_closed(conn):
+            self._discard(conn)
+        elif self._closed:
+            self._close_soon(conn)
+        elif not self._hand_over((conn, opened)):
+            self._idle.append((conn, opened, time.monotonic()))
+            self._trim()
+
+    def _trim(self) -> None:
+        """Close the surplus connections (overflow) nobody needed for a while, the
+        longest unused first (the front of the list); look again when the next would
+        be due, so that a client gone quiet does not keep them."""
+        self._trimmer = None
+        now = time.monotonic()
+        while len(self._idle) > self.size and now - self._idle[0][2] > self._OVERFLOW_IDLE:
+            self._close_soon(self._idle.pop(0)[0])
+        if len(self._idle) > self.size and not self._closed:
+            self._trimmer = asyncio.get_running_loop().call_later(
+                self._idle[0][2] + self._OVERFLOW_IDLE - now + 0.01, self._trim)
+
+    def _close_soon(self, conn) -> None:
+        closing = asyncio.ensure_future(self._close_one(conn))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+
+    def _invalidate(self) -> None:
+        """Drop the idle connections: the next callers open fresh ones."""
+        idle, self._idle = self._idle, []
+        for conn, _, _ in idle:
+            self._discard(conn)
+
+    def _discard(self, conn) -> None:
+        """Drop a connection in an unknown state (the server rolls back its work)."""
+        self._driver.terminate(conn)
+        self._hand_over(None)  # room for a new one
+
+    async def _close_one(self, conn) -> None:
+        try:
+            await asyncio.wait_for(self._driver.close(conn), 5)
+        except Exception:
+            pass
+        finally:
+            self._driver.terminate(conn)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._trimmer is not None:
+            self._trimmer.cancel()
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(self._close_one(conn) for conn, _, _ in idle), *self._closing)
 
 
 # ---- the store --------------------------------------------------------------------------
@@ -1623,6 +2129,7 @@ class _Store:
                 "digits and underscores (at most 31)"
             )
         self.dialect, self.prefix = dialect, prefix
+        self.driver: Any = None  # the subclass's: connections, statements, what errors mean
         self._cache: dict[str, str] = {}
         self._step_upsert: Optional[str] = None
         # The largest value one statement can carry, in bytes (None: no limit that
@@ -1679,24 +2186,21 @@ class _Store:
     def transient(self, exc: BaseException) -> bool:
         """Whether a failed write may succeed if done again: the database was busy or
         unreachable, rather than refusing the values written."""
-        return isinstance(exc, TinyWorkflowError)  # ours: closed, pool timeout, unknown
-
-    def _conflict(self, exc: BaseException) -> bool:
-        """A deadlock or serialisation failure: the transaction was rolled back."""
-        return False
+        # Ours (closed, pool timeout, outcome unknown), or the driver's word.
+        return isinstance(exc, TinyWorkflowError) or self.driver.transient(exc)
 
     def duplicate(self, exc: BaseException) -> bool:
         """The write broke a unique key (the transaction was rolled back)."""
-        return isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc)
+        return self.driver.duplicate(exc)
 
     # -- waking workers of other processes (PostgreSQL's NOTIFY; elsewhere they poll)
     def _wake_ops(self, run_id: str) -> list:
         """Statements to add to a write that makes a run due."""
         return []
 
-    async def listen(self) -> None:
-        """While a worker of this store runs: hear when another process makes a run due,
-        and say so to the hub (where the database can tell)."""
+    async def listen(self, heard: Callable[[str], None]) -> None:
+        """While a worker of this store runs: call ``heard(run_id)`` when another process
+        makes a run due ("" when it may have missed some), where the database can tell."""
 
     async def unlisten(self) -> None:
         pass
@@ -2298,7 +2802,7 @@ class _Store:
             try:
                 return await self._cancel_tree(run_id, now, to_compensate, to_cancel)
             except Exception as exc:
-                if attempt == 3 or not self._conflict(exc):
+                if attempt == 3 or not self.driver.conflict(exc):
                     raise
                 await asyncio.sleep(random.uniform(0, 0.01 * attempt))
 
@@ -2625,24 +3129,7 @@ class _Store:
         return await self.batch(ops, fence=True)
 
 
-class _Transaction:
-    """A general transaction of a store (``async with store.transaction() as tx``): reads
-    and writes on the one connection that holds it."""
-
-    def __init__(self, store: _Store, conn: Any = None):
-        self._store, self._conn = store, conn
-
-    async def fetch(self, sql: str, params: tuple = ()) -> list:
-        return await self._store._fetch(self._conn, sql, params)
-
-    async def execute(self, sql: str, params: tuple = ()) -> int:
-        return await self._store._execute(self._conn, sql, params)
-
-    async def executemany(self, sql: str, rows: list) -> None:
-        await self._store._executemany(self._conn, sql, rows)
-
-
-# ---- SQLite -----------------------------------------------------------------------------
+# ---- the store: SQLite ------------------------------------------------------------------
 
 
 _INLINE_COMMIT_LIMIT = 0.002  # seconds a write batch may hold the event loop, on average
@@ -2662,14 +3149,6 @@ def _resolve(group: list, results: list) -> None:
             future.set_result(result)
 
 
-def _is_busy(exc: BaseException) -> bool:
-    return "locked" in str(exc) or "busy" in str(exc)  # SQLITE_BUSY, SQLITE_LOCKED
-
-
-class _Abandoned(Exception):
-    """A queued thread call whose caller was cancelled before it started."""
-
-
 class _SQLiteStore(_Store):
     """SQLite through aiosqlite: WAL, a busy timeout, durable (FULL) commits unless the
     URL relaxes them. One connection per client, used by one task at a time (a lock).
@@ -2681,7 +3160,7 @@ class _SQLiteStore(_Store):
     commits on the event loop itself, since a thread round trip costs about as much
     as the commit. The loop never waits for another writer, though: SQLite's own busy
     handler is off, a group that finds the database locked moves to the thread, and
-    only there do we wait for locks (``_retry_busy``). Nor for a slow disk: while
+    only there do we wait for locks (``retry_busy``). Nor for a slow disk: while
     commits take longer than ``_INLINE_COMMIT_LIMIT`` on average, groups commit on the
     thread too."""
 
@@ -2690,12 +3169,10 @@ class _SQLiteStore(_Store):
         self.path, self.options = path, options
         self._absolute = os.path.abspath(path)  # the same file after a chdir (twin)
         self.synchronous = options.get("synchronous", "full").upper()
-        self.timeout = float(options.get("timeout", 15))
-        self._conn = None
+        self.driver = _SQLiteDriver(path, float(options.get("timeout", 15)))
         self._lock: Optional[asyncio.Lock] = None
         self._commit_seconds = 0.0  # moving average of a write batch's duration
         self._wal = False  # inline writes need WAL: without it COMMIT waits for readers
-        self._abandoned = False  # the caller of the thread call under way was cancelled
         self._pending: list = []  # write batches waiting for the next group commit
         self._flusher: Optional[asyncio.Task] = None
         # The same file under any name is one database; each in-memory one is its own.
@@ -2703,26 +3180,10 @@ class _SQLiteStore(_Store):
                     else f"sqlite:memory:{id(self)}")
 
     async def connect(self) -> None:
-        try:
-            import aiosqlite
-        except ImportError:
-            raise ImportError("tinyworkflow needs aiosqlite for SQLite: pip install aiosqlite") \
-                from None
-        # Calls run on aiosqlite's thread through Connection._execute, which is not public
-        # API: the versions that have it as used here are the ones pyproject.toml allows.
-        if not inspect.iscoroutinefunction(getattr(aiosqlite.Connection, "_execute", None)):
-            raise ImportError(f"tinyworkflow needs aiosqlite 0.17 to 0.22, found "
-                              f"{getattr(aiosqlite, '__version__', 'another version')}: "
-                              "pip install 'aiosqlite>=0.17,<0.23'")
-        if self.path != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves. timeout=0:
-        # no busy handler, so nothing waits for a lock inside SQLite (see _retry_busy).
-        self._conn = await aiosqlite.connect(self.path, timeout=0, isolation_level=None,
-                                             check_same_thread=False)
+        await self.driver.open()
         self._lock = asyncio.Lock()
         try:
-            self._wal = await self._call(self._configure_sync)
+            self._wal = await self.driver.call(self._configure_sync)
         except BaseException:
             await self.close()
             raise
@@ -2732,9 +3193,9 @@ class _SQLiteStore(_Store):
                                                                   self.prefix)
 
     def _configure_sync(self) -> bool:
-        db, wal = self._db, False
+        db, wal = self.driver.db, False
         if self.path != ":memory:":
-            mode = self._retry_busy(db.execute, "PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = self.driver.retry_busy(db.execute, "PRAGMA journal_mode=WAL").fetchone()[0]
             wal = mode.lower() == "wal"
             if not wal:
                 _log.warning("%s is not in WAL mode (%s); writes will not run on the event "
@@ -2749,87 +3210,20 @@ class _SQLiteStore(_Store):
             group, self._pending = self._pending, []
             _resolve(group, [TinyWorkflowError("the database was closed before this write "
                                                "was committed")] * len(group))
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await conn.close()
-
-    @property
-    def _db(self):  # the sqlite3 connection
-        return self._conn._conn
-
-    async def _call(self, fn, *args):
-        """Run ``fn(*args)`` on aiosqlite's connection thread (a whole transaction can
-        be one call: one hop). A queued call runs even if its caller is cancelled, so a
-        cancelled caller keeps the connection until the call has ended -- soon: a call
-        not yet started is skipped, one waiting for a lock gives up, and a running
-        statement is interrupted (which rolls its transaction back)."""
-        future = asyncio.ensure_future(self._conn._execute(self._unless_abandoned, fn, *args))
-        _IN_FLIGHT.count += 1
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            if future.done():
-                raise
-        finally:
-            _IN_FLIGHT.count -= 1
-        self._abandoned = True
-        try:
-            while not future.done():
-                self._db.interrupt()  # thread-safe; a no-op between statements, so repeat
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait({future}, timeout=0.01)
-        finally:
-            self._abandoned = False
-        if not future.cancelled():
-            future.exception()  # retrieved: the caller is gone either way
-        raise asyncio.CancelledError
-
-    def _unless_abandoned(self, fn, *args):
-        if self._abandoned:
-            raise _Abandoned
-        return fn(*args)
-
-    def _retry_busy(self, fn, *args):
-        """Call ``fn`` until it gets past another connection's lock, up to the timeout.
-        Only ever on the thread; gives up at once when the caller is gone."""
-        deadline, pause = time.monotonic() + self.timeout, 0.001
-        while True:
-            try:
-                return fn(*args)
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc) or self._abandoned or time.monotonic() >= deadline:
-                    raise
-            time.sleep(pause)
-            pause = min(pause * 2, 0.05)
-
-    # Inside a transaction (_Transaction): there is one connection, aiosqlite's.
-    async def _fetch(self, conn: None, sql: str, params: tuple) -> list:
-        return await self._call(self._fetch_sync, sql, params)
-
-    async def _execute(self, conn: None, sql: str, params: tuple) -> int:
-        return await self._call(self._execute_sync, sql, params)
-
-    async def _executemany(self, conn: None, sql: str, rows: list) -> None:
-        await self._call(self._db.executemany, sql, rows)
-
-    def _execute_sync(self, sql: str, params: tuple) -> int:
-        return self._db.execute(sql, params).rowcount
-
-    def _fetch_sync(self, sql: str, params: tuple) -> list:
-        return self._retry_busy(lambda: self._db.execute(sql, params).fetchall())
+        await self.driver.close()
 
     def _begin_sync(self) -> None:
-        self._retry_busy(self._db.execute, "BEGIN IMMEDIATE")
+        self.driver.retry_busy(self.driver.db.execute, "BEGIN IMMEDIATE")
 
     def _rollback_sync(self) -> None:
-        if self._db.in_transaction:
-            self._db.execute("ROLLBACK")
+        if self.driver.db.in_transaction:
+            self.driver.db.execute("ROLLBACK")
 
     def _group_sync(self, group: list, inline: bool = False) -> Optional[list]:
         """Commit queued batches in one transaction; a result (True, False when the
         fence found the run no longer ours, or the exception) per batch. None when
         ``inline`` and another connection holds the lock."""
-        db, started = self._db, time.perf_counter()
+        db, started = self.driver.db, time.perf_counter()
         if not inline:
             self._begin_sync()  # a failure here applied nothing: the whole group gets it
         else:
@@ -2860,7 +3254,7 @@ class _SQLiteStore(_Store):
     def _apply(self, ops: list, fence: bool) -> bool:
         # A fence that matches no row has written nothing: skip the rest of the batch.
         for i, (sql, params) in enumerate(ops):
-            if self._db.execute(sql, params).rowcount == 0 and fence and i == 0:
+            if self.driver.db.execute(sql, params).rowcount == 0 and fence and i == 0:
                 return False
         return True
 
@@ -2870,18 +3264,14 @@ class _SQLiteStore(_Store):
         except Exception as exc:
             return exc
 
-    def transient(self, exc: BaseException) -> bool:
-        return super().transient(exc) or (isinstance(exc, sqlite3.OperationalError)
-                                          and _is_busy(exc))
-
     def _check_open(self) -> None:
-        if self._conn is None:
+        if self.driver.connection is None:
             raise TinyWorkflowError("the database connection is closed")
 
     async def fetch(self, sql: str, params: tuple = ()) -> list:
         self._check_open()
         async with self._lock:
-            return await self._call(self._fetch_sync, sql, params)
+            return await self.driver.fetch(None, sql, params)
 
     async def batch(self, ops: list, fence: bool = False) -> bool:
         self._check_open()
@@ -2905,7 +3295,7 @@ class _SQLiteStore(_Store):
     def _flush_soon(self) -> None:
         if not self._pending:
             return
-        if self._conn is None:
+        if self.driver.connection is None:
             group, self._pending = self._pending, []
             _resolve(group, [TinyWorkflowError("the database connection is closed")] * len(group))
             return
@@ -2929,7 +3319,7 @@ class _SQLiteStore(_Store):
             while self._pending:
                 group, self._pending = self._pending, []
                 try:
-                    results = await self._call(self._group_sync, group)
+                    results = await self.driver.call(self._group_sync, group)
                 except Exception as exc:  # the whole group failed (say, locked too long)
                     results = [exc] * len(group)
                 except BaseException:
@@ -2944,234 +3334,15 @@ class _SQLiteStore(_Store):
         self._check_open()
         async with self._lock:
             try:
-                await self._call(self._begin_sync)
-                yield _Transaction(self)
-                await self._call(self._db.execute, "COMMIT")
+                await self.driver.call(self._begin_sync)
+                yield _Transaction(self.driver)
+                await self.driver.call(self.driver.db.execute, "COMMIT")
             except BaseException:
-                await self._call(self._rollback_sync)
+                await self.driver.call(self._rollback_sync)
                 raise
 
 
-# ---- database servers: pool, transactions, base store -----------------------------------
-
-
-def _import_driver(module: str, extra: str, backend: str) -> types.ModuleType:
-    try:
-        return __import__(module)
-    except ImportError:
-        raise ImportError(f"tinyworkflow needs {module} for {backend}: "
-                          f'pip install "tinyworkflow[{extra}]"') from None
-
-
-class _Pool:
-    """Connections to a database server, as the usage guide promises: ``size`` kept
-    open, up to ``overflow`` more opened under load (closed again once the load has
-    passed: after ``_OVERFLOW_IDLE`` seconds unused, rather than at once, which under
-    steady load would open a connection per query), and replaced once older than
-    ``recycle`` seconds. Before use, each is checked: one whose socket the server has
-    closed is replaced, and with ``pre_ping`` one that sat unused for more than
-    ``_PING_IDLE`` seconds is pinged first (a round trip; a dead one is replaced). A
-    busy connection is not pinged: that would double the round trips of a step. A
-    caller waits up to ``timeout`` seconds for a free connection."""
-
-    _OVERFLOW_IDLE = 10.0
-    _OVERFLOW_PATIENCE = 0.02
-    _PING_IDLE = 1.0
-
-    def __init__(self, store: "_ServerStore", options: dict):
-        self._store = store
-        self.size, self.overflow = options["pool_size"], options["max_overflow"]
-        self.recycle, self.pre_ping = options["pool_recycle"], options["pool_pre_ping"]
-        self.timeout = options["pool_timeout"]
-        self._idle: list = []  # (connection, opened at, idle since), the warmest last
-        self._free = asyncio.Semaphore(self.size + self.overflow)  # one per connection out
-        self._closing: set = set()  # graceful closes under way
-        self._out = 0  # connections in use
-        self._opening = 0  # connections being opened
-        self._waiters: list = []  # futures of callers waiting for a connection of ours
-        self._full_until = 0.0  # the server refused a connection: open none until then
-        self._trimmer: Optional[asyncio.TimerHandle] = None  # the next look for surplus
-        self._closed = False
-
-    @contextlib.asynccontextmanager
-    async def connection(self):
-        """A checked connection for the block. One that failed in the block is closed
-        rather than given back: its state (a transaction, the socket) is unknown."""
-        deadline = time.monotonic() + self.timeout
-        if not self._free.locked():
-            await self._free.acquire()  # free now: no timer (and no lost cancellation)
-        else:
-            try:
-                await asyncio.wait_for(self._free.acquire(), self.timeout)
-            except asyncio.TimeoutError:
-                raise self._timed_out() from None
-        _IN_FLIGHT.count += 1
-        try:
-            conn, opened = await self._checkout(deadline)
-            self._out += 1
-            try:
-                yield conn
-            except BaseException as exc:
-                self._out -= 1
-                # An error the server answered (a deadlock, a refused value) leaves the
-                # connection usable once out of its transaction; anything else may not.
-                lost = isinstance(exc, Exception) and self._store._lost(exc)
-                if isinstance(exc, Exception) and not lost and self._store._reusable(conn):
-                    self._give_back(conn, opened)
-                else:
-                    self._discard(conn)
-                if lost:  # the server restarted or ended sessions: likely not this one only
-                    self._invalidate()
-                raise
-            self._out -= 1
-            self._give_back(conn, opened)
-        finally:
-            _IN_FLIGHT.count -= 1
-            self._free.release()
-
-    def _timed_out(self) -> TinyWorkflowError:
-        return DatabaseBusyError(
-            f"no database connection became free within pool_timeout={self.timeout} s "
-            f"(pool_size={self.size}, max_overflow={self.overflow}); raise them in the "
-            "URL, or the server's connection limit, or lower worker_concurrency")
-
-    async def _checkout(self, deadline: float) -> tuple:
-        store, patient = self._store, True
-        while True:
-            while self._idle:
-                conn, opened, idle_since = self._idle.pop()
-                now = time.monotonic()
-                if store._is_closed(conn) or (self.recycle > 0 and now - opened > self.recycle):
-                    self._discard(conn)
-                    continue
-                if self.pre_ping and now - idle_since > self._PING_IDLE:
-                    try:
-                        await store._ping(conn)
-                    except BaseException as exc:
-                        self._discard(conn)
-                        if not (isinstance(exc, Exception) and store._lost(exc)):
-                            raise
-                        _log.info("a pooled database connection was dead (%s); replacing it",
-                                  exc)
-                        continue
-                return conn, opened
-            if self._closed:
-                raise TinyWorkflowError("the database connection is closed")
-            if patient and self._out + self._opening >= self.size:
-                # Every kept connection is busy. A statement takes a millisecond and a
-                # new connection several: wait a moment for one before opening overflow.
-                patient = False
-                got = await self._wait_for_give_back(
-                    min(deadline, time.monotonic() + self._OVERFLOW_PATIENCE), quiet=True)
-                if got is not None:
-                    return got
-                continue
-            if time.monotonic() >= self._full_until or not self._out:
-                try:
-                    self._opening += 1
-                    try:
-                        return await store._open(), time.monotonic()
-                    finally:
-                        self._opening -= 1
-                except TinyWorkflowError as exc:
-                    if not store._full(exc.__cause__) or time.monotonic() >= deadline:
-                        raise
-                    # The server takes no more connections (other processes hold them):
-                    # share ours, and stop asking for more for a while.
-                    if time.monotonic() >= self._full_until:
-                        _log.info("the database server has no connection to spare (%s); "
-                                  "sharing the %d open ones", exc.__cause__, self._out)
-                    self._full_until = time.monotonic() + 1.0
-                    if not self._out:  # none of ours will come back: ask again soon
-                        await asyncio.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
-                        continue
-            got = await self._wait_for_give_back(deadline)
-            if got is not None:
-                return got
-
-    async def _wait_for_give_back(self, deadline: float, quiet: bool = False) -> Optional[tuple]:
-        """A connection one of ours gives back, or None when one was closed (so the
-        server has room again) or, if ``quiet``, when the deadline has passed."""
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            return await asyncio.wait_for(asyncio.shield(waiter),
-                                          max(deadline - time.monotonic(), 0))
-        except BaseException as exc:
-            if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
-                self._give_back(*waiter.result())  # handed to us as we gave up
-            if isinstance(exc, asyncio.TimeoutError):
-                if quiet:
-                    return None
-                raise self._timed_out() from None
-            raise
-        finally:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-            waiter.cancel()  # a no-op once it has a result
-
-    def _hand_over(self, got: Optional[tuple]) -> bool:
-        while self._waiters:
-            waiter = self._waiters.pop(0)
-            if not waiter.done():
-                waiter.set_result(got)
-                return True
-        return False
-
-    def _give_back(self, conn, opened: float) -> None:
-        if self._trimmer is not None:
-            self._trimmer.cancel()
-            self._trimmer = None
-        if self._store._is_closed(conn):
-            self._discard(conn)
-        elif self._closed:
-            self._close_soon(conn)
-        elif not self._hand_over((conn, opened)):
-            self._idle.append((conn, opened, time.monotonic()))
-            self._trim()
-
-    def _trim(self) -> None:
-        """Close the surplus connections (overflow) nobody needed for a while, the
-        longest unused first (the front of the list); look again when the next would
-        be due, so that a client gone quiet does not keep them."""
-        self._trimmer = None
-        now = time.monotonic()
-        while len(self._idle) > self.size and now - self._idle[0][2] > self._OVERFLOW_IDLE:
-            self._close_soon(self._idle.pop(0)[0])
-        if len(self._idle) > self.size and not self._closed:
-            self._trimmer = asyncio.get_running_loop().call_later(
-                self._idle[0][2] + self._OVERFLOW_IDLE - now + 0.01, self._trim)
-
-    def _close_soon(self, conn) -> None:
-        closing = asyncio.ensure_future(self._close_one(conn))
-        self._closing.add(closing)
-        closing.add_done_callback(self._closing.discard)
-
-    def _invalidate(self) -> None:
-        """Drop the idle connections: the next callers open fresh ones."""
-        idle, self._idle = self._idle, []
-        for conn, _, _ in idle:
-            self._discard(conn)
-
-    def _discard(self, conn) -> None:
-        """Drop a connection in an unknown state (the server rolls back its work)."""
-        self._store._terminate(conn)
-        self._hand_over(None)  # room for a new one
-
-    async def _close_one(self, conn) -> None:
-        try:
-            await asyncio.wait_for(self._store._close(conn), 5)
-        except Exception:
-            pass
-        finally:
-            self._store._terminate(conn)
-
-    async def close(self) -> None:
-        self._closed = True
-        if self._trimmer is not None:
-            self._trimmer.cancel()
-        idle, self._idle = self._idle, []
-        await asyncio.gather(*(self._close_one(conn) for conn, _, _ in idle), *self._closing)
+# ---- the store: database servers --------------------------------------------------------
 
 
 class _ServerStore(_Store):
@@ -3181,71 +3352,22 @@ class _ServerStore(_Store):
     concurrent runs. A batch that fails before its COMMIT was sent -- a connection
     killed by the server, a deadlock -- has applied nothing and runs again on another
     connection; a connection lost during the COMMIT itself leaves the outcome unknown
-    and raises. Subclasses supply the driver calls."""
+    and raises (``_again``, the one place that decides)."""
 
     _WRITE_ATTEMPTS = 4
 
-    def transient(self, exc: BaseException) -> bool:
-        return super().transient(exc) or self._lost(exc) or self._conflict(exc) or \
-            isinstance(exc, (OSError, asyncio.TimeoutError))
-
-    def __init__(self, dialect: _Dialect, target: dict, options: dict, prefix: str, url: str):
+    def __init__(self, dialect: _Dialect, driver: Any, options: dict, prefix: str, url: str):
         super().__init__(dialect, prefix)
-        self.target, self.options, self.url = target, options, _redact(url)
+        self.driver, self.options, self.url = driver, options, _redact(url)
         self.key = f"{self.url.partition('?')[0]}#{prefix}"
         self._pool: Optional[_Pool] = None
 
     def twin(self) -> "_ServerStore":
-        return type(self)(self.target, self.options, self.prefix, self.url)
-
-    # -- driver calls, per backend
-    async def _open(self):
-        raise NotImplementedError
-
-    async def _close(self, conn) -> None:
-        raise NotImplementedError
-
-    def _terminate(self, conn) -> None:
-        raise NotImplementedError
-
-    def _is_closed(self, conn) -> bool:
-        raise NotImplementedError
-
-    async def _ping(self, conn) -> None:
-        raise NotImplementedError
-
-    async def _execute(self, conn, sql: str, params: tuple) -> int:
-        raise NotImplementedError
-
-    async def _fetch(self, conn, sql: str, params: tuple) -> list:
-        raise NotImplementedError
-
-    async def _executemany(self, conn, sql: str, rows: list) -> None:
-        raise NotImplementedError
-
-    def _lost(self, exc: BaseException) -> bool:
-        """The connection is gone (killed, server restarted, network)."""
-        raise NotImplementedError
-
-    def _full(self, exc: Optional[BaseException]) -> bool:
-        """The server refused a new connection: it has as many as it allows."""
-        raise NotImplementedError
-
-    def _unsent(self, exc: BaseException) -> bool:
-        """A lost connection that failed before the statement was sent: safe to redo."""
-        raise NotImplementedError
-
-    def _reusable(self, conn) -> bool:
-        """Open, idle and outside a transaction."""
-        raise NotImplementedError
-
-    def _conflict(self, exc: BaseException) -> bool:
-        """A deadlock or serialisation failure: the transaction was rolled back."""
-        raise NotImplementedError
+        return type(self)(self.driver.target, self.options, self.prefix, self.url)
 
     # -- primitives
     async def connect(self) -> None:
-        self._pool = _Pool(self, self.options)
+        self._pool = _Pool(self.driver, self.options)
         async with self._pool.connection():  # fail now if the server cannot be reached
             pass
 
@@ -3263,9 +3385,9 @@ class _ServerStore(_Store):
         for attempt in range(1, self._WRITE_ATTEMPTS + 1):  # reads are safe to repeat
             try:
                 async with self._connection() as conn:
-                    return await self._fetch(conn, sql, params)
+                    return await self.driver.fetch(conn, sql, params)
             except Exception as exc:
-                if attempt == self._WRITE_ATTEMPTS or not self._lost(exc):
+                if attempt == self._WRITE_ATTEMPTS or not self.driver.lost(exc):
                     raise
                 _log.info("database connection lost during a read (%s); reading again", exc)
 
@@ -3275,19 +3397,19 @@ class _ServerStore(_Store):
             committing = False
             try:
                 async with self._connection() as conn:
-                    await self._execute(conn, "BEGIN", ())
+                    await self.driver.execute(conn, "BEGIN", ())
                     try:
                         for i, (sql, params) in enumerate(ops):
-                            if await self._execute(conn, sql, params) == 0 and fence and i == 0:
-                                await self._execute(conn, "ROLLBACK", ())
+                            if await self.driver.execute(conn, sql, params) == 0 and fence and i == 0:
+                                await self.driver.execute(conn, "ROLLBACK", ())
                                 return False
                         committing = True
-                        await self._execute(conn, "COMMIT", ())
+                        await self.driver.execute(conn, "COMMIT", ())
                         return True
                     except BaseException:
-                        if not committing and not self._is_closed(conn):
+                        if not committing and not self.driver.is_closed(conn):
                             with contextlib.suppress(Exception):
-                                await self._execute(conn, "ROLLBACK", ())
+                                await self.driver.execute(conn, "ROLLBACK", ())
                         raise
             except Exception as exc:
                 await self._again(exc, attempt, maybe_applied=committing)
@@ -3296,10 +3418,10 @@ class _ServerStore(_Store):
         """After a failed write: raise, or pause before writing again. A write is done
         again only if it certainly applied nothing (a connection lost before the commit
         was sent, a deadlock), and at most ``_WRITE_ATTEMPTS`` times."""
-        if maybe_applied and self._lost(exc) and not self._unsent(exc):
+        if maybe_applied and self.driver.lost(exc) and not self.driver.unsent(exc):
             raise TinyWorkflowError(f"the database connection was lost during a write; it may "
                                     f"or may not have been applied: {exc}") from exc
-        if attempt == self._WRITE_ATTEMPTS or not (self._lost(exc) or self._conflict(exc)):
+        if attempt == self._WRITE_ATTEMPTS or not (self.driver.lost(exc) or self.driver.conflict(exc)):
             raise exc
         _log.info("write not applied (%s); writing again", exc)
         await asyncio.sleep(random.uniform(0, 0.01 * attempt))
@@ -3308,18 +3430,18 @@ class _ServerStore(_Store):
     async def transaction(self):
         self.paths["transaction"] += 1
         async with self._connection() as conn:
-            await self._execute(conn, "BEGIN", ())
+            await self.driver.execute(conn, "BEGIN", ())
             try:
-                yield _Transaction(self, conn)
+                yield _Transaction(self.driver, conn)
             except BaseException:
-                if not self._is_closed(conn):
+                if not self.driver.is_closed(conn):
                     with contextlib.suppress(Exception):
-                        await self._execute(conn, "ROLLBACK", ())
+                        await self.driver.execute(conn, "ROLLBACK", ())
                 raise
-            await self._execute(conn, "COMMIT", ())
+            await self.driver.execute(conn, "COMMIT", ())
 
 
-# ---- PostgreSQL -------------------------------------------------------------------------
+# ---- the store: PostgreSQL --------------------------------------------------------------
 
 
 _NOTIFY = "SELECT pg_notify($1, $2)"
@@ -3336,83 +3458,19 @@ class _PostgresStore(_ServerStore):
     commit); each worker keeps one extra connection that LISTENs."""
 
     def __init__(self, target: dict, options: dict, prefix: str, url: str):
-        super().__init__(_POSTGRES, target, options, prefix, url)
+        super().__init__(_POSTGRES, _PostgresDriver(target, options, url), options, prefix,
+                         url)
         self.channel = f"{prefix.lower()}wake"
         self._compiled: dict = {}  # batch statements -> one statement
         self._queued: dict = {}  # kind -> writes to make at the end of this turn of the loop
         self._writing: set = set()  # group writes under way
-        self._asyncpg: Any = None
         self._listening = 0  # workers of this store
         self._listener: Optional[asyncio.Task] = None
+        self._heard: Callable[[str], None] = lambda run_id: None
 
     async def connect(self) -> None:
-        self._asyncpg = _import_driver("asyncpg", "postgres", "PostgreSQL")
+        self.driver.load()
         await super().connect()
-
-    async def _open(self):
-        asyncpg = self._asyncpg
-        try:
-            return await asyncpg.connect(
-                self.target["dsn"], timeout=self.options["connect_timeout"],
-                statement_cache_size=1000,
-                server_settings={"application_name": "tinyworkflow"}
-                if "application_name=" not in self.target["dsn"] else None)
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
-                asyncpg.InterfaceError) as exc:
-            raise DatabaseUnavailableError(f"cannot connect to {self.url}: {exc}") from exc
-
-    async def _close(self, conn) -> None:
-        await conn.close()
-
-    def _terminate(self, conn) -> None:
-        conn.terminate()
-
-    def _is_closed(self, conn) -> bool:
-        return conn.is_closed()
-
-    def _reusable(self, conn) -> bool:
-        return not conn.is_closed() and not conn.is_in_transaction()
-
-    async def _ping(self, conn) -> None:
-        await asyncio.wait_for(conn.execute("SELECT 1"), self.options["connect_timeout"])
-
-    async def _execute(self, conn, sql: str, params: tuple) -> int:
-        status = await conn.execute(sql, *params)
-        count = status.rpartition(" ")[2]  # "UPDATE 3", "INSERT 0 1", "SELECT 1", "BEGIN"
-        return int(count) if count.isdigit() else 0
-
-    async def _fetch(self, conn, sql: str, params: tuple) -> list:
-        return [tuple(row) for row in await conn.fetch(sql, *params)]
-
-    async def _executemany(self, conn, sql: str, rows: list) -> None:
-        await conn.executemany(sql, rows)
-
-    def _lost(self, exc: BaseException) -> bool:
-        asyncpg = self._asyncpg
-        return isinstance(exc, (OSError, asyncpg.ConnectionDoesNotExistError,
-                                asyncpg.PostgresConnectionError,
-                                asyncpg.exceptions.AdminShutdownError,
-                                asyncpg.exceptions.CrashShutdownError,
-                                asyncpg.exceptions.CannotConnectNowError)) or (
-            isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)) or self._unsent(exc)
-
-    def _unsent(self, exc: BaseException) -> bool:
-        # Raised before anything was sent: the connection was known closed, or is still
-        # taking in the error the server sent as it ended the session.
-        asyncpg = self._asyncpg
-        return (isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc)) \
-            or (isinstance(exc, asyncpg.exceptions.InternalClientError)
-                and "cannot switch to state" in str(exc))
-
-    def _full(self, exc: Optional[BaseException]) -> bool:
-        return isinstance(exc, self._asyncpg.exceptions.TooManyConnectionsError)
-
-    def _conflict(self, exc: BaseException) -> bool:
-        return isinstance(exc, (self._asyncpg.exceptions.DeadlockDetectedError,
-                                self._asyncpg.exceptions.SerializationError))
-
-    def duplicate(self, exc: BaseException) -> bool:
-        return isinstance(exc, self._asyncpg.exceptions.UniqueViolationError)
 
     async def _lock_schema(self, tx) -> None:
         # Before anything else, even CREATE TABLE IF NOT EXISTS (which races itself).
@@ -3472,8 +3530,8 @@ class _PostgresStore(_ServerStore):
         if not one_by_one:
             self.paths[f"grouped {kind}"] += 1
             try:
-                written = {tuple(row) for row in await self._write_one(
-                    self._group_sql(kind), [list(column) for column in zip(*rows)], fetch=True)}
+                written = set(await self._write_one(
+                    self._group_sql(kind), [list(column) for column in zip(*rows)], fetch=True))
                 results = [key in written for key in keys]
             except TinyWorkflowError as exc:  # the outcome is unknown: say so to every one
                 results = [exc] * len(group)
@@ -3547,8 +3605,8 @@ class _PostgresStore(_ServerStore):
                 async with self._connection() as conn:
                     sent = True
                     if fetch:
-                        return await conn.fetch(statement, *params)
-                    return await conn.fetchval(statement, *params)
+                        return await self.driver.fetch(conn, statement, params)
+                    return await self.driver.fetchval(conn, statement, params)
             except Exception as exc:
                 await self._again(exc, attempt, maybe_applied=sent)
 
@@ -3613,7 +3671,8 @@ class _PostgresStore(_ServerStore):
         return [table[c] for c in columns] if table and all(c in table for c in columns) \
             else None
 
-    async def listen(self) -> None:
+    async def listen(self, heard: Callable[[str], None]) -> None:
+        self._heard = heard
         self._listening += 1
         if self._listener is None:
             self._listener = asyncio.ensure_future(self._listen())
@@ -3636,15 +3695,12 @@ class _PostgresStore(_ServerStore):
             await asyncio.wait_for(lost.wait(), self._LISTEN_PING)
             return True
         try:
-            await asyncio.wait_for(conn.execute("SELECT 1"), self.options["connect_timeout"])
+            await self.driver.ping(conn)
         except (Exception, asyncio.TimeoutError):
             return True
         return False
 
     _LISTEN_PING = 30.0
-
-    def _notified(self, _conn=None, _pid=None, _channel=None, run_id: str = "") -> None:
-        _hub(self.key).notified(run_id)
 
     async def _listen(self) -> None:
         """Keep one connection LISTENing; when it dies, open another (meanwhile the
@@ -3653,11 +3709,11 @@ class _PostgresStore(_ServerStore):
         while True:
             conn, lost = None, asyncio.Event()
             try:
-                conn = await self._open()
-                conn.add_termination_listener(lambda _conn: lost.set())
-                await conn.add_listener(self.channel, self._notified)
+                conn = await self.driver.open()
+                await self.driver.listen(conn, self.channel, lambda run_id: self._heard(run_id),
+                                         lost)
                 pause = 0.1
-                self._notified()
+                self._heard("")
                 # A connection dropped without a word (a failover, a NAT timeout) is
                 # found by a ping now and then.
                 while not await self._until_lost(lost, conn):
@@ -3670,117 +3726,29 @@ class _PostgresStore(_ServerStore):
                              self.url, exc)
             finally:
                 if conn is not None:
-                    conn.terminate()
+                    self.driver.terminate(conn)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 5.0)
 
 
-# ---- MySQL ------------------------------------------------------------------------------
+# ---- the store: MySQL -------------------------------------------------------------------
 
 
 class _MySQLStore(_ServerStore):
-    """MySQL 8 / MariaDB 10.6+ through aiomysql. Sessions run in UTC, in strict mode
-    (a value that does not fit is an error, not truncated) and at READ COMMITTED
-    (the claim's SKIP LOCKED locks only the rows it takes). No LISTEN/NOTIFY:
-    workers of other processes find new runs when they poll."""
-
-    # The server's error numbers: deadlock, lock wait timeout; gone away, lost, killed.
-    _CONFLICTS = {1213, 1205}
-    _LOST = {2003, 2006, 2013, 2055, 1927, 4031, 1053}
-    # Table, column or index exists: a migration half done by a crash.
-    _EXISTS = {1050, 1060, 1061}
+    """MySQL 8 / MariaDB 10.6+ through aiomysql. No LISTEN/NOTIFY: workers of other
+    processes find new runs when they poll."""
 
     def __init__(self, target: dict, options: dict, prefix: str, url: str):
-        super().__init__(_MYSQL, target, options, prefix, url)
-        self._aiomysql: Any = None
-        self._pymysql: Any = None  # aiomysql's own dependency: its errors and flags
+        super().__init__(_MYSQL, _MySQLDriver(target, options, url), options, prefix, url)
         lock = f"tinyworkflow:{target['db']}:{prefix}"
         self._lock_name = lock if len(lock) <= 64 else lock[:48] + hashlib.sha256(
             lock.encode()).hexdigest()[:16]
 
     async def connect(self) -> None:
-        self._aiomysql = _import_driver("aiomysql", "mysql", "MySQL")
-        import pymysql
-        self._pymysql = pymysql
+        self.driver.load()
         await super().connect()
         rows = await self.fetch("SELECT @@max_allowed_packet")
         self.max_value = int(rows[0][0]) - 65536  # room for the rest of the statement
-
-    async def _open(self):
-        pymysql, target, options = self._pymysql, self.target, self.options
-        extra = ({"unix_socket": options["unix_socket"]} if "unix_socket" in options else {})
-        try:
-            conn = await self._aiomysql.connect(
-                host=target["host"], port=target["port"], user=target["user"],
-                password=target["password"], db=target["db"],
-                charset=options.get("charset", "utf8mb4"), autocommit=True,
-                connect_timeout=options["connect_timeout"],
-                # UPDATE counts the rows it matched, not those it changed: a fence.
-                client_flag=pymysql.constants.CLIENT.FOUND_ROWS, **extra)
-        except (OSError, asyncio.TimeoutError, pymysql.MySQLError) as exc:
-            raise DatabaseUnavailableError(f"cannot connect to {self.url}: {exc}") from exc
-        try:
-            async with conn.cursor() as cur:
-                await cur.execute("SET SESSION time_zone = '+00:00', SESSION sql_mode = "
-                                  "CONCAT_WS(',', @@sql_mode, 'STRICT_ALL_TABLES')")
-                await cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    async def _close(self, conn) -> None:
-        await conn.ensure_closed()
-
-    def _terminate(self, conn) -> None:
-        conn.close()
-
-    def _is_closed(self, conn) -> bool:
-        return conn.closed or conn._reader.at_eof()
-
-    def _reusable(self, conn) -> bool:
-        return not self._is_closed(conn) and not conn.get_transaction_status()
-
-    async def _ping(self, conn) -> None:
-        await asyncio.wait_for(conn.ping(reconnect=False), self.options["connect_timeout"])
-
-    async def _execute(self, conn, sql: str, params: tuple) -> int:
-        async with conn.cursor() as cur:
-            return await cur.execute(sql, params)
-
-    async def _fetch(self, conn, sql: str, params: tuple) -> list:
-        async with conn.cursor() as cur:
-            await cur.execute(sql, params)
-            return list(await cur.fetchall())
-
-    async def _executemany(self, conn, sql: str, rows: list) -> None:
-        async with conn.cursor() as cur:
-            await cur.executemany(sql, rows)
-
-    @staticmethod
-    def _code(exc: BaseException) -> Optional[int]:
-        args = getattr(exc, "args", ())
-        return args[0] if args and isinstance(args[0], int) else None
-
-    def _lost(self, exc: BaseException) -> bool:
-        pymysql = self._pymysql
-        if isinstance(exc, OSError):
-            return True
-        if isinstance(exc, pymysql.err.InterfaceError):  # (0, '') once the socket is gone
-            return True
-        return isinstance(exc, pymysql.MySQLError) and self._code(exc) in self._LOST
-
-    def _full(self, exc: Optional[BaseException]) -> bool:
-        return self._code(exc) in (1040, 1226)  # too many connections (all, this user's)
-
-    def _unsent(self, exc: BaseException) -> bool:
-        return isinstance(exc, self._pymysql.err.InterfaceError)  # the socket was already gone
-
-    def _conflict(self, exc: BaseException) -> bool:
-        return isinstance(exc, self._pymysql.MySQLError) and self._code(exc) in self._CONFLICTS
-
-    def duplicate(self, exc: BaseException) -> bool:
-        return isinstance(exc, self._pymysql.err.IntegrityError) and self._code(exc) == 1062
 
     async def _lock_schema(self, tx) -> None:
         # DDL commits by itself in MySQL, so the lock is a named one, held by the session.
@@ -3800,8 +3768,8 @@ class _MySQLStore(_ServerStore):
                 return
         try:
             await tx.execute(statement)
-        except self._pymysql.MySQLError as exc:
-            if self._code(exc) not in self._EXISTS:
+        except Exception as exc:
+            if not self.driver.exists(exc):
                 raise
             _log.info("finishing a migration that was interrupted: %s", exc)
 
@@ -4714,6 +4682,81 @@ class WorkflowContext:
         if not x.torn_down:
             x.writes.append((x.row(step, key, "event", "completed", output=output),
                              ("event_set", {"step": step, "key": key}), ()))
+
+
+# ---- wake-ups in this process: the hub --------------------------------------------------
+
+
+class _Hub:
+    """Who in this process waits on one database, and how each is woken: workers wait
+    for a run to become due; executions wait in memory for a signal to their run;
+    callers (``wait=True``, ``wait_for_result``, ``get_event``) watch a run change.
+    Whatever changes a run, in this process or (through PostgreSQL's NOTIFY) in
+    another, says so here. One hub per database (``_hub``), shared by its clients."""
+
+    def __init__(self) -> None:
+        self.workers: set = set()  # an asyncio.Event per worker
+        self.signal_waiters: dict[str, set] = {}  # run id -> what .set() wakes
+        self.watchers: dict[str, set] = {}  # run id -> an asyncio.Event per watcher
+
+    def run_due(self) -> None:
+        """A run became due: the workers look for it at once."""
+        for event in self.workers:
+            event.set()
+
+    def signal(self, run_id: str) -> None:
+        """A signal, an approval or a child's end reached the run: its wait in memory
+        here goes on."""
+        for waiter in self.signal_waiters.get(run_id, ()):
+            waiter.set()
+
+    def changed(self, run_id: str) -> None:
+        """The run's state changed (a step, its end, a cancellation)."""
+        for event in self.watchers.get(run_id, ()):
+            event.set()
+
+    def run_changed(self, run_id: str) -> None:
+        """Something reached the run from outside: whoever waits on it, and the workers
+        (the run may have become due)."""
+        self.signal(run_id)
+        self.changed(run_id)
+        self.run_due()
+
+    def notified(self, run_id: str) -> None:
+        """Another process made a run due (NOTIFY; the run's id when a signal did)."""
+        if run_id:
+            self.signal(run_id)
+        self.run_due()
+
+    @contextlib.contextmanager
+    def _in(self, members: dict, run_id: str, member: Any):
+        members.setdefault(run_id, set()).add(member)
+        try:
+            yield member
+        finally:
+            waiting = members.get(run_id, set())
+            waiting.discard(member)
+            if not waiting:
+                members.pop(run_id, None)
+
+    def waiting_for_signal(self, run_id: str, waiter: Any):
+        """A context in which ``waiter.set()`` is called when the run gets a signal."""
+        return self._in(self.signal_waiters, run_id, waiter)
+
+    def watching(self, run_id: str, event: Optional[asyncio.Event] = None):
+        """A context giving an event (``event``, or a new one) set whenever the run
+        changes here; clear it before reading the run's state."""
+        return self._in(self.watchers, run_id, event or asyncio.Event())
+
+
+_HUBS: dict[str, _Hub] = {}  # database key -> its hub
+
+
+def _hub(key: str) -> _Hub:
+    hub = _HUBS.get(key)
+    if hub is None:
+        hub = _HUBS[key] = _Hub()
+    return hub
 
 
 # ---- engine: one run, replayed ----------------------------------------------------------
@@ -6191,7 +6234,7 @@ class _Worker:
         self.stopping = asyncio.Event()
         self.task = asyncio.ensure_future(self._work(self.stopping))
         self.engine.hub.workers.add(self.wakeup)
-        await self.store.listen()
+        await self.store.listen(self.engine.hub.notified)
 
     async def stop(self, grace: float) -> None:
         task, stopping = self.task, self.stopping

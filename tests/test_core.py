@@ -92,10 +92,10 @@ async def test_durable_sqlite_settings(sqlite_url, tmp_path):
         # SQLite's busy handler is off: locks are waited for on aiosqlite's thread,
         # up to the store's timeout, never on the event loop.
         assert await tinyworkflow._internals.store(c).fetch("PRAGMA busy_timeout") == [(0,)]
-        assert tinyworkflow._internals.store(c).timeout == 15
+        assert tinyworkflow._internals.store(c).driver.timeout == 15
     async with TinyWorkflowClient(f"sqlite:///{tmp_path}/fast.db?synchronous=normal&timeout=2") as c:
         assert await tinyworkflow._internals.store(c).fetch("PRAGMA synchronous") == [(1,)]
-        assert tinyworkflow._internals.store(c).timeout == 2
+        assert tinyworkflow._internals.store(c).driver.timeout == 2
 
 
 async def test_schema_tables_and_version(db_url):

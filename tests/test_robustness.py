@@ -71,7 +71,7 @@ async def test_cancelled_claim_leaves_no_transaction_open(tmp_path):
         other.execute("COMMIT")
         await asyncio.sleep(0.3)
         try:
-            assert not _internals.store(client)._conn._conn.in_transaction
+            assert not _internals.store(client).driver.db.in_transaction
             await client.start_workflow("review_noop")
         finally:
             other.close()
@@ -98,7 +98,7 @@ async def test_worker_survives_a_transient_database_error(tmp_path):
         await client.close()  # must not raise the worker's old error
     finally:
         other.close()
-        if _internals.store(client)._conn is not None:
+        if _internals.store(client).driver.connection is not None:
             await _internals.store(client).close()
 
 
@@ -111,7 +111,7 @@ async def test_failed_connect_does_not_leak_the_connection_thread(tmp_path):
     with pytest.raises(TinyWorkflowError, match="cannot open the database .*not-a-db.db") as err:
         await client.initialize()
     assert isinstance(err.value.__cause__, sqlite3.DatabaseError)
-    leaked = _internals.store(client)._conn
+    leaked = _internals.store(client).driver.connection
     try:
         assert leaked is None, "the aiosqlite connection (and its thread) was left open"
     finally:
@@ -133,7 +133,7 @@ async def test_first_connect_waits_for_another_writer(tmp_path):
     finally:
         releaser.join()
         other.close()
-        if _internals.store(client)._conn is not None:
+        if _internals.store(client).driver.connection is not None:
             await _internals.store(client).close()
 
 
