@@ -4531,10 +4531,8 @@ class WorkflowContext:
         _check_workflow_id(workflow_id)
         x = self._x
         x.usable()
-        step = x.new_step()
-        record = x.history.get(step)
+        step, record = x.begin("child", workflow_name)
         if record is not None:
-            x.check_replay(step, record, "child", workflow_name)
             # A child that failed in an earlier attempt of this run is started anew (that
             # is what a workflow retry means); any other is this run's child still.
             if record["status"] == "failed" and record["run_attempt"] != self.retry_count:
@@ -4587,18 +4585,14 @@ class WorkflowContext:
                             f"name when compensating, perhaps in another process), got {fn!r}")
         x = self._x
         x.usable()
-        step = x.new_step()
-        record = x.history.get(step)
+        step, record = x.begin("compensation", definition.name)
         if record is not None:
-            x.check_replay(step, record, "compensation", definition.name)
             return
         arguments = _dumps({"args": args, "kwargs": kwargs},
                            f"the arguments of compensation {definition.name!r}")
-        if not x.torn_down:
-            x.writes.append((x.row(step, definition.name, "compensation", "registered",
-                                   input=arguments, attempts=0),
-                             ("compensation_registered", {"step": step,
-                                                          "name": definition.name}), ()))
+        x.note(x.row(step, definition.name, "compensation", "registered", input=arguments,
+                     attempts=0),
+               ("compensation_registered", {"step": step, "name": definition.name}))
 
     # -- deterministic values: the same on every replay, nothing recorded
     def now(self) -> datetime:
@@ -4673,15 +4667,12 @@ class WorkflowContext:
         _check_name("an event key", key)
         x = self._x
         x.usable()
-        step = x.new_step()
-        record = x.history.get(step)
+        step, record = x.begin("event", key)
         if record is not None:
-            x.check_replay(step, record, "event", key)
             return
         output = _dumps(value, f"the value of event {key!r}")
-        if not x.torn_down:
-            x.writes.append((x.row(step, key, "event", "completed", output=output),
-                             ("event_set", {"step": step, "key": key}), ()))
+        x.note(x.row(step, key, "event", "completed", output=output),
+               ("event_set", {"step": step, "key": key}))
 
 
 # ---- wake-ups in this process: the hub --------------------------------------------------
@@ -4888,6 +4879,22 @@ class _Execution:
         self.fatal = self.fatal or error
         raise error
 
+    def begin(self, kind: str, name: str) -> tuple[int, Optional[dict]]:
+        """Every step kind starts here: its number and, if the run recorded the step
+        before, its record -- of the same kind and name, or NonDeterminismError (the
+        code changed under the run)."""
+        step = self.new_step()
+        record = self.history.get(step)
+        if record is not None:
+            self.check_replay(step, record, kind, name)
+        return step, record
+
+    def note(self, row: dict, event: tuple, extra: tuple = ()) -> None:
+        """Record a new step's row (and its event) right after this activation: with
+        the steps it called, in one write."""
+        if not self.torn_down:
+            self.writes.append((row, event, extra))
+
     def expect(self, step: int, record: dict) -> None:
         """The recorded outcome of a called step reaches the workflow in its turn."""
         if record["seq"] is not None:
@@ -4912,11 +4919,10 @@ class _Execution:
 
     # -- steps
     def activity(self, definition: _ActivityDef, args: tuple, kwargs: dict) -> _Step:
-        step, future = self.new_step(), _Step(loop=self.loop)
+        (step, record), future, attempts = self.begin("activity", definition.name), \
+            _Step(loop=self.loop), 0
         self.targets[step] = ("activity", future)
-        record, attempts = self.history.get(step), 0
         if record is not None:
-            self.check_replay(step, record, "activity", definition.name)
             # A failure in an earlier attempt of the run runs again (that is what a
             # workflow retry means); any other outcome is the step's.
             if record["status"] == "completed" or (record["status"] in ("failed", "cancelled")
@@ -4985,11 +4991,9 @@ class _Execution:
                 f"a timer of run {self.run_id} was set {when - self.loop._now:g} s ahead "
                 f"(asyncio.sleep, wait_for or timeout in the workflow); at most "
                 f"{_MAX_SECONDS:g} ({_MAX_TEXT})")
-        step = self.new_step()
-        record = self.history.get(step)
+        step, record = self.begin("timer", name)
         context = context if context is not None else contextvars.copy_context()
         if record is not None:
-            self.check_replay(step, record, "timer", name)
             if record["status"] != "completed" and record["run_attempt"] != self.attempt:
                 record = None  # an earlier attempt's timer that had not fired: set anew
             elif record["status"] != "completed":
@@ -5007,8 +5011,8 @@ class _Execution:
         elif future is not None:  # ctx.sleep: the timer is set as a step of its own
             wait.row = self.row(step, name, "timer", "waiting", output=_encode(when),
                                 deadline=when, input=_encode({"until": when}))
-            self.writes.append((wait.row, ("timer_set", {
-                "step": step, "wake_at": when, "at": _dt(when).isoformat()}), ()))
+            self.note(wait.row, ("timer_set", {"step": step, "wake_at": when,
+                                               "at": _dt(when).isoformat()}))
         self.waits[step] = wait
         self.timers[id(handle)] = step
         return handle
@@ -5044,11 +5048,9 @@ class _Execution:
     def wait(self, kind: str, name: str, timeout: Optional[float], event: str) -> _Step:
         """A signal or approval wait: its row is recorded with the deadline, then a check
         (a signal stored already is taken at once) or a decision ends it."""
-        step, future = self.new_step(), _Step(loop=self.loop)
+        (step, record), future = self.begin(kind, name), _Step(loop=self.loop)
         self.targets[step] = (kind, future)
-        record = self.history.get(step)
         if record is not None:
-            self.check_replay(step, record, kind, name)
             if record["status"] in ("completed", "failed"):
                 self.expect(step, record)
                 return future
@@ -5065,8 +5067,8 @@ class _Execution:
             extra = ((self.store.sql("UPDATE {p}runs SET approval_required = COALESCE("
                                      "approval_required, ?) WHERE run_id = ?"),
                       (name, self.run_id)),) if kind == "approval" else ()
-            self.writes.append((row, (event, {"step": step, "name" if kind == "signal"
-                                              else "key": name, "timeout": timeout}), extra))
+            self.note(row, (event, {"step": step, "name" if kind == "signal" else "key": name,
+                                    "timeout": timeout}), extra)
         wait = _Wait(kind, step, name, deadline, future, row)
         self.waits[step] = wait
         if kind == "signal" or record is not None:
