@@ -2643,6 +2643,30 @@ class _Store:
             "SELECT status FROM {p}steps WHERE run_id = ? AND kind = 'approval' AND name = ? "
             "ORDER BY step"), (run_id, key))]
 
+    def approval_wait_ops(self, run_id: str, key: str) -> tuple:
+        """Statements to add to the write of an approval wait's row: the run shows the
+        first approval it waits for."""
+        return ((self.sql("UPDATE {p}runs SET approval_required = COALESCE("
+                          "approval_required, ?) WHERE run_id = ?"), (key, run_id)),)
+
+    def approval_given_up_ops(self, run_id: str, owner: str, step: int, now: float,
+                              event: tuple) -> tuple:
+        """Statements cancelling an approval wait the workflow gave up, unless an
+        approver decided it meanwhile (that decision stays recorded), while the run is
+        ``owner``'s."""
+        return ((self.sql("UPDATE {p}steps SET status = 'cancelled', completed_at = ? "
+                          "WHERE run_id = ? AND step = ? AND status = 'waiting' AND EXISTS "
+                          "(SELECT 1 FROM {p}runs r WHERE r.run_id = ? AND r.owner = ?)"),
+                 (now, run_id, step, run_id, owner)),
+                (self.sql(_NEXT_APPROVAL), (run_id, run_id)),
+                self._event(run_id, *event, now))
+
+    def signal_returned_ops(self, run_id: str, step: int) -> tuple:
+        """Statements giving back the signal a given-up wait had taken (the next wait
+        for its name takes it)."""
+        return ((self.sql("UPDATE {p}signals SET consumed_step = NULL WHERE run_id = ? AND "
+                          "consumed_step = ?"), (run_id, step)),)
+
     async def time_out_approval(self, run_id: str, owner: str, now: float, row: dict,
                                 event: tuple) -> Optional[bool]:
         """Record the approval step ``row`` as timed out unless a decision came first
@@ -3129,12 +3153,6 @@ class _Store:
         return await self.batch(ops, fence=True)
 
 
-# ---- the store: SQLite ------------------------------------------------------------------
-
-
-_INLINE_COMMIT_LIMIT = 0.002  # seconds a write batch may hold the event loop, on average
-
-
 def _resolve(group: list, results: list) -> None:
     """Hand each queued write (an entry whose last item is its caller's future) its
     result or error."""
@@ -3147,6 +3165,41 @@ def _resolve(group: list, results: list) -> None:
                                  TinyWorkflowError(f"write interrupted: {result!r}"))
         else:
             future.set_result(result)
+
+
+class _GroupCommit:
+    """Writes queued during one turn of the event loop, committed together once it is
+    over (group commit: one transaction, one fsync or round trip, for many runs). A
+    store's ``commit()`` takes the group (``take``) and hands each write its result
+    (``_resolve``); each is still fenced by its own run's owner token."""
+
+    def __init__(self, commit: Callable[[], None]):
+        self.queued: list = []  # entries (..., future), in the order they came
+        self._commit = commit
+
+    def add(self, *entry: Any) -> asyncio.Future:
+        """Queue a write (``entry``): a future of its result."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.queued.append((*entry, future))
+        if len(self.queued) == 1:  # first of a group: commit once this turn is over
+            loop.call_soon(self._commit)
+        return future
+
+    def take(self) -> list:
+        group, self.queued = self.queued, []
+        return group
+
+    def fail(self, message: str) -> None:
+        """Fail every queued write (the store is closing)."""
+        group = self.take()
+        _resolve(group, [TinyWorkflowError(message)] * len(group))
+
+
+# ---- the store: SQLite ------------------------------------------------------------------
+
+
+_INLINE_COMMIT_LIMIT = 0.002  # seconds a write batch may hold the event loop, on average
 
 
 class _SQLiteStore(_Store):
@@ -3173,7 +3226,7 @@ class _SQLiteStore(_Store):
         self._lock: Optional[asyncio.Lock] = None
         self._commit_seconds = 0.0  # moving average of a write batch's duration
         self._wal = False  # inline writes need WAL: without it COMMIT waits for readers
-        self._pending: list = []  # write batches waiting for the next group commit
+        self._pending = _GroupCommit(self._flush_soon)  # (ops, fence) of write batches
         self._flusher: Optional[asyncio.Task] = None
         # The same file under any name is one database; each in-memory one is its own.
         self.key = (f"sqlite:{os.path.realpath(path)}" if path != ":memory:"
@@ -3206,10 +3259,7 @@ class _SQLiteStore(_Store):
     async def close(self) -> None:
         if self._flusher is not None:
             await asyncio.wait({self._flusher})
-        if self._pending:
-            group, self._pending = self._pending, []
-            _resolve(group, [TinyWorkflowError("the database was closed before this write "
-                                               "was committed")] * len(group))
+        self._pending.fail("the database was closed before this write was committed")
         await self.driver.close()
 
     def _begin_sync(self) -> None:
@@ -3276,55 +3326,50 @@ class _SQLiteStore(_Store):
     async def batch(self, ops: list, fence: bool = False) -> bool:
         self._check_open()
         loop = asyncio.get_running_loop()
-        if (not self._pending and not getattr(loop, "_ready", True) and self._inline_ok()):
+        if (not self._pending.queued and not getattr(loop, "_ready", True)
+                and self._inline_ok()):
             # Nothing else is ready to run this turn, so nobody could join a group:
             # commit now. (``_ready`` is asyncio's run queue; a loop without it groups.)
             result = self._group_sync([(ops, fence, None)], inline=True)
             if result is not None:
                 return result[0]
-        future = loop.create_future()
-        self._pending.append((ops, fence, future))
-        if len(self._pending) == 1:  # first of a group: commit once this turn is over
-            loop.call_soon(self._flush_soon)
-        return await future
+        return await self._pending.add(ops, fence)
 
     def _inline_ok(self) -> bool:
         return (self._wal and not self._lock.locked()
                 and self._commit_seconds < _INLINE_COMMIT_LIMIT)
 
     def _flush_soon(self) -> None:
-        if not self._pending:
+        if not self._pending.queued:
             return
         if self.driver.connection is None:
-            group, self._pending = self._pending, []
-            _resolve(group, [TinyWorkflowError("the database connection is closed")] * len(group))
+            self._pending.fail("the database connection is closed")
             return
         if not self._inline_ok():
             if self._flusher is None or self._flusher.done():
                 self._flusher = asyncio.ensure_future(self._flush())
             return
-        group, self._pending = self._pending, []
+        group = self._pending.take()
         try:
             results = self._group_sync(group, inline=True)
         except BaseException as exc:
             results = [exc] * len(group)
         if results is None:  # locked by another connection: wait for it on the thread
-            self._pending[:0] = group
+            self._pending.queued[:0] = group
             self._flusher = asyncio.ensure_future(self._flush())
             return
         _resolve(group, results)
 
     async def _flush(self) -> None:
         async with self._lock:
-            while self._pending:
-                group, self._pending = self._pending, []
+            while self._pending.queued:
+                group = self._pending.take()
                 try:
                     results = await self.driver.call(self._group_sync, group)
                 except Exception as exc:  # the whole group failed (say, locked too long)
                     results = [exc] * len(group)
                 except BaseException:
-                    group += self._pending
-                    self._pending = []
+                    group += self._pending.take()
                     _resolve(group, [TinyWorkflowError("write interrupted")] * len(group))
                     raise
                 _resolve(group, results)
@@ -3462,7 +3507,9 @@ class _PostgresStore(_ServerStore):
                          url)
         self.channel = f"{prefix.lower()}wake"
         self._compiled: dict = {}  # batch statements -> one statement
-        self._queued: dict = {}  # kind -> writes to make at the end of this turn of the loop
+        # Steps, and finishes, of concurrent runs: one statement each per turn of the loop.
+        self._queued = {kind: _GroupCommit(functools.partial(self._write_group_soon, kind))
+                        for kind in ("steps", "finishes")}
         self._writing: set = set()  # group writes under way
         self._listening = 0  # workers of this store
         self._listener: Optional[asyncio.Task] = None
@@ -3501,16 +3548,10 @@ class _PostgresStore(_ServerStore):
         """Writes of one kind queued during one turn of the event loop are done by one
         statement (one commit for many runs), as SQLite's group commit does; each is
         still fenced by its own run's owner token."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        queue = self._queued.setdefault(kind, [])
-        queue.append((item, future))
-        if len(queue) == 1:
-            loop.call_soon(self._write_group_soon, kind)
-        return await future
+        return await self._queued[kind].add(item)
 
     def _write_group_soon(self, kind: str) -> None:
-        writing = asyncio.ensure_future(self._write_group(kind, self._queued.pop(kind, [])))
+        writing = asyncio.ensure_future(self._write_group(kind, self._queued[kind].take()))
         self._writing.add(writing)
         writing.add_done_callback(self._writing.discard)
 
@@ -5036,14 +5077,8 @@ class _Execution:
         # An approver may have decided since the last look: that decision stays recorded
         # (the workflow gave the wait up; it is not used), so only a row still waiting
         # is cancelled -- and only while the run is ours.
-        now = self.engine.clock()
-        self.writes.append((None, None, (
-            (self.store.sql("UPDATE {p}steps SET status = 'cancelled', completed_at = ? "
-                            "WHERE run_id = ? AND step = ? AND status = 'waiting' AND EXISTS "
-                            "(SELECT 1 FROM {p}runs r WHERE r.run_id = ? AND r.owner = ?)"),
-             (now, self.run_id, wait.step, self.run_id, self.owner)),
-            (self.store.sql(_NEXT_APPROVAL), (self.run_id, self.run_id)),
-            self.store._event(self.run_id, *event, now))))
+        self.writes.append((None, None, self.store.approval_given_up_ops(
+            self.run_id, self.owner, wait.step, self.engine.clock(), event)))
 
     def wait(self, kind: str, name: str, timeout: Optional[float], event: str) -> _Step:
         """A signal or approval wait: its row is recorded with the deadline, then a check
@@ -5064,9 +5099,8 @@ class _Execution:
                         else max(self.loop.time(), self.base) + timeout)
             row = self.row(step, name, kind, "waiting", deadline=deadline, output=_encode(deadline),
                            input=_encode({"timeout": timeout, "deadline": deadline}))
-            extra = ((self.store.sql("UPDATE {p}runs SET approval_required = COALESCE("
-                                     "approval_required, ?) WHERE run_id = ?"),
-                      (name, self.run_id)),) if kind == "approval" else ()
+            extra = self.store.approval_wait_ops(self.run_id, name) if kind == "approval" \
+                else ()
             self.note(row, (event, {"step": step, "name" if kind == "signal" else "key": name,
                                     "timeout": timeout}), extra)
         wait = _Wait(kind, step, name, deadline, future, row)
@@ -5150,9 +5184,7 @@ class _Execution:
         row records that, so a replay does the same."""
         self.writes.append(({**row, "status": "cancelled", "completed_at": None},
                             ("signal_returned", {"step": step, "name": row["name"]}),
-                            ((self.store.sql("UPDATE {p}signals SET consumed_step = NULL WHERE "
-                                             "run_id = ? AND consumed_step = ?"),
-                              (self.run_id, step)),)))
+                            self.store.signal_returned_ops(self.run_id, step)))
 
     async def record(self, row: dict, event: Optional[tuple], in_status: str = "running",
                      extra: tuple = ()) -> None:
