@@ -3223,18 +3223,18 @@ class _SQLiteStore(_Store):
         self._absolute = os.path.abspath(path)  # the same file after a chdir (twin)
         self.synchronous = options.get("synchronous", "full").upper()
         self.driver = _SQLiteDriver(path, float(options.get("timeout", 15)))
-        self._lock: Optional[asyncio.Lock] = None
+        self.lock: Optional[asyncio.Lock] = None
         self._commit_seconds = 0.0  # moving average of a write batch's duration
         self._wal = False  # inline writes need WAL: without it COMMIT waits for readers
         self._pending = _GroupCommit(self._flush_soon)  # (ops, fence) of write batches
-        self._flusher: Optional[asyncio.Task] = None
+        self.flusher: Optional[asyncio.Task] = None
         # The same file under any name is one database; each in-memory one is its own.
         self.key = (f"sqlite:{os.path.realpath(path)}" if path != ":memory:"
                     else f"sqlite:memory:{id(self)}")
 
     async def connect(self) -> None:
         await self.driver.open()
-        self._lock = asyncio.Lock()
+        self.lock = asyncio.Lock()
         try:
             self._wal = await self.driver.call(self._configure_sync)
         except BaseException:
@@ -3257,8 +3257,8 @@ class _SQLiteStore(_Store):
         return wal
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            await asyncio.wait({self._flusher})
+        if self.flusher is not None:
+            await asyncio.wait({self.flusher})
         self._pending.fail("the database was closed before this write was committed")
         await self.driver.close()
 
@@ -3320,7 +3320,7 @@ class _SQLiteStore(_Store):
 
     async def fetch(self, sql: str, params: tuple = ()) -> list:
         self._check_open()
-        async with self._lock:
+        async with self.lock:
             return await self.driver.fetch(None, sql, params)
 
     async def batch(self, ops: list, fence: bool = False) -> bool:
@@ -3336,7 +3336,7 @@ class _SQLiteStore(_Store):
         return await self._pending.add(ops, fence)
 
     def _inline_ok(self) -> bool:
-        return (self._wal and not self._lock.locked()
+        return (self._wal and not self.lock.locked()
                 and self._commit_seconds < _INLINE_COMMIT_LIMIT)
 
     def _flush_soon(self) -> None:
@@ -3346,8 +3346,8 @@ class _SQLiteStore(_Store):
             self._pending.fail("the database connection is closed")
             return
         if not self._inline_ok():
-            if self._flusher is None or self._flusher.done():
-                self._flusher = asyncio.ensure_future(self._flush())
+            if self.flusher is None or self.flusher.done():
+                self.flusher = asyncio.ensure_future(self._flush())
             return
         group = self._pending.take()
         try:
@@ -3356,12 +3356,12 @@ class _SQLiteStore(_Store):
             results = [exc] * len(group)
         if results is None:  # locked by another connection: wait for it on the thread
             self._pending.queued[:0] = group
-            self._flusher = asyncio.ensure_future(self._flush())
+            self.flusher = asyncio.ensure_future(self._flush())
             return
         _resolve(group, results)
 
     async def _flush(self) -> None:
-        async with self._lock:
+        async with self.lock:
             while self._pending.queued:
                 group = self._pending.take()
                 try:
@@ -3377,7 +3377,7 @@ class _SQLiteStore(_Store):
     @contextlib.asynccontextmanager
     async def transaction(self):
         self._check_open()
-        async with self._lock:
+        async with self.lock:
             try:
                 await self.driver.call(self._begin_sync)
                 yield _Transaction(self.driver)
@@ -5995,7 +5995,7 @@ class _Engine:
             batch = await self.store.due_schedules(now, names, 100, last)
             for schedule in batch:
                 try:
-                    started |= await self._fire(schedule, now)
+                    started |= await self.fire(schedule, now)
                 except Exception:  # a bad row, the database failing: the others still fire
                     _log.exception("schedule %s could not start its run; trying again later",
                                    schedule["schedule_id"])
@@ -6005,7 +6005,7 @@ class _Engine:
         if started:
             self.hub.run_due()
 
-    async def _fire(self, schedule: dict, now: float) -> bool:
+    async def fire(self, schedule: dict, now: float) -> bool:
         timing, first_due = _timing(schedule), schedule["next_due_at"]
         definition = _WORKFLOWS[schedule["workflow_name"]]
         runs = []

@@ -19,7 +19,9 @@ command-line test that never opens the database) narrows it with
 
 Tests use the public API. Where one must reach inside (a registry, the URL parser, the
 cron arithmetic, a client's store or engine), it goes through the one test hook,
-``tinyworkflow._internals``, and nowhere else.
+``tinyworkflow._internals``, and nowhere else; and on the objects it gives, only their
+names without a leading underscore (a store's ``driver``, ``paths``, ``lock``; an
+engine's ``leases``, ``fire``).
 """
 
 import os

@@ -32,7 +32,7 @@ async def test_a_failed_group_does_not_strand_later_writes():
         await store.migrate()
         insert = store.sql("INSERT INTO {p}meta (name, value) VALUES (?, ?)")
         bad = asyncio.ensure_future(store.batch([(insert, ("schema_version", "dup"))]))
-        while not store._lock.locked():  # the flusher is on the thread with the bad batch
+        while not store.lock.locked():  # the flusher is on the thread with the bad batch
             await asyncio.sleep(0)
         good = asyncio.ensure_future(store.batch([(insert, ("k1", "v"))]))
         with pytest.raises(sqlite3.IntegrityError):
@@ -41,8 +41,8 @@ async def test_a_failed_group_does_not_strand_later_writes():
         assert done, "a good write queued behind a failed group never resolves"
         assert good.result() is True
     finally:
-        if store._flusher is not None and store._flusher.done():
-            store._flusher.exception()  # retrieved: not the subject of this test
+        if store.flusher is not None and store.flusher.done():
+            store.flusher.exception()  # retrieved: not the subject of this test
         await store.close()  # resolves whatever is still queued
 
 

@@ -414,7 +414,7 @@ async def test_pool_timeout_is_an_error_naming_it(backend, db_url):
     url, tag = tagged(backend, db_url, "pool_size=1&max_overflow=0&pool_timeout=0.3")
     async with Server(backend, db_url, tag=tag) as server, TinyWorkflowClient(url) as client:
         run_id = await client.start_workflow("pool_naps", {"tag": 1, "naps": [0]}, wait=True)
-        async with tinyworkflow._internals.store(client)._connection():  # the only connection, held
+        async with tinyworkflow._internals.store(client).transaction():  # the only connection, held
             started = time.monotonic()
             with pytest.raises(TinyWorkflowError, match=r"pool_timeout=0\.3 s") as caught:
                 await client.get_workflow_status(run_id)

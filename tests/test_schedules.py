@@ -423,7 +423,7 @@ async def test_a_stale_worker_cannot_start_a_due_time_twice(db_url):
         [due] = await store.due_schedules(clock.time(), ["sched_echo"], 10)
         await engine.fire_schedules()
         assert len(await runs_of(client, schedule_id)) == 1
-        assert not await engine._fire(due, clock.time())  # the row it read is stale
+        assert not await engine.fire(due, clock.time())  # the row it read is stale
         await asyncio.gather(*(engine.fire_schedules() for _ in range(5)))
         assert len(await runs_of(client, schedule_id)) == 1
         # The database refuses a second run for a schedule's due time too.
@@ -446,7 +446,7 @@ async def test_a_stale_read_of_a_deleted_schedule_cannot_fire_its_namesake(db_ur
         await client.delete_schedule("hourly")
         await client.schedule_workflow("sched_echo", "30 5 * * *", {"n": "new"},
                                        schedule_id="hourly")
-        assert not await tinyworkflow._internals.engine(client)._fire(stale, clock.time())
+        assert not await tinyworkflow._internals.engine(client).fire(stale, clock.time())
         assert await client.list_workflow_executions() == []
         assert (await client.get_schedule("hourly")).next_run_at == at(2026, 3, 1, 5, 30)
 
