@@ -3500,7 +3500,18 @@ def _schema_lock_key(name: str) -> int:
 class _PostgresStore(_ServerStore):
     """PostgreSQL through asyncpg. Idle workers of other processes and machines are
     woken by NOTIFY, sent in the transaction that makes a run due (delivered on
-    commit); each worker keeps one extra connection that LISTENs."""
+    commit); each worker keeps one extra connection that LISTENs.
+
+    Which path a write takes (``paths`` counts them; tests/test_write_paths.py pins
+    the hot ones), decided here and nowhere else:
+
+    - grouped: a step of a running run (``record_step``) and the end of a run that
+      has no parent (``finish_run``) join the others of this turn of the event loop
+      in one statement (``_grouped``);
+    - statement: any other ``batch`` whose statements ``_compile`` knows becomes one
+      statement (data-modifying CTEs, fenced by the first);
+    - transaction: the rest, and ``transaction()`` (BEGIN, each statement, COMMIT:
+      a round trip each)."""
 
     def __init__(self, target: dict, options: dict, prefix: str, url: str):
         super().__init__(_POSTGRES, _PostgresDriver(target, options, url), options, prefix,
