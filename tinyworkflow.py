@@ -3397,7 +3397,7 @@ class _ServerStore(_Store):
     concurrent runs. A batch that fails before its COMMIT was sent -- a connection
     killed by the server, a deadlock -- has applied nothing and runs again on another
     connection; a connection lost during the COMMIT itself leaves the outcome unknown
-    and raises (``_again``, the one place that decides)."""
+    and raises (``_write``, the one place that decides)."""
 
     _WRITE_ATTEMPTS = 4
 
@@ -3438,38 +3438,45 @@ class _ServerStore(_Store):
 
     async def batch(self, ops: list, fence: bool = False) -> bool:
         self.paths["transaction"] += 1
+
+        async def write(conn, sent: list) -> bool:
+            await self.driver.execute(conn, "BEGIN", ())
+            try:
+                for i, (sql, params) in enumerate(ops):
+                    if await self.driver.execute(conn, sql, params) == 0 and fence and i == 0:
+                        await self.driver.execute(conn, "ROLLBACK", ())
+                        return False
+                sent.append("COMMIT")
+                await self.driver.execute(conn, "COMMIT", ())
+                return True
+            except BaseException:
+                if not sent and not self.driver.is_closed(conn):
+                    with contextlib.suppress(Exception):
+                        await self.driver.execute(conn, "ROLLBACK", ())
+                raise
+        return await self._write(write)
+
+    async def _write(self, write: Callable[[Any, list], Awaitable]) -> Any:
+        """``await write(conn, sent)`` on a pooled connection, again after a failure if
+        it certainly applied nothing (a connection lost before the commit was sent, a
+        deadlock), at most ``_WRITE_ATTEMPTS`` times; ``write`` appends to ``sent`` once
+        what it sends may take effect. A connection lost after that leaves the outcome
+        unknown: an error that says so."""
         for attempt in range(1, self._WRITE_ATTEMPTS + 1):
-            committing = False
+            sent: list = []
             try:
                 async with self._connection() as conn:
-                    await self.driver.execute(conn, "BEGIN", ())
-                    try:
-                        for i, (sql, params) in enumerate(ops):
-                            if await self.driver.execute(conn, sql, params) == 0 and fence and i == 0:
-                                await self.driver.execute(conn, "ROLLBACK", ())
-                                return False
-                        committing = True
-                        await self.driver.execute(conn, "COMMIT", ())
-                        return True
-                    except BaseException:
-                        if not committing and not self.driver.is_closed(conn):
-                            with contextlib.suppress(Exception):
-                                await self.driver.execute(conn, "ROLLBACK", ())
-                        raise
+                    return await write(conn, sent)
             except Exception as exc:
-                await self._again(exc, attempt, maybe_applied=committing)
-
-    async def _again(self, exc: Exception, attempt: int, maybe_applied: bool) -> None:
-        """After a failed write: raise, or pause before writing again. A write is done
-        again only if it certainly applied nothing (a connection lost before the commit
-        was sent, a deadlock), and at most ``_WRITE_ATTEMPTS`` times."""
-        if maybe_applied and self.driver.lost(exc) and not self.driver.unsent(exc):
-            raise TinyWorkflowError(f"the database connection was lost during a write; it may "
-                                    f"or may not have been applied: {exc}") from exc
-        if attempt == self._WRITE_ATTEMPTS or not (self.driver.lost(exc) or self.driver.conflict(exc)):
-            raise exc
-        _log.info("write not applied (%s); writing again", exc)
-        await asyncio.sleep(random.uniform(0, 0.01 * attempt))
+                lost = self.driver.lost(exc)
+                if sent and lost and not self.driver.unsent(exc):
+                    raise TinyWorkflowError(f"the database connection was lost during a "
+                                            f"write; it may or may not have been applied: "
+                                            f"{exc}") from exc
+                if attempt == self._WRITE_ATTEMPTS or not (lost or self.driver.conflict(exc)):
+                    raise
+                _log.info("write not applied (%s); writing again", exc)
+            await asyncio.sleep(random.uniform(0, 0.01 * attempt))
 
     @contextlib.asynccontextmanager
     async def transaction(self):
@@ -3651,16 +3658,12 @@ class _PostgresStore(_ServerStore):
     async def _write_one(self, statement: str, params: list, fetch: bool = False) -> Any:
         """Run one writing statement (its own transaction); the first value it returns,
         or with ``fetch`` every row."""
-        for attempt in range(1, self._WRITE_ATTEMPTS + 1):
-            sent = False
-            try:
-                async with self._connection() as conn:
-                    sent = True
-                    if fetch:
-                        return await self.driver.fetch(conn, statement, params)
-                    return await self.driver.fetchval(conn, statement, params)
-            except Exception as exc:
-                await self._again(exc, attempt, maybe_applied=sent)
+        async def write(conn, sent: list) -> Any:
+            sent.append(statement)
+            if fetch:
+                return await self.driver.fetch(conn, statement, params)
+            return await self.driver.fetchval(conn, statement, params)
+        return await self._write(write)
 
     def _compile(self, sqls: list, fence: bool) -> str:
         """One statement doing what the batch's statements do, or "" if some statement
