@@ -2,7 +2,7 @@
 
     git worktree add /tmp/tw-before HEAD~1
     python bench/compare.py /tmp/tw-before/tinyworkflow.py [--steps 400] [--runs 500]
-                            [--trials 8] [--dir /tmp]
+                            [--trials 8] [--dir /tmp] [--db URL]
 
 Both versions are imported side by side (as modules of their own, each with its own
 registry) and measured in alternating trials on fresh SQLite files in one folder, with
@@ -14,6 +14,11 @@ one raw durable commit as the baseline in each trial (see step_latency.py):
                  completed (durable).
 
 Printed: the medians of each, and of the per-trial ratios after / before.
+
+With ``--db URL`` (PostgreSQL or MySQL) the steps and the throughput run on that
+database instead, each version on tables of its own (``twcmp_before_*``,
+``twcmp_after_*``, emptied before each trial); the cpu step is not measured (a
+server's commit is not ours to relax).
 """
 
 from __future__ import annotations
@@ -65,9 +70,32 @@ async def step_us(tw, path: str, n: int, durable: bool) -> float:
     return elapsed / n * 1e6
 
 
-async def runs_per_second(tw, path: str, runs: int) -> float:
-    async with tw.TinyWorkflowClient(f"sqlite+aiosqlite:///{path}",
-                                     worker_concurrency=100, poll_interval=0.05) as client:
+async def empty(tw, url: str, prefix: str) -> None:
+    """Drop a version's tables on a database server (each trial starts empty)."""
+    async with tw.TinyWorkflowClient(url, table_prefix=prefix) as client:
+        store = tw._internals.store(client)
+        for table in ("events", "steps", "signals", "runs", "schedules", "queues", "workers",
+                      "meta"):
+            await store.batch([(f"DROP TABLE IF EXISTS {prefix}{table}", ())])
+
+
+async def server_step_us(tw, url: str, prefix: str, n: int) -> float:
+    await empty(tw, url, prefix)
+    async with tw.TinyWorkflowClient(url, table_prefix=prefix) as client:
+        await client.start_workflow("compare_sequential", {"steps": 50}, wait=True)
+        start = time.perf_counter()
+        run_id = await client.start_workflow("compare_sequential", {"steps": n}, wait=True)
+        elapsed = time.perf_counter() - start
+        assert (await client.get_workflow_status(run_id)).status == "completed"
+    return elapsed / n * 1e6
+
+
+async def runs_per_second(tw, path: str, runs: int, prefix: str = "") -> float:
+    url = path if "://" in path else f"sqlite+aiosqlite:///{path}"
+    if prefix:
+        await empty(tw, url, prefix)
+    async with tw.TinyWorkflowClient(url, worker_concurrency=100, poll_interval=0.05,
+                                     **({"table_prefix": prefix} if prefix else {})) as client:
         ids = [await client.start_workflow("compare_sequential", {"steps": 5})
                for _ in range(runs)]
         start = time.perf_counter()
@@ -86,6 +114,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=500)
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--dir", default=None)
+    parser.add_argument("--db", default=None, help="a PostgreSQL or MySQL URL")
     args = parser.parse_args()
     versions = {"before": load(args.before, "tw_before"),
                 "after": load(os.path.join(HERE, "..", "tinyworkflow.py"), "tw_after")}
@@ -98,6 +127,14 @@ def main() -> None:
             order = list(versions) if trial % 2 == 0 else list(reversed(versions))
             for name in order:
                 tw, base = versions[name], os.path.join(folder, f"{name}{trial}")
+                if args.db:
+                    prefix = f"twcmp_{name}_"
+                    figures["step", name].append(asyncio.run(server_step_us(
+                        tw, args.db, prefix, args.steps)))
+                    figures["cpu", name].append(float("nan"))
+                    figures["rps", name].append(asyncio.run(runs_per_second(
+                        tw, args.db, args.runs, prefix)))
+                    continue
                 figures["step", name].append(asyncio.run(step_us(tw, base + "s.db",
                                                                  args.steps, True)))
                 figures["cpu", name].append(asyncio.run(step_us(tw, base + "c.db",
@@ -116,10 +153,14 @@ def main() -> None:
     print(f"raw durable commit   {statistics.median(raws):8.1f} us")
     for what, unit, label in (("step", "us", "durable step"), ("cpu", "us", "cpu step"),
                               ("rps", "/s", "runs/s (5 steps)")):
+        if args.db and what == "cpu":
+            continue
         before, after = figures[what, "before"], figures[what, "after"]
         ratio = statistics.median(a / b for a, b in zip(after, before))
         print(f"{label:20} before {statistics.median(before):8.1f} {unit}   after "
               f"{statistics.median(after):8.1f} {unit}   after/before {ratio:.2f}")
+    if args.db:
+        return
     per_commit = {name: statistics.median(s / r for s, r in zip(figures["step", name], raws))
                   for name in versions}
     print(f"durable step / raw commit: before {per_commit['before']:.2f}, "
