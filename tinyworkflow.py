@@ -57,6 +57,7 @@ __all__ = [
     "WorkflowTimeoutError",
     "ActivityTimeoutError",
     "ActivityError",
+    "NonRetryableError",
     "RunNotFoundError",
     "WorkflowNotFoundError",
     "RunStateError",
@@ -333,11 +334,23 @@ class ActivityTimeoutError(TinyWorkflowError, TimeoutError):
 
 
 class ActivityError(TinyWorkflowError):
-    """A recorded activity failure, replayed when its original type cannot be rebuilt."""
+    """A recorded activity failure, replayed when its original type cannot be rebuilt.
+    ``error_type`` names the original (``module.QualName``); ``non_retryable`` says it
+    was not to be retried."""
 
-    def __init__(self, message: str, *, error_type: str = "", run_id: str = "", step: int = 0):
+    def __init__(self, message: str, *, error_type: str = "", run_id: str = "", step: int = 0,
+                 non_retryable: bool = False):
         super().__init__(message)
         self.error_type, self.run_id, self.step = error_type, run_id, step
+        self.non_retryable = non_retryable
+
+
+class NonRetryableError(Exception):
+    """Raise it (or a subclass) in an activity or a workflow for a failure that trying
+    again cannot mend -- a declined card, a malformed order: the attempt fails at once,
+    whatever the retry policy says, and the workflow (or the run) gets the error. A
+    ``RetryPolicy(non_retryable=...)`` names such errors among exceptions you do not
+    raise yourself."""
 
 
 class RunNotFoundError(TinyWorkflowError, LookupError):
@@ -537,7 +550,8 @@ def _rebuild_error(record: dict, run_id: str, step: int) -> BaseException:
             return cls(message)
     if isinstance(cls, type) and issubclass(cls, BaseException):  # SystemExit, say
         message = f"the activity raised {qualname}" + (f": {message}" if message else "")
-    return ActivityError(message, error_type=record.get("type", ""), run_id=run_id, step=step)
+    return ActivityError(message, error_type=record.get("type", ""), run_id=run_id, step=step,
+                         non_retryable=record.get("non_retryable") is True)
 
 
 async def _held(awaitable: Awaitable) -> tuple:
@@ -658,8 +672,23 @@ class RetryPolicy:
     backoff_multiplier: float = 2.0
     jitter: bool = True
     jitter_factor: float = 0.1
+    non_retryable: Any = ()
 
     def __post_init__(self) -> None:
+        kinds = self.non_retryable
+        if isinstance(kinds, (str, type)):
+            kinds = (kinds,)
+        try:
+            kinds = tuple(kinds)
+        except TypeError:
+            raise TypeError(f"non_retryable takes exception types or names, got "
+                            f"{self.non_retryable!r}") from None
+        for kind in kinds:
+            if not ((isinstance(kind, type) and issubclass(kind, BaseException))
+                    or (isinstance(kind, str) and kind.strip())):
+                raise TypeError(f"non_retryable takes exception types or their names "
+                                f"(\"ValueError\", \"billing.PaymentDeclined\"), got {kind!r}")
+        self.non_retryable = kinds
         if (not _real(self.max_retries, whole=True)
                 or self.max_retries < 0):
             raise ValueError(f"max_retries must be a whole number >= 0, got {self.max_retries!r}")
@@ -673,6 +702,25 @@ class RetryPolicy:
                                  f"got {value!r}")
         if self.jitter_factor > 1:
             raise ValueError(f"jitter_factor must be between 0 and 1, got {self.jitter_factor!r}")
+
+    def retryable(self, error: BaseException) -> bool:
+        """Whether ``error`` may be tried again under this policy: not a
+        ``NonRetryableError`` (nor recorded as one), and not among ``non_retryable`` --
+        a type it is an instance of, or a name of its class or of a base class: the
+        class name, its qualified name or ``module.QualName``."""
+        if isinstance(error, NonRetryableError) or (isinstance(error, ActivityError)
+                                                    and error.non_retryable):
+            return False
+        if not self.non_retryable:
+            return True
+        names = set()
+        for cls in type(error).__mro__:
+            names.update((cls.__name__, cls.__qualname__, f"{cls.__module__}.{cls.__qualname__}"))
+        recorded = getattr(error, "error_type", "") if isinstance(error, ActivityError) else ""
+        if recorded:  # a failure replayed without its type: the name it was recorded with
+            names.update((recorded, recorded.rpartition(".")[2]))
+        return not any(kind in names if isinstance(kind, str) else isinstance(error, kind)
+                       for kind in self.non_retryable)
 
     def calculate_delay(self, retry_count: int) -> float:
         """Seconds to wait before retry number ``retry_count`` (0 for the first)."""
@@ -5370,16 +5418,22 @@ class _Execution:
                 return await self.final(row, ("step_completed", {
                     "step": step, "name": definition.name, "attempts": attempts,
                     "duration_ms": round((engine.clock() - started) * 1000, 3)}), in_status), None
-            retry = attempts <= policy.max_retries and not isinstance(error, SerializationError)
+            final = not policy.retryable(error)  # recorded: a replay says so too
+            retry = attempts <= policy.max_retries and not final and not isinstance(
+                error, SerializationError)
             delay = policy.calculate_delay(attempts - 1) if retry else None
+            record = _error_record(error)
+            if final:
+                record["non_retryable"] = True
             row.update(status="retrying" if retry else "failed",
-                       error=_dumps_for_display(_error_record(error)))
+                       error=_dumps_for_display(record))
             event = ("step_failed", {"step": step, "name": definition.name,
                                      "attempt": attempts, "error": _error_text(error),
-                                     "retry_in": delay})
+                                     "retry_in": delay, **({"non_retryable": True}
+                                                           if final else {})})
             if not retry:
                 if not isinstance(error, Exception):  # the workflow gets an Exception
-                    error = _rebuild_error(_error_record(error), self.run_id, step)
+                    error = _rebuild_error(record, self.run_id, step)
                 return await self.final(row, event, in_status), error
             await self.record(row, event, in_status)
             _log.info("run %s step %d (%s) attempt %d failed, retrying in %.2fs: %s",
@@ -6187,8 +6241,9 @@ class _Engine:
                       error: BaseException) -> None:
         run_id, owner, attempt = run["run_id"], run["owner"], run["retry_count"]
         text, now = _error_text(error), self.clock()
-        retryable = not isinstance(error, (NonDeterminismError, SerializationError,
-                                           WorkflowLoopError))
+        final = not definition.retry_policy.retryable(error)
+        retryable = not final and not isinstance(error, (NonDeterminismError, SerializationError,
+                                                         WorkflowLoopError))
         if retryable and attempt < run["max_retries"]:
             delay = definition.retry_policy.calculate_delay(attempt)
             _log.warning("run %s attempt %d failed, retrying in %.2fs: %s",
@@ -6198,7 +6253,8 @@ class _Engine:
             return
         _log.warning("run %s failed after %d attempt(s): %s", run_id, attempt + 1, text)
         details = {"attempts": attempt + 1, "error": text,
-                   "traceback": _error_record(error)["traceback"]}
+                   "traceback": _error_record(error)["traceback"],
+                   **({"non_retryable": True} if final else {})}
         try:
             steps = await self.store.load_steps(run_id)
         except Exception as exc:

@@ -1,0 +1,235 @@
+"""Non-retryable errors (issue 22, item 5): ``NonRetryableError`` and
+``RetryPolicy(non_retryable=...)`` end an activity's or a run's attempts at once,
+whatever ``max_retries`` says, and the record says why. On every backend."""
+
+from collections import Counter
+
+import pytest
+
+from tinyworkflow import (
+    ActivityError,
+    NonRetryableError,
+    RetryPolicy,
+    TinyWorkflowClient,
+    activity,
+    workflow,
+)
+
+calls: Counter = Counter()
+FIVE = RetryPolicy(max_retries=5, initial_delay=0.001, jitter=False)
+
+
+class PaymentDeclined(Exception):
+    pass
+
+
+class CardExpired(NonRetryableError):
+    pass
+
+
+@activity(name="nr_raise", retry_policy=FIVE)
+async def nr_raise(kind: str) -> str:
+    calls[kind] += 1
+    if kind == "nonretryable":
+        raise NonRetryableError("the order is malformed")
+    if kind == "subclass":
+        raise CardExpired("card 4242 expired")
+    if kind == "flaky" and calls[kind] < 3:
+        raise ConnectionError("try again")
+    if kind == "value":
+        raise ValueError("bad amount")
+    if kind == "declined":
+        raise PaymentDeclined("insufficient funds")
+    return kind
+
+
+@activity(name="nr_by_policy", retry_policy=RetryPolicy(
+    max_retries=5, initial_delay=0.001, jitter=False,
+    non_retryable=(ValueError, "PaymentDeclined")))
+async def nr_by_policy(kind: str) -> str:
+    return await _raise(kind)
+
+
+async def _raise(kind: str) -> str:
+    calls[kind] += 1
+    if kind == "value":
+        raise ValueError("bad amount")
+    if kind == "declined":
+        raise PaymentDeclined("insufficient funds")
+    if kind == "flaky" and calls[kind] < 3:
+        raise ConnectionError("try again")
+    return kind
+
+
+@workflow(name="nr_one_step", retry_policy=RetryPolicy(max_retries=0))
+async def nr_one_step(ctx) -> str:
+    activity_name = ctx.get_input("activity")
+    fn = nr_by_policy if activity_name == "nr_by_policy" else nr_raise
+    try:
+        return await ctx.execute_activity(fn, ctx.get_input("kind"))
+    except Exception as exc:
+        return f"caught {type(exc).__name__}: {exc}"
+
+
+async def _run(client, activity_name: str, kind: str):
+    calls.clear()
+    run_id = await client.start_workflow("nr_one_step", {"activity": activity_name,
+                                                         "kind": kind}, wait=True)
+    run = await client.get_workflow_status(run_id)
+    [step] = await client.get_workflow_steps(run_id)
+    failed = [e.event_data for e in await client.get_workflow_events(run_id)
+              if e.event_type == "step_failed"]
+    return run, step, failed
+
+
+async def test_a_non_retryable_error_is_attempted_once(client):
+    run, step, failed = await _run(client, "nr_raise", "nonretryable")
+    assert calls["nonretryable"] == 1
+    assert run.output_data["result"] == "caught NonRetryableError: the order is malformed"
+    assert (step.status, step.attempts) == ("failed", 1)
+    assert step.error["non_retryable"] is True
+    assert step.error["type"] == "tinyworkflow.NonRetryableError"
+    assert len(failed) == 1 and failed[0]["non_retryable"] is True
+    assert failed[0]["retry_in"] is None
+
+
+async def test_a_subclass_of_non_retryable_error_is_attempted_once(client):
+    run, step, failed = await _run(client, "nr_raise", "subclass")
+    assert calls["subclass"] == 1
+    assert run.output_data["result"] == "caught CardExpired: card 4242 expired"
+    assert step.attempts == 1 and failed[0]["non_retryable"] is True
+
+
+async def test_other_errors_keep_their_retries(client):
+    run, step, failed = await _run(client, "nr_raise", "value")
+    assert calls["value"] == 6  # the first attempt and five retries
+    assert step.attempts == 6 and "non_retryable" not in step.error
+    assert all("non_retryable" not in f for f in failed)
+    run, step, failed = await _run(client, "nr_raise", "flaky")
+    assert run.output_data["result"] == "flaky" and calls["flaky"] == 3
+
+
+async def test_the_policy_names_errors_by_type_or_by_name(client):
+    run, step, failed = await _run(client, "nr_by_policy", "value")
+    assert calls["value"] == 1 and run.output_data["result"] == "caught ValueError: bad amount"
+    assert step.error["non_retryable"] is True
+    run, step, failed = await _run(client, "nr_by_policy", "declined")
+    assert calls["declined"] == 1
+    assert run.output_data["result"] == "caught PaymentDeclined: insufficient funds"
+    run, step, failed = await _run(client, "nr_by_policy", "flaky")
+    assert run.output_data["result"] == "flaky" and calls["flaky"] == 3  # not named: retried
+
+
+# ---- workflow retries -------------------------------------------------------------------
+
+
+@workflow(name="nr_wf_raises", retry_policy=RetryPolicy(max_retries=3, initial_delay=0.001,
+                                                         jitter=False))
+async def nr_wf_raises(ctx) -> str:
+    calls["nr_wf_raises"] += 1
+    kind = ctx.get_input("kind")
+    if kind == "own":
+        raise NonRetryableError("no point retrying the run")
+    if kind == "activity":  # the activity's non-retryable error, not caught
+        return await ctx.execute_activity(nr_raise, "nonretryable")
+    raise RuntimeError("retry me")
+
+
+@workflow(name="nr_wf_policy", retry_policy=RetryPolicy(
+    max_retries=3, initial_delay=0.001, jitter=False, non_retryable=("KeyError",)))
+async def nr_wf_policy(ctx) -> str:
+    calls["nr_wf_policy"] += 1
+    raise KeyError("missing")
+
+
+async def _workflow(client, name: str, kind: str = ""):
+    calls.clear()
+    run_id = await client.start_workflow(name, {"kind": kind}, wait=True)
+    run = await client.get_workflow_status(run_id)
+    events = await client.get_workflow_events(run_id)
+    return run, events
+
+
+async def test_a_run_failing_with_a_non_retryable_error_is_not_retried(client):
+    run, events = await _workflow(client, "nr_wf_raises", "own")
+    assert run.status == "failed" and run.retry_count == 0
+    assert calls["nr_wf_raises"] == 1
+    assert "NonRetryableError: no point retrying the run" in run.error
+    [end] = [e for e in events if e.event_type == "workflow_failed"]
+    assert end.event_data["non_retryable"] is True and end.event_data["attempts"] == 1
+    assert not [e for e in events if e.event_type == "workflow_retrying"]
+
+
+async def test_an_activitys_non_retryable_error_ends_the_run_too(client):
+    run, events = await _workflow(client, "nr_wf_raises", "activity")
+    assert run.status == "failed" and run.retry_count == 0
+    assert calls["nonretryable"] == 1 and calls["nr_wf_raises"] == 1
+
+
+async def test_other_run_failures_keep_their_retries(client):
+    run, events = await _workflow(client, "nr_wf_raises", "other")
+    assert run.status == "failed" and run.retry_count == 3
+    assert calls["nr_wf_raises"] == 4
+
+
+async def test_a_workflow_policy_names_errors_too(client):
+    run, events = await _workflow(client, "nr_wf_policy")
+    assert run.status == "failed" and run.retry_count == 0 and calls["nr_wf_policy"] == 1
+
+
+# ---- the policy itself ------------------------------------------------------------------
+
+
+def test_the_policy_takes_types_names_or_one_of_them():
+    assert RetryPolicy().non_retryable == ()
+    assert RetryPolicy(non_retryable=ValueError).non_retryable == (ValueError,)
+    assert RetryPolicy(non_retryable="PaymentDeclined").non_retryable == ("PaymentDeclined",)
+    assert RetryPolicy(non_retryable=[KeyError, "x.Y"]).non_retryable == (KeyError, "x.Y")
+    for bad in (42, (ValueError, 42), ("",), (int,), (ValueError(),)):
+        with pytest.raises(TypeError, match="non_retryable"):
+            RetryPolicy(non_retryable=bad)
+
+
+def test_which_errors_a_policy_retries():
+    policy = RetryPolicy(non_retryable=(LookupError, "test_non_retryable.PaymentDeclined",
+                                        "Declined"))
+    assert not policy.retryable(KeyError("k"))  # a subclass of a type named
+    assert not policy.retryable(PaymentDeclined())  # by module.QualName
+    assert policy.retryable(ValueError())
+    assert not policy.retryable(CardExpired())  # always
+    assert not RetryPolicy().retryable(NonRetryableError())
+
+    class Declined(Exception):
+        pass
+    assert not policy.retryable(Declined())  # by class name
+    # A failure replayed without its type keeps the name it was recorded with.
+    assert not policy.retryable(ActivityError("x", error_type="billing.Declined"))
+    assert policy.retryable(ActivityError("x", error_type="billing.Other"))
+    assert not RetryPolicy().retryable(ActivityError("x", non_retryable=True))
+
+
+async def test_a_replayed_non_retryable_failure_is_still_one(db_url):
+    """The step's record says it was not to be retried: a replay of the run raises the
+    same type from the record, and the activity is not attempted again."""
+    seen = []
+
+    @workflow(name="nr_replayed")
+    async def nr_replayed(ctx) -> str:
+        try:
+            await ctx.execute_activity(nr_raise, "subclass")
+        except CardExpired as exc:
+            seen.append(type(exc).__name__)
+        await ctx.wait_for_signal("go")  # parks: the next execution replays
+        return "done"
+
+    calls.clear()
+    async with TinyWorkflowClient(db_url) as client:
+        run_id = await client.start_workflow("nr_replayed")
+        await client.recover_workflows()  # runs the step, then parks on the signal
+        assert (await client.get_workflow_status(run_id)).status == "running"
+        await client.send_signal(run_id, "go")
+        await client.recover_workflows()
+        run = await client.get_workflow_status(run_id)
+    assert run.status == "completed" and run.output_data["result"] == "done"
+    assert seen == ["CardExpired", "CardExpired"]  # the replay raised the same type
+    assert calls["subclass"] == 1
