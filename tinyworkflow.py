@@ -89,6 +89,7 @@ import enum
 import functools
 import hashlib
 import heapq
+import importlib
 import inspect
 import itertools
 import json
@@ -335,14 +336,14 @@ class ActivityTimeoutError(TinyWorkflowError, TimeoutError):
 
 class ActivityError(TinyWorkflowError):
     """A recorded activity failure, replayed when its original type cannot be rebuilt.
-    ``error_type`` names the original (``module.QualName``); ``non_retryable`` says it
-    was not to be retried."""
+    ``error_type`` names the original (``module.QualName``), ``traceback`` is its
+    traceback as recorded (text), ``non_retryable`` says it was not to be retried."""
 
     def __init__(self, message: str, *, error_type: str = "", run_id: str = "", step: int = 0,
-                 non_retryable: bool = False):
+                 non_retryable: bool = False, traceback: str = ""):
         super().__init__(message)
         self.error_type, self.run_id, self.step = error_type, run_id, step
-        self.non_retryable = non_retryable
+        self.non_retryable, self.traceback = non_retryable, traceback
 
 
 class NonRetryableError(Exception):
@@ -539,19 +540,28 @@ def _error_record(exc: BaseException) -> dict:
 
 def _rebuild_error(record: dict, run_id: str, step: int) -> BaseException:
     """The exception a replay raises for a recorded failure: the original type when it
-    is already imported and takes a message, else ActivityError. Never imports."""
+    can be imported (its module is imported if it is not yet) and made with the
+    message, else ActivityError with the type's name and the recorded traceback."""
     module, _, qualname = record.get("type", "").rpartition(".")
     message = record.get("message", "")
-    cls = sys.modules.get(module)
+    cls: Any = sys.modules.get(module)
+    if cls is None and module and all(part.isidentifier() for part in module.split(".")):
+        with contextlib.suppress(Exception):  # not importable here: ActivityError
+            cls = importlib.import_module(module)
     for part in qualname.split(".") if cls is not None else ():
         cls = getattr(cls, part, None)
     if isinstance(cls, type) and issubclass(cls, Exception):
         with contextlib.suppress(Exception):
             return cls(message)
+        with contextlib.suppress(Exception):  # its __init__ wants more: the type, unmade
+            error = cls.__new__(cls)
+            error.args = (message,)
+            return error
     if isinstance(cls, type) and issubclass(cls, BaseException):  # SystemExit, say
         message = f"the activity raised {qualname}" + (f": {message}" if message else "")
     return ActivityError(message, error_type=record.get("type", ""), run_id=run_id, step=step,
-                         non_retryable=record.get("non_retryable") is True)
+                         non_retryable=record.get("non_retryable") is True,
+                         traceback=record.get("traceback", ""))
 
 
 async def _held(awaitable: Awaitable) -> tuple:
@@ -7474,7 +7484,7 @@ def _companion(name: str) -> types.ModuleType:
 _internals = types.SimpleNamespace(
     workflows=_WORKFLOWS, activities=_ACTIVITIES, migrations=_MIGRATIONS,
     parse_url=_parse_url, redact=_redact, database_error=_database_error,
-    Cron=_Cron, Every=_Every, due_times=_due_times, new_run=_new_run,
+    Cron=_Cron, Every=_Every, due_times=_due_times, new_run=_new_run, rebuild_error=_rebuild_error,
     SQLiteStore=_SQLiteStore, Pool=_Pool, companion=_companion,
     store=lambda client: client._store, engine=lambda client: client._engine)
 

@@ -2,10 +2,12 @@
 ``RetryPolicy(non_retryable=...)`` end an activity's or a run's attempts at once,
 whatever ``max_retries`` says, and the record says why. On every backend."""
 
+import sys
 from collections import Counter
 
 import pytest
 
+import tinyworkflow
 from tinyworkflow import (
     ActivityError,
     NonRetryableError,
@@ -233,3 +235,65 @@ async def test_a_replayed_non_retryable_failure_is_still_one(db_url):
     assert run.status == "completed" and run.output_data["result"] == "done"
     assert seen == ["CardExpired", "CardExpired"]  # the replay raised the same type
     assert calls["subclass"] == 1
+
+
+# ---- the workflow gets the activity's exception type ------------------------------------
+
+
+class NeedsTwo(Exception):
+    def __init__(self, code: int, reason: str):
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+
+
+@activity(name="nr_raise_from", retry_policy=RetryPolicy(max_retries=0))
+async def nr_raise_from(kind: str) -> str:
+    calls[kind] += 1
+    if kind == "two":
+        raise NeedsTwo(402, "payment required")
+    import nr_lazy_errors  # a module only this activity imports
+    raise nr_lazy_errors.Lazy("from a module imported late")
+
+
+async def test_a_replay_rebuilds_the_type_importing_its_module(db_url, tmp_path, monkeypatch):
+    """On the first run the workflow gets the activity's own exception; on a replay, the
+    same type, rebuilt from the record -- its module imported if this process has not
+    yet, and made even if its __init__ takes other arguments than a message."""
+    (tmp_path / "nr_lazy_errors.py").write_text("class Lazy(Exception):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen = []
+
+    @workflow(name="nr_types")
+    async def nr_types(ctx) -> str:
+        for kind in ("two", "lazy"):
+            try:
+                await ctx.execute_activity(nr_raise_from, kind)
+            except Exception as exc:
+                seen.append((kind, f"{type(exc).__module__}.{type(exc).__qualname__}",
+                             str(exc)))
+        await ctx.wait_for_signal("go")
+        return "done"
+
+    calls.clear()
+    async with TinyWorkflowClient(db_url) as client:
+        run_id = await client.start_workflow("nr_types")
+        await client.recover_workflows()
+        monkeypatch.delitem(sys.modules, "nr_lazy_errors")  # as in a fresh process
+        await client.send_signal(run_id, "go")
+        await client.recover_workflows()
+        assert (await client.get_workflow_status(run_id)).status == "completed"
+    first = [("two", "test_non_retryable.NeedsTwo", "402: payment required"),
+             ("lazy", "nr_lazy_errors.Lazy", "from a module imported late")]
+    assert seen == first + first
+    assert calls == Counter(two=1, lazy=1)
+    assert "nr_lazy_errors" in sys.modules
+
+
+def test_an_unknown_type_replays_as_activity_error_with_its_traceback():
+    record = {"type": "gone_module_xyz.Vanished", "message": "it went",
+              "traceback": "Traceback (most recent call last):\n  ...\nVanished: it went\n"}
+    error = tinyworkflow._internals.rebuild_error(record, "run-1", 3)
+    assert isinstance(error, ActivityError)
+    assert (error.error_type, str(error), error.step) == ("gone_module_xyz.Vanished",
+                                                          "it went", 3)
+    assert error.traceback.endswith("Vanished: it went\n")
