@@ -42,6 +42,7 @@ __version__ = "0.2.0"
 __all__ = [
     "workflow",
     "activity",
+    "with_options",
     "WorkflowContext",
     "TinyWorkflowClient",
     "RetryPolicy",
@@ -4063,6 +4064,35 @@ def activity(name: Optional[str] = None, retry_policy: Optional[RetryPolicy] = N
     return decorate
 
 
+_UNSET: Any = object()  # an option not given (None means "none")
+
+
+def with_options(fn: Any, *, retry_policy: Optional[RetryPolicy] = None,
+                 timeout: Optional[float] = _UNSET) -> Callable:
+    """The activity ``fn`` with another retry policy or timeout, for the calls made
+    through what this returns; the activity's own keyword arguments are untouched
+    (even ones named ``timeout``)::
+
+        quick = with_options(fetch_quote, timeout=5, retry_policy=RetryPolicy(max_retries=0))
+        price = await ctx.execute_activity(quick, symbol)
+
+    ``timeout=None`` lifts the activity's timeout. The step is recorded under the
+    activity's name, as any call of it; outside a workflow the result is the plain
+    function. Compensations take the registered activity as it is: they may run in
+    another process, which finds it by name."""
+    base = _activity_def(fn)
+    _check_options("activity", base.name, retry_policy, None if timeout is _UNSET else timeout)
+    definition = dataclasses.replace(
+        base, retry_policy=retry_policy or base.retry_policy,
+        timeout=base.timeout if timeout is _UNSET else timeout)
+
+    @functools.wraps(base.fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return base.fn(*args, **kwargs)
+    call.__tinyworkflow_activity__ = definition  # type: ignore[attr-defined]
+    return call
+
+
 def _count_limit(what: str, value: Any) -> None:
     if value is not None and (not _real(value, whole=True)
                               or not 1 <= value <= 2 ** 31):
@@ -4694,8 +4724,11 @@ class WorkflowContext:
         in another process, which finds it by name."""
         definition = _activity_def(fn)
         if _ACTIVITIES.get(definition.name) is not definition:
-            raise TypeError(f"add_compensation takes a registered @activity (it is found by "
-                            f"name when compensating, perhaps in another process), got {fn!r}")
+            raise TypeError(
+                "add_compensation takes a registered @activity as registered (it is found by "
+                "name when compensating, perhaps in another process), got "
+                + (f"{definition.name!r} with other options (with_options)"
+                   if definition.name in _ACTIVITIES else repr(fn)))
         x = self._x
         x.usable()
         step, record = x.begin("compensation", definition.name)
