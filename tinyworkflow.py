@@ -1757,7 +1757,7 @@ class _PostgresDriver:
     """asyncpg: connections to PostgreSQL, and what its exceptions mean."""
 
     def __init__(self, target: dict, options: dict, url: str):
-        self.target, self.options, self.url = target, options, url
+        self.target, self.options, self.url = target, options, url  # url: for messages
         self._asyncpg: Any = None
 
     def load(self) -> None:
@@ -3580,8 +3580,9 @@ class _PostgresStore(_ServerStore):
       a round trip each)."""
 
     def __init__(self, target: dict, options: dict, prefix: str, url: str):
-        super().__init__(_POSTGRES, _PostgresDriver(target, options, url), options, prefix,
-                         url)
+        # (The driver names the database in its messages: without the password.)
+        super().__init__(_POSTGRES, _PostgresDriver(target, options, _redact(url)), options,
+                         prefix, url)
         self.channel = f"{prefix.lower()}wake"
         self._compiled: dict = {}  # batch statements -> one statement
         # Steps, and finishes, of concurrent runs: one statement each per turn of the loop.
@@ -3853,7 +3854,8 @@ class _MySQLStore(_ServerStore):
     processes find new runs when they poll."""
 
     def __init__(self, target: dict, options: dict, prefix: str, url: str):
-        super().__init__(_MYSQL, _MySQLDriver(target, options, url), options, prefix, url)
+        super().__init__(_MYSQL, _MySQLDriver(target, options, _redact(url)), options, prefix,
+                         url)
         lock = f"tinyworkflow:{target['db']}:{prefix}"
         self._lock_name = lock if len(lock) <= 64 else lock[:48] + hashlib.sha256(
             lock.encode()).hexdigest()[:16]
@@ -4041,7 +4043,13 @@ def activity(name: Optional[str] = None, retry_policy: Optional[RetryPolicy] = N
 
     ``async def`` activities run on the event loop, plain ``def`` ones in a thread.
     ``retry_policy`` (default ``RetryPolicy()``: 3 retries) retries the step inside the
-    run; ``timeout`` limits each attempt. The function stays callable as before.
+    run; ``timeout`` limits each attempt.
+
+    Called in a workflow, the function is a step, as ``ctx.execute_activity`` makes
+    one: ``await charge(order_id, cents)`` records its result and a replay returns it
+    without running it (a plain ``def`` activity called there returns an awaitable
+    too). Called anywhere else -- the application, a test, another activity -- it is
+    the plain function.
 
         @activity(name="charge", retry_policy=RetryPolicy(max_retries=5), timeout=30)
         async def charge(order_id: str, cents: int) -> dict:
@@ -4052,16 +4060,50 @@ def activity(name: Optional[str] = None, retry_policy: Optional[RetryPolicy] = N
         return activity()(name)
 
     def decorate(fn: Callable) -> Callable:
+        inner = getattr(fn, "__wrapped__", None)
+        if inner is not None and getattr(inner, "__tinyworkflow_callable__", None) is fn:
+            fn = inner  # what an @activity returned, registered again: its function
         act_name = name or getattr(fn, "__name__", None)
         _check_options("activity", act_name, retry_policy, timeout)
         if not callable(fn):
             raise TypeError(f"activity {act_name!r} must be a function, got {fn!r}")
         definition = _ActivityDef(act_name, fn, retry_policy or RetryPolicy(), timeout)
         _register(_ACTIVITIES, "activity", definition)
-        fn.__tinyworkflow_activity__ = definition
-        return fn
+        direct = getattr(fn, "__tinyworkflow_callable__", None) or _callable(fn)
+        fn.__tinyworkflow_activity__ = direct.__tinyworkflow_activity__ = definition
+        fn.__tinyworkflow_callable__ = direct
+        return direct
 
     return decorate
+
+
+def _callable(fn: Callable) -> Callable:
+    """The activity ``fn`` as its users call it: in workflow code (the running loop is
+    a run's workflow loop), the next step, as ``ctx.execute_activity`` starts it, with
+    the options of the returned callable's ``__tinyworkflow_activity__``; anywhere
+    else, the function itself."""
+
+    def step(execution: Any, args: tuple, kwargs: dict) -> Any:
+        definition = direct.__tinyworkflow_activity__
+        future = execution.activity(definition, args, kwargs)
+        future.direct = definition.name  # a plain def's: say "await it" if used unawaited
+        return future
+
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def direct(*args: Any, **kwargs: Any) -> Any:
+            execution = getattr(asyncio._get_running_loop(), "_execution", None)
+            if execution is None:
+                return await fn(*args, **kwargs)
+            return await step(execution, args, kwargs)
+    else:
+        @functools.wraps(fn)
+        def direct(*args: Any, **kwargs: Any) -> Any:
+            execution = getattr(asyncio._get_running_loop(), "_execution", None)
+            if execution is None:
+                return fn(*args, **kwargs)
+            return step(execution, args, kwargs)
+    return direct
 
 
 _UNSET: Any = object()  # an option not given (None means "none")
@@ -4078,18 +4120,15 @@ def with_options(fn: Any, *, retry_policy: Optional[RetryPolicy] = None,
 
     ``timeout=None`` lifts the activity's timeout. The step is recorded under the
     activity's name, as any call of it; outside a workflow the result is the plain
-    function. Compensations take the registered activity as it is: they may run in
-    another process, which finds it by name."""
+    function (called directly in a workflow, a step with these options). Compensations
+    take the registered activity as it is: they may run in another process, which finds
+    it by name."""
     base = _activity_def(fn)
     _check_options("activity", base.name, retry_policy, None if timeout is _UNSET else timeout)
-    definition = dataclasses.replace(
+    call = _callable(base.fn)
+    call.__tinyworkflow_activity__ = dataclasses.replace(  # type: ignore[attr-defined]
         base, retry_policy=retry_policy or base.retry_policy,
         timeout=base.timeout if timeout is _UNSET else timeout)
-
-    @functools.wraps(base.fn)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        return base.fn(*args, **kwargs)
-    call.__tinyworkflow_activity__ = definition  # type: ignore[attr-defined]
     return call
 
 
@@ -4433,9 +4472,30 @@ for _name in ("run_in_executor", "set_default_executor", "getaddrinfo", "getname
 
 class _Step(asyncio.Future):
     """The outcome of a step, on its run's workflow loop (and awaitable only there).
-    ``on_cancel`` is called when the workflow cancels it (gives the step up)."""
+    ``on_cancel`` is called when the workflow cancels it (gives the step up).
+    ``direct`` names the plain ``def`` activity whose direct call made it: used as
+    its value instead of awaited, it says so."""
 
     on_cancel: Optional[Callable[[], Any]] = None
+    direct: Optional[str] = None
+
+    def _unawaited(self, what: str) -> str:
+        return (f"{what}: {self.direct}(...) called in a workflow is a step, an awaitable: "
+                f"await it (result = await {self.direct}(...))")
+
+    def __bool__(self) -> bool:
+        if self.direct is not None:
+            raise TypeError(self._unawaited("a step has no truth value"))
+        return True
+
+    def __getitem__(self, key: Any) -> Any:
+        raise TypeError(self._unawaited("a step is not subscriptable") if self.direct
+                        else f"{type(self).__name__!r} object is not subscriptable")
+
+    def __getattr__(self, name: str) -> Any:  # only for names a Future does not have
+        if self.direct is not None and not name.startswith("_"):
+            raise AttributeError(self._unawaited(f"a step has no attribute {name!r}"))
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def cancel(self, msg: Any = None) -> bool:
         if not super().cancel(msg):

@@ -94,6 +94,16 @@ async def ten_steps(ctx: WorkflowContext):
     return trail
 
 
+@workflow(name="crash_test_ten_direct_steps", retry_policy=NO_RETRY)
+async def ten_direct_steps(ctx: WorkflowContext):
+    """ten_steps with the activity called directly: each call a step all the same."""
+    path, acc, trail = ctx.get_input("log"), ctx.get_input("seed"), []
+    for step in range(1, STEPS + 1):
+        acc = await numbered_step(path, step, acc)
+        trail.append(acc)
+    return trail
+
+
 def ten_steps_result(seed: int) -> list:
     acc, trail = seed, []
     for step in range(1, STEPS + 1):

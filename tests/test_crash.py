@@ -153,17 +153,18 @@ STEP_SLEEP = 0.04
 _SEED = int(os.environ.get("TW_CRASH_TEST_SEED", random.randrange(2**32)))
 
 
+@pytest.mark.parametrize("name", ["crash_test_ten_steps", "crash_test_ten_direct_steps"])
 @pytest.mark.parametrize("slot", range(KILL_SLOTS))
 async def test_kill_at_random_moment_then_recover_matches_uninterrupted_run(
-        tmp_path, db_url, slot):
+        tmp_path, db_url, slot, name):
     rng = random.Random(_SEED * 100 + slot)
     # Kill somewhere in slice `slot` of the run (measured from its first step's start);
     # the last slice reaches a little past the end, so a kill may also find it finished.
     duration = cw.STEPS * (STEP_SLEEP + 0.01)
     delay = rng.uniform(slot, slot + 1.1) * duration / KILL_SLOTS
-    where = f"(seed {_SEED}, slot {slot}, kill {delay:.3f} s after step 1 started)"
+    where = f"({name}, seed {_SEED}, slot {slot}, kill {delay:.3f} s after step 1 started)"
     log_path = str(tmp_path / "side_effects.log")
-    proc = spawn(tmp_path, db_url, "crash_test_ten_steps", {"log": log_path, "seed": slot},
+    proc = spawn(tmp_path, db_url, name, {"log": log_path, "seed": slot},
                  **{cw.STEP_SLEEP_ENV: str(STEP_SLEEP)})
     try:
         wait_for_log(proc, log_path, lambda lines: "1" in lines)
@@ -173,7 +174,7 @@ async def test_kill_at_random_moment_then_recover_matches_uninterrupted_run(
     before_kill = [int(line) for line in cw.read_log(log_path)]  # the child is dead: final
 
     async with TinyWorkflowClient(db_url, lease_seconds=1) as client:
-        run = await only_run(client, "crash_test_ten_steps")
+        run = await only_run(client, name)
         steps_before = await client.get_workflow_steps(run.run_id)
         done_before = {s.step for s in steps_before if s.status == "completed"}
         assert [s.step for s in steps_before] == sorted(done_before), where

@@ -27,8 +27,8 @@ import dbutil  # noqa: E402
 import servers_workflows as sw  # noqa: E402
 import tinyworkflow  # noqa: E402
 from dbutil import child_env, servers_only, until  # noqa: E402
-from tinyworkflow import (RetryPolicy, TinyWorkflowClient, WorkflowContext,  # noqa: E402
-                          activity, workflow)
+from tinyworkflow import (DatabaseUnavailableError, RetryPolicy, TinyWorkflowClient,  # noqa: E402
+                          WorkflowContext, activity, workflow)
 
 NO_RETRY = RetryPolicy(max_retries=0)
 FINAL = ("completed", "failed", "cancelled")
@@ -473,6 +473,17 @@ def test_bad_url_options_are_a_value_error_naming_the_option(scheme, option, val
     with pytest.raises(ValueError, match=option) as err:
         TinyWorkflowClient(url)
     assert "s3cretpw" not in str(err.value)  # a URL in a message is shown without password
+
+
+@pytest.mark.parametrize("scheme, driver", [("postgresql", "asyncpg"), ("mysql", "aiomysql")])
+async def test_a_server_that_cannot_be_reached_is_named_without_the_password(scheme, driver):
+    pytest.importorskip(driver)
+    url = f"{scheme}://u:s3cretpw@127.0.0.1:1/db?connect_timeout=2"  # nothing listens there
+    client = TinyWorkflowClient(url)
+    with pytest.raises(DatabaseUnavailableError, match="cannot connect to") as err:
+        await client.initialize()
+    assert "s3cretpw" not in str(err.value) and "u:***@127.0.0.1:1" in str(err.value)
+    await client.close()
 
 
 @pytest.mark.parametrize("url, word", [
