@@ -88,9 +88,10 @@ import contextvars
 import dataclasses
 import enum
 import functools
+import base64
+import builtins
 import hashlib
 import heapq
-import importlib
 import inspect
 import itertools
 import json
@@ -107,9 +108,10 @@ import threading
 import time
 import traceback
 import types
+import typing
 import uuid
 import weakref
-from datetime import datetime, timedelta, timezone
+from datetime import date as _date, datetime, time as _time, timedelta, timezone
 from typing import Any, Awaitable, Callable, NamedTuple, NoReturn, Optional
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -524,41 +526,62 @@ def _dumps_for_display(value: Any) -> str:
         return _encode(f"<{type(value).__name__} that cannot be shown>")
 
 
+def _message(exc: BaseException) -> str:
+    """``str(exc)``, or what can be said of it when its ``__str__`` fails."""
+    try:
+        return str(exc)
+    except Exception:
+        try:
+            return repr(exc.args)
+        except Exception:
+            return "(its message cannot be shown)"
+
+
 def _error_text(exc: BaseException) -> str:
     # Stored as text: no NUL (PostgreSQL refuses it) and no lone surrogates.
-    text = f"{type(exc).__name__}: {exc}".replace("\x00", "\\x00")
+    text = f"{type(exc).__name__}: {_message(exc)}".replace("\x00", "\\x00")
     return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode()
 
 
 def _error_record(exc: BaseException) -> dict:
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return {
+    try:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:  # a __str__ that fails on the way
+        tb = _error_text(exc)
+    record = {
         "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
-        "message": str(exc),
+        "message": _message(exc),
         "traceback": tb[-8000:],
     }
+    try:  # the arguments it was made with, if plain JSON: a replay makes it the same way
+        json.dumps(exc.args, allow_nan=False)
+        record["args"] = list(exc.args)
+    except Exception:
+        pass
+    return record
 
 
 def _rebuild_error(record: dict, run_id: str, step: int) -> BaseException:
     """The exception a replay raises for a recorded failure: the original type when it
-    can be imported (its module is imported if it is not yet) and made with the
-    message, else ActivityError with the type's name and the recorded traceback."""
+    is already imported, made with the arguments it was made with (or its message),
+    else ActivityError with the type's name and the recorded traceback. Never imports:
+    a module named in a record may be the program itself run under another name."""
     module, _, qualname = record.get("type", "").rpartition(".")
     message = record.get("message", "")
     cls: Any = sys.modules.get(module)
-    if cls is None and module and all(part.isidentifier() for part in module.split(".")):
-        with contextlib.suppress(Exception):  # not importable here: ActivityError
-            cls = importlib.import_module(module)
     for part in qualname.split(".") if cls is not None else ():
         cls = getattr(cls, part, None)
     if isinstance(cls, type) and issubclass(cls, Exception):
-        with contextlib.suppress(Exception):
-            return cls(message)
-        with contextlib.suppress(Exception):  # its __init__ wants more: the type, unmade
-            error = cls.__new__(cls)
-            error.args = (message,)
-            return error
-    if isinstance(cls, type) and issubclass(cls, BaseException):  # SystemExit, say
+        for args in ((tuple(record["args"]),) if isinstance(record.get("args"), list) else ()) \
+                + ((message,),):
+            try:
+                error = cls(*args)
+                str(error)  # one that cannot even say what it is: not made this way
+                return error
+            except Exception:
+                continue
+    if isinstance(cls, type) and issubclass(cls, BaseException) \
+            and not issubclass(cls, Exception):  # SystemExit, say
         message = f"the activity raised {qualname}" + (f": {message}" if message else "")
     return ActivityError(message, error_type=record.get("type", ""), run_id=run_id, step=step,
                          non_retryable=record.get("non_retryable") is True,
@@ -663,7 +686,270 @@ def _run_filters(status: Any, workflow_name: Any, run_id_prefix: Any,
             "parent_run_id": parent_run_id}
 
 
+# ---- typed values: the codec ------------------------------------------------------------
+# A value crossing a step is stored as JSON. When the code declares its type (an
+# activity's return annotation), the value is encoded against that type and decoded
+# back to it -- on the first run and on every replay alike, since the workflow always
+# gets the decoded record. Encoding never loses information silently: what the type
+# cannot rebuild exactly is a SerializationError naming the path inside the value.
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+class _Typed:
+    """Encode a value to JSON data, and decode it, by a type: dataclasses (nested),
+    NamedTuple, TypedDict, Enum, datetime, date, time, timedelta, Decimal, UUID, bytes
+    (base64), tuple, set, frozenset, list[X], dict[str, X], Optional[X] / X | None, and
+    pydantic v2 models (by their model_dump / model_validate). A type it does not know
+    takes plain JSON values, as no annotation does. ``plain(T)``: whether ``T`` needs
+    nothing of this (then the JSON value is used as it is)."""
+
+    def __init__(self) -> None:
+        self._plain: dict = {}
+
+    def plain(self, kind: Any) -> bool:
+        try:
+            found = self._plain.get(kind)
+        except TypeError:  # an unhashable annotation
+            return False
+        if found is None:
+            found = self._plain[kind] = self._is_plain(kind)
+        return found
+
+    def _is_plain(self, kind: Any) -> bool:
+        if kind in (Any, None, object, type(None), str, int, bool, list, dict) or \
+                kind is inspect.Parameter.empty:
+            return True
+        origin, args = typing.get_origin(kind), typing.get_args(kind)
+        if origin in (list, dict) or origin is typing.Union or \
+                origin is getattr(types, "UnionType", None):
+            return all(self.plain(a) for a in args if a is not Ellipsis)
+        return False  # float too: a NaN is to be refused with its path
+
+    # -- encode
+    def encode(self, value: Any, kind: Any, path: str) -> Any:
+        if kind in (Any, object, None) or kind is inspect.Parameter.empty:
+            return self._json(value, path)
+        origin, args = typing.get_origin(kind), typing.get_args(kind)
+        if origin is typing.Union or origin is getattr(types, "UnionType", None):
+            if value is None and type(None) in args:
+                return None
+            for member in args:
+                if member is not type(None) and self._instance(value, member):
+                    return self.encode(value, member, path)
+            raise self._refuse(path, value, f"not any of {kind}")
+        if origin is typing.Literal:
+            return self._json(value, path)
+        if value is None:
+            return None
+        if isinstance(kind, type):
+            if issubclass(kind, enum.Enum):
+                return self.encode(kind(value).value, Any, path)
+            if issubclass(kind, (str, int)):  # bool too
+                return self._json(value, path)
+            if issubclass(kind, float):
+                return self._float(value, path)
+            if issubclass(kind, datetime):
+                return self._check(value, datetime, path).isoformat()
+            if kind is _date:
+                if isinstance(value, datetime):  # its time would be lost
+                    raise self._refuse(path, value, "a datetime where a date is declared")
+                return self._check(value, _date, path).isoformat()
+            if kind is _time:
+                return self._check(value, _time, path).isoformat()
+            if issubclass(kind, timedelta):
+                return self._check(value, timedelta, path) // timedelta(microseconds=1)
+            if issubclass(kind, _decimal()):
+                value = self._check(value, _decimal(), path)
+                if not value.is_finite():
+                    raise self._refuse(path, value, "not a finite number")
+                return str(value)
+            if issubclass(kind, uuid.UUID):
+                return str(self._check(value, uuid.UUID, path))
+            if issubclass(kind, (bytes, bytearray)):
+                return base64.b64encode(self._check(value, (bytes, bytearray), path)).decode()
+            if dataclasses.is_dataclass(kind):
+                self._check(value, kind, path)
+                hints = typing.get_type_hints(kind)
+                return {f.name: self.encode(getattr(value, f.name), hints.get(f.name, Any),
+                                            f"{path}.{f.name}")
+                        for f in dataclasses.fields(kind)}
+            if issubclass(kind, tuple) and hasattr(kind, "_fields"):  # NamedTuple
+                self._check(value, kind, path)
+                hints = typing.get_type_hints(kind)
+                return {f: self.encode(getattr(value, f), hints.get(f, Any), f"{path}.{f}")
+                        for f in kind._fields}
+            if typing.is_typeddict(kind):
+                hints = typing.get_type_hints(kind)
+                return {k: self.encode(v, hints.get(k, Any), f"{path}.{k}")
+                        for k, v in self._check(value, dict, path).items()}
+            if hasattr(kind, "model_validate") and hasattr(value, "model_dump"):  # pydantic
+                return value.model_dump(mode="json")
+        if origin in (list, set, frozenset) or kind in (list, set, frozenset):
+            item = args[0] if args else Any
+            seq = self._check(value, (list, tuple, set, frozenset), path)
+            items = [self.encode(v, item, f"{path}[{i}]") for i, v in enumerate(seq)]
+            if isinstance(value, (set, frozenset)):
+                with contextlib.suppress(TypeError):  # the same text each time, if it sorts
+                    items.sort(key=lambda v: json.dumps(v, sort_keys=True))
+            return items
+        if origin is tuple or kind is tuple:
+            seq = self._check(value, (tuple, list), path)
+            if args and args[-1] is Ellipsis:
+                args = (args[0],) * len(seq)
+            if args and len(args) != len(seq):
+                raise self._refuse(path, value, f"{len(seq)} items where {kind} has "
+                                                f"{len(args)}")
+            return [self.encode(v, args[i] if args else Any, f"{path}[{i}]")
+                    for i, v in enumerate(seq)]
+        if origin is dict or kind is dict:
+            key, item = args if args else (str, Any)
+            out = {}
+            for k, v in self._check(value, dict, path).items():
+                if not isinstance(k, str):
+                    raise self._refuse(f"{path}[{k!r}]", k, "a key that is not a string")
+                out[k] = self.encode(v, item, f"{path}[{k!r}]")
+            return out
+        return self._json(value, path)  # a type the codec does not know: plain JSON
+
+    def _instance(self, value: Any, kind: Any) -> bool:
+        origin = typing.get_origin(kind) or kind
+        if origin is typing.Literal:
+            return value in typing.get_args(kind)
+        if kind in (Any, object):
+            return True
+        try:
+            return isinstance(value, origin) and not (origin is int and isinstance(value, bool)
+                                                      and kind is not bool)
+        except TypeError:
+            return False
+
+    def _check(self, value: Any, kind: Any, path: str) -> Any:
+        if not isinstance(value, kind):
+            raise self._refuse(path, value, f"not a {getattr(kind, '__name__', kind)}")
+        return value
+
+    def _float(self, value: Any, path: str) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self._refuse(path, value, f"float {value!r} has no JSON")
+        return self._json(value, path)
+
+    def _json(self, value: Any, path: str) -> Any:
+        """A value without a type to go by: plain JSON only (as without annotations)."""
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise self._refuse(path, value, f"float {value!r} has no JSON")
+            return value
+        if isinstance(value, _SCALARS):
+            return value
+        if isinstance(value, (list, tuple)):
+            return [self._json(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, dict):
+            out = {}
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    raise self._refuse(f"{path}[{k!r}]", k, "a key that is not a string")
+                out[k] = self._json(v, f"{path}[{k!r}]")
+            return out
+        raise self._refuse(path, value, f"a {type(value).__name__}, which plain JSON does "
+                                        "not hold: declare its type")
+
+    @staticmethod
+    def _refuse(path: str, value: Any, why: str) -> SerializationError:
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return SerializationError(f"{path}: {why} ({shown})")
+
+    # -- decode
+    def decode(self, data: Any, kind: Any) -> Any:
+        if kind in (Any, object, None) or kind is inspect.Parameter.empty or data is None:
+            return data
+        origin, args = typing.get_origin(kind), typing.get_args(kind)
+        if origin is typing.Union or origin is getattr(types, "UnionType", None):
+            members = [a for a in args if a is not type(None)]
+            for member in members:
+                try:
+                    value = self.decode(data, member)
+                except Exception:
+                    continue
+                if len(members) == 1 or self._instance(value, member) or \
+                        dataclasses.is_dataclass(member):
+                    return value
+            return data
+        if origin is typing.Literal:
+            return data
+        if isinstance(kind, type):
+            if issubclass(kind, enum.Enum):
+                return kind(data)
+            if issubclass(kind, bool) or kind in (str, int):
+                return data
+            if issubclass(kind, float):
+                return float(data) if isinstance(data, int) else data
+            if issubclass(kind, datetime):
+                return datetime.fromisoformat(data)
+            if kind is _date:
+                return _date.fromisoformat(data)
+            if kind is _time:
+                return _time.fromisoformat(data)
+            if issubclass(kind, timedelta):
+                return timedelta(microseconds=data)
+            if issubclass(kind, _decimal()):
+                return kind(str(data))
+            if issubclass(kind, uuid.UUID):
+                return kind(data)
+            if issubclass(kind, (bytes, bytearray)):
+                return kind(base64.b64decode(data))
+            if dataclasses.is_dataclass(kind):
+                hints = typing.get_type_hints(kind)
+                return kind(**{f.name: self.decode(data[f.name], hints.get(f.name, Any))
+                               for f in dataclasses.fields(kind)
+                               if f.init and f.name in data})
+            if issubclass(kind, tuple) and hasattr(kind, "_fields"):
+                hints = typing.get_type_hints(kind)
+                return kind(**{f: self.decode(data[f], hints.get(f, Any))
+                               for f in kind._fields if f in data})
+            if typing.is_typeddict(kind):
+                hints = typing.get_type_hints(kind)
+                return {k: self.decode(v, hints.get(k, Any)) for k, v in data.items()}
+            if hasattr(kind, "model_validate"):
+                return kind.model_validate(data)
+        if origin in (list, set, frozenset) or kind in (list, set, frozenset):
+            item = args[0] if args else Any
+            items = [self.decode(v, item) for v in data]
+            return items if (origin or kind) is list else (origin or kind)(items)
+        if origin is tuple or kind is tuple:
+            if args and args[-1] is Ellipsis:
+                args = (args[0],) * len(data)
+            return tuple(self.decode(v, args[i] if args else Any) for i, v in enumerate(data))
+        if origin is dict:
+            item = args[1] if args else Any
+            return {k: self.decode(v, item) for k, v in data.items()}
+        return data
+
+
+_TYPED = _Typed()
+
+
+def _decimal() -> type:
+    import decimal  # (on first use: not every program needs it)
+    return decimal.Decimal
+
+
+def _returns(fn: Callable) -> Any:
+    """The return annotation of ``fn``, resolved (Any when there is none or it cannot
+    be resolved)."""
+    import typing
+    try:
+        return typing.get_type_hints(inspect.unwrap(fn)).get("return", Any)
+    except Exception:
+        return Any
+
+
 # ---- retry policy -----------------------------------------------------------------------
+
+
+_GROUPS = getattr(builtins, "BaseExceptionGroup", ())  # Python 3.11 and later
 
 
 @dataclasses.dataclass
@@ -722,6 +1008,8 @@ class RetryPolicy:
         if isinstance(error, NonRetryableError) or (isinstance(error, ActivityError)
                                                     and error.non_retryable):
             return False
+        if isinstance(error, _GROUPS):  # TaskGroup's: one branch that cannot succeed is enough
+            return all(self.retryable(inner) for inner in error.exceptions)
         if not self.non_retryable:
             return True
         names = set()
@@ -3910,6 +4198,12 @@ class _WorkflowDef:
     timeout: Optional[float]
     retention_days: Optional[float] = None
 
+    @functools.cached_property
+    def returns(self) -> Any:
+        """The declared type of the workflow's result, if it needs the codec."""
+        kind = _returns(self.fn)
+        return None if _TYPED.plain(kind) else kind
+
 
 def _outcome(fn: Callable, args: tuple, kwargs: dict) -> tuple:
     """(result, None) or (None, what it raised), in a thread: raised again in the
@@ -3931,6 +4225,13 @@ class _ActivityDef:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.fn))
+
+    @functools.cached_property
+    def returns(self) -> Any:
+        """The declared type of the result, if it needs the codec (None: plain JSON).
+        Resolved on first use, when the types it names are defined."""
+        kind = _returns(self.fn)
+        return None if _TYPED.plain(kind) else kind
 
     async def call(self, args: tuple, kwargs: dict) -> Any:
         if self.is_async:
@@ -4060,18 +4361,22 @@ def activity(name: Optional[str] = None, retry_policy: Optional[RetryPolicy] = N
         return activity()(name)
 
     def decorate(fn: Callable) -> Callable:
-        inner = getattr(fn, "__wrapped__", None)
-        if inner is not None and getattr(inner, "__tinyworkflow_callable__", None) is fn:
-            fn = inner  # what an @activity returned, registered again: its function
+        known = getattr(fn, "__tinyworkflow_activity__", None)
+        if known is not None and known.fn is getattr(fn, "__wrapped__", None):
+            fn = known.fn  # what an @activity returned, registered again: its function
         act_name = name or getattr(fn, "__name__", None)
         _check_options("activity", act_name, retry_policy, timeout)
         if not callable(fn):
             raise TypeError(f"activity {act_name!r} must be a function, got {fn!r}")
         definition = _ActivityDef(act_name, fn, retry_policy or RetryPolicy(), timeout)
         _register(_ACTIVITIES, "activity", definition)
-        direct = getattr(fn, "__tinyworkflow_callable__", None) or _callable(fn)
+        # The same callable when registered again under its name; another one per name
+        # (an alias must not change what the first name's calls record).
+        made = fn.__dict__.setdefault("__tinyworkflow_callables__", {}) \
+            if hasattr(fn, "__dict__") else {}
+        direct = made.get(act_name) or _callable(fn)
         fn.__tinyworkflow_activity__ = direct.__tinyworkflow_activity__ = definition
-        fn.__tinyworkflow_callable__ = direct
+        made[act_name] = direct
         return direct
 
     return decorate
@@ -4478,6 +4783,7 @@ class _Step(asyncio.Future):
 
     on_cancel: Optional[Callable[[], Any]] = None
     direct: Optional[str] = None
+    returns: Any = None  # the type its recorded result is decoded to (None: as stored)
 
     def _unawaited(self, what: str) -> str:
         return (f"{what}: {self.direct}(...) called in a workflow is a step, an awaitable: "
@@ -4487,6 +4793,15 @@ class _Step(asyncio.Future):
         if self.direct is not None:
             raise TypeError(self._unawaited("a step has no truth value"))
         return True
+
+    def __iter__(self):  # a Future's is its __await__ (for ``yield from``)
+        if self.direct is not None:  # list(step), x in step, for x in step
+            raise TypeError(self._unawaited("a step is not iterable"))
+        return self.__await__()
+
+    def __contains__(self, item: Any) -> bool:
+        raise TypeError(self._unawaited("a step holds nothing") if self.direct
+                        else f"argument of type {type(self).__name__!r} is not iterable")
 
     def __getitem__(self, key: Any) -> Any:
         raise TypeError(self._unawaited("a step is not subscriptable") if self.direct
@@ -4984,8 +5299,8 @@ class _Execution:
     __slots__ = ("_random", "abandoned", "arrived", "attempt", "base", "closing", "ctx",
                  "engine", "fatal", "finishing", "flushing", "history", "idle", "inbox",
                  "inflight", "last_recorded", "looked_until", "loop", "main", "markers",
-                 "next_step", "notify", "owner", "real", "recorded", "resolutions", "run",
-                 "run_id", "seq", "starting", "stop", "store", "successor", "targets",
+                 "next_step", "notify", "owner", "real", "recorded", "resolutions", "returns",
+                 "run", "run_id", "seq", "starting", "stop", "store", "successor", "targets",
                  "timers", "torn_down", "unchecked", "unsequenced", "unsettled", "waited",
                  "waits", "writes")
 
@@ -5028,6 +5343,7 @@ class _Execution:
         self.looked_until = -math.inf  # deadline up to which the waits were looked at
         self.idle = False  # the driver only waits for activities in flight (see pump)
         self.main: Optional[asyncio.Task] = None
+        self.returns: Any = None  # the workflow's declared result type (see drive)
         self.ctx = WorkflowContext(self, run)
 
     @property
@@ -5127,6 +5443,8 @@ class _Execution:
     def activity(self, definition: _ActivityDef, args: tuple, kwargs: dict) -> _Step:
         (step, record), future, attempts = self.begin("activity", definition.name), \
             _Step(loop=self.loop), 0
+        if definition.returns is not None:
+            future.returns = definition.returns
         self.targets[step] = ("activity", future)
         if record is not None:
             # A failure in an earlier attempt of the run runs again (that is what a
@@ -5329,7 +5647,18 @@ class _Execution:
             target.cancel()
         elif status == "completed":
             value = _loads(row["output"])
-            target.set_result(value["result"] if kind == "child" else value)
+            if kind == "child":
+                value = value["result"]
+            elif target.returns is not None:
+                try:
+                    value = _TYPED.decode(value, target.returns)
+                except Exception as exc:  # a record older than the annotation, say
+                    target.set_exception(SerializationError(
+                        f"the recorded result of step {step} ({row['name']}) of run "
+                        f"{self.run_id} does not decode as {target.returns!r}: "
+                        f"{type(exc).__name__}: {exc}"))
+                    return
+            target.set_result(value)
         elif exc is not None:
             target.set_exception(exc)
         else:
@@ -5493,6 +5822,14 @@ class _Execution:
                         lambda: ActivityTimeoutError(
                             f"activity {definition.name!r} (step {step} of run "
                             f"{self.run_id}) timed out after {definition.timeout} s"))
+                if definition.returns is not None:
+                    try:
+                        result = _TYPED.encode(result, definition.returns, "result")
+                    except SerializationError as exc:
+                        raise SerializationError(
+                            f"the result of activity {definition.name!r} (step {step} of "
+                            f"run {self.run_id}), declared {definition.returns!r}: {exc}"
+                        ) from None
                 try:
                     output = _encode(result, _ENCODE_STRICT)
                 except (TypeError, ValueError, RecursionError):  # say which
@@ -5576,6 +5913,7 @@ class _Execution:
         cancellation from outside); steps in flight are stopped first."""
         try:
             with self.engine.hub.waiting_for_signal(self.run_id, self.notify):
+                self.returns = definition.returns
                 self.main = asyncio.Task(definition.fn(self.ctx), loop=self.loop)
                 return await self.step()
         except BaseException:
@@ -5935,9 +6273,16 @@ class _Execution:
             return ("failed", self.fatal or error)
         if self.successor is not None:
             return ("continued", self.successor)
+        what = f"the result of workflow {self.run['workflow_name']!r}"
         try:
-            return ("completed", _dumps({"result": main.result()},
-                                        f"the result of workflow {self.run['workflow_name']!r}"))
+            result = main.result()
+            if self.returns is not None:
+                try:
+                    result = _TYPED.encode(result, self.returns, "result")
+                except SerializationError as exc:
+                    raise SerializationError(f"{what}, declared {self.returns!r}: {exc}") \
+                        from None
+            return ("completed", _dumps({"result": result}, what))
         except SerializationError as exc:
             return ("failed", exc)
 
@@ -7578,6 +7923,7 @@ _internals = types.SimpleNamespace(
     workflows=_WORKFLOWS, activities=_ACTIVITIES, migrations=_MIGRATIONS,
     parse_url=_parse_url, redact=_redact, database_error=_database_error,
     Cron=_Cron, Every=_Every, due_times=_due_times, new_run=_new_run, rebuild_error=_rebuild_error,
+    typed=_TYPED, error_record=_error_record,
     SQLiteStore=_SQLiteStore, Pool=_Pool, companion=_companion,
     store=lambda client: client._store, engine=lambda client: client._engine)
 

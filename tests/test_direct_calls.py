@@ -89,7 +89,8 @@ async def test_outside_a_workflow_an_activity_is_the_plain_function():
 async def dc_unawaited(ctx) -> list:
     said = []
     step = dc_compute(2)  # forgot await
-    for use in (lambda: bool(step), lambda: step["square"], lambda: step.get("square")):
+    for use in (lambda: bool(step), lambda: step["square"], lambda: step.get("square"),
+                lambda: list(step), lambda: "square" in step):
         try:
             use()
         except (TypeError, AttributeError) as exc:
@@ -103,7 +104,7 @@ async def test_a_sync_activity_called_unawaited_says_to_await_it(client):
     run = await client.get_workflow_status(run_id)
     assert run.status == "completed", run.error
     *messages, value = run.output_data["result"]
-    assert value == 4 and len(messages) == 3
+    assert value == 4 and len(messages) == 5  # and the step still works once awaited
     for message in messages:
         assert "dc_compute(...) called in a workflow is a step" in message
         assert "await dc_compute(...)" in message
@@ -116,3 +117,18 @@ def test_registering_an_activity_again_returns_the_same_callable():
         @activity(name="dc_fetch")
         async def other(x):
             return x
+
+
+async def _charge(x: int) -> int:
+    return x
+
+
+def test_an_alias_does_not_change_the_first_name():
+    eu = activity(name="dc_charge_eu", timeout=5)(_charge)
+    us = activity(name="dc_charge_us", timeout=60)(_charge)
+    assert eu is not us
+    assert (eu.__tinyworkflow_activity__.name, eu.__tinyworkflow_activity__.timeout) == (
+        "dc_charge_eu", 5)
+    assert (us.__tinyworkflow_activity__.name, us.__tinyworkflow_activity__.timeout) == (
+        "dc_charge_us", 60)
+    assert activity(name="dc_charge_eu", timeout=5)(eu) is eu  # again: the same callable

@@ -2,6 +2,7 @@
 ``RetryPolicy(non_retryable=...)`` end an activity's or a run's attempts at once,
 whatever ``max_retries`` says, and the record says why. On every backend."""
 
+import asyncio
 import sys
 from collections import Counter
 
@@ -255,10 +256,11 @@ async def nr_raise_from(kind: str) -> str:
     raise nr_lazy_errors.Lazy("from a module imported late")
 
 
-async def test_a_replay_rebuilds_the_type_importing_its_module(db_url, tmp_path, monkeypatch):
+async def test_a_replay_rebuilds_the_type_from_its_arguments(db_url, tmp_path, monkeypatch):
     """On the first run the workflow gets the activity's own exception; on a replay, the
-    same type, rebuilt from the record -- its module imported if this process has not
-    yet, and made even if its __init__ takes other arguments than a message."""
+    same type made with the same arguments (its attributes too); a type whose module
+    this process has not imported is an ActivityError naming it -- never imported from
+    a record (the module may be the program itself, run as __main__)."""
     (tmp_path / "nr_lazy_errors.py").write_text("class Lazy(Exception):\n    pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     seen = []
@@ -270,7 +272,8 @@ async def test_a_replay_rebuilds_the_type_importing_its_module(db_url, tmp_path,
                 await ctx.execute_activity(nr_raise_from, kind)
             except Exception as exc:
                 seen.append((kind, f"{type(exc).__module__}.{type(exc).__qualname__}",
-                             str(exc)))
+                             str(exc), getattr(exc, "code", None),
+                             getattr(exc, "error_type", None)))
         await ctx.wait_for_signal("go")
         return "done"
 
@@ -282,11 +285,59 @@ async def test_a_replay_rebuilds_the_type_importing_its_module(db_url, tmp_path,
         await client.send_signal(run_id, "go")
         await client.recover_workflows()
         assert (await client.get_workflow_status(run_id)).status == "completed"
-    first = [("two", "test_non_retryable.NeedsTwo", "402: payment required"),
-             ("lazy", "nr_lazy_errors.Lazy", "from a module imported late")]
-    assert seen == first + first
+    # NeedsTwo's args (its message) are not what it is made with: made again it cannot
+    # be, and the replay says which type it was.
+    assert seen == [("two", "test_non_retryable.NeedsTwo", "402: payment required", 402, None),
+                    ("lazy", "nr_lazy_errors.Lazy", "from a module imported late", None, None),
+                    ("two", "tinyworkflow.ActivityError", "402: payment required", None,
+                     "test_non_retryable.NeedsTwo"),
+                    ("lazy", "tinyworkflow.ActivityError", "from a module imported late",
+                     None, "nr_lazy_errors.Lazy")]
     assert calls == Counter(two=1, lazy=1)
-    assert "nr_lazy_errors" in sys.modules
+    assert "nr_lazy_errors" not in sys.modules
+
+
+class Unprintable(Exception):
+    def __init__(self, status: int, url: str):
+        super().__init__(status, url)
+        self.status, self.url = status, url
+
+    def __str__(self) -> str:
+        return f"HTTP {self.status} for {self.url}"
+
+
+def test_replays_make_exceptions_as_they_were_made():
+    def again(exc):
+        return tinyworkflow._internals.rebuild_error(
+            tinyworkflow._internals.error_record(exc), "run-1", 1)
+    for original in (KeyError("x"), FileNotFoundError(2, "No such file"),
+                     Unprintable(503, "http://x"), ValueError("bad", 3)):
+        back = again(original)
+        assert type(back) is type(original) and str(back) == str(original)
+        assert back.args == original.args
+    assert again(FileNotFoundError(2, "No such file")).errno == 2
+    assert again(Unprintable(503, "http://x")).status == 503
+
+
+class BrokenStr(Exception):
+    def __str__(self) -> str:
+        raise AttributeError("no message here")
+
+
+@activity(name="nr_broken", retry_policy=RetryPolicy(max_retries=0))
+async def nr_broken() -> None:
+    raise BrokenStr()
+
+
+@workflow(name="nr_broken_flow", retry_policy=RetryPolicy(max_retries=0))
+async def nr_broken_flow(ctx) -> None:
+    await nr_broken()
+
+
+async def test_an_error_that_cannot_say_what_it_is_still_fails_the_run(client):
+    run_id = await client.start_workflow("nr_broken_flow", wait=True)
+    run = await client.get_workflow_status(run_id)
+    assert run.status == "failed" and run.error.startswith("BrokenStr: ")
 
 
 def test_an_unknown_type_replays_as_activity_error_with_its_traceback():
@@ -297,3 +348,29 @@ def test_an_unknown_type_replays_as_activity_error_with_its_traceback():
     assert (error.error_type, str(error), error.step) == ("gone_module_xyz.Vanished",
                                                           "it went", 3)
     assert error.traceback.endswith("Vanished: it went\n")
+
+
+@activity(name="nr_fine", retry_policy=RetryPolicy(max_retries=0))
+async def nr_fine() -> str:
+    calls["fine"] += 1
+    return "fine"
+
+
+@workflow(name="nr_group", retry_policy=RetryPolicy(max_retries=2, initial_delay=0.001,
+                                                     jitter=False))
+async def nr_group(ctx) -> None:
+    calls["nr_group"] += 1
+    async with asyncio.TaskGroup() as group:  # CardExpired arrives in an ExceptionGroup
+        group.create_task(nr_raise("subclass"))
+        group.create_task(nr_fine())
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="TaskGroup: Python 3.11")
+async def test_a_non_retryable_error_in_an_exception_group_ends_the_run(client):
+    calls.clear()
+    run_id = await client.start_workflow("nr_group", wait=True)
+    run = await client.get_workflow_status(run_id)
+    assert run.status == "failed" and run.retry_count == 0
+    assert calls["nr_group"] == 1 and calls["subclass"] == 1
+    assert not RetryPolicy().retryable(ExceptionGroup("g", [ValueError(), CardExpired()]))
+    assert RetryPolicy().retryable(ExceptionGroup("g", [ValueError(), KeyError()]))

@@ -1,0 +1,240 @@
+"""Typed values (issue 22, item 1, first part): an activity's return annotation decides
+how its recorded JSON is decoded, on the first run and on every replay alike; encoding
+refuses what the type cannot rebuild exactly, naming the path inside the value."""
+
+import dataclasses
+import enum
+import json
+import uuid
+from datetime import date, datetime, time, timedelta, timezone
+from decimal import Decimal
+from typing import Any, NamedTuple, Optional, TypedDict, Union
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import tinyworkflow
+from tinyworkflow import SerializationError, TinyWorkflowClient, activity, workflow
+
+typed = tinyworkflow._internals.typed
+
+
+class Color(enum.Enum):
+    RED = "red"
+    GREEN = 2
+
+
+class Point(NamedTuple):
+    x: int
+    y: float
+
+
+class Address(TypedDict):
+    street: str
+    since: date
+
+
+@dataclasses.dataclass(frozen=True)
+class Line:
+    sku: str
+    price: Decimal
+    at: datetime
+    tags: frozenset
+
+
+@dataclasses.dataclass
+class Order:
+    id: uuid.UUID
+    lines: list[Line]
+    due: Optional[date]
+    wait: timedelta
+    blob: bytes
+    where: Point
+    pair: tuple[int, str]
+    color: Color
+    totals: dict[str, Decimal]
+    seen: set[int]
+    note: Union[str, None] = None
+
+
+# ---- the codec, value by value ----------------------------------------------------------
+
+aware = st.datetimes(timezones=st.sampled_from(
+    [timezone.utc, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=8))]))
+decimals = st.decimals(allow_nan=False, allow_infinity=False, places=None)
+finite = st.floats(allow_nan=False, allow_infinity=False)
+lines = st.builds(Line, sku=st.text(), price=decimals, at=aware,
+                  tags=st.frozensets(st.text(max_size=5), max_size=4))
+orders = st.builds(
+    Order, id=st.uuids(), lines=st.lists(lines, max_size=3), due=st.none() | st.dates(),
+    wait=st.timedeltas(), blob=st.binary(max_size=40),
+    where=st.builds(Point, x=st.integers(), y=finite),
+    pair=st.tuples(st.integers(), st.text(max_size=5)), color=st.sampled_from(Color),
+    totals=st.dictionaries(st.text(max_size=5), decimals, max_size=3),
+    seen=st.sets(st.integers(), max_size=5), note=st.none() | st.text(max_size=10))
+CASES = [
+    (datetime, aware), (datetime, st.datetimes()), (date, st.dates()), (time, st.times()),
+    (timedelta, st.timedeltas()), (Decimal, decimals), (uuid.UUID, st.uuids()),
+    (bytes, st.binary()), (Color, st.sampled_from(Color)),
+    (tuple[int, str], st.tuples(st.integers(), st.text())),
+    (tuple[float, ...], st.lists(finite).map(tuple)), (set[int], st.sets(st.integers())),
+    (frozenset[str], st.frozensets(st.text())), (list[Decimal], st.lists(decimals)),
+    (dict[str, uuid.UUID], st.dictionaries(st.text(), st.uuids())),
+    (Optional[datetime], st.none() | aware), (Point, st.builds(Point, x=st.integers(), y=finite)),
+    (Address, st.builds(Address, street=st.text(), since=st.dates())),
+    (Line, lines), (Order, orders), (list[Order], st.lists(orders, max_size=2)),
+]
+
+
+@pytest.mark.parametrize("kind, values", CASES, ids=[repr(k) for k, _ in CASES])
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(data=st.data())
+def test_a_value_comes_back_equal_and_of_its_type(kind, values, data):
+    value = data.draw(values)
+    stored = json.loads(json.dumps(typed.encode(value, kind, "result"), allow_nan=False))
+    back = typed.decode(stored, kind)
+    assert back == value and type(back) is type(value)
+    if isinstance(value, datetime):
+        assert back.utcoffset() == value.utcoffset()  # aware stays aware, naive naive
+    if isinstance(value, Decimal):
+        assert str(back) == str(value)  # exact: no float on the way
+
+
+def test_what_cannot_be_rebuilt_is_refused_with_its_path():
+    bad = Order(uuid.uuid4(), [Line("a", Decimal("1"), datetime.now(timezone.utc), frozenset()),
+                               Line("b", Decimal("NaN"), datetime.now(timezone.utc), frozenset())],
+                None, timedelta(), b"", Point(1, float("nan")), (1, "x"), Color.RED, {}, set())
+    with pytest.raises(SerializationError, match=r"result\.lines\[1\]\.price: not a finite"):
+        typed.encode(bad, Order, "result")
+    bad.lines.pop()
+    with pytest.raises(SerializationError, match=r"result\.where\.y: float nan has no JSON"):
+        typed.encode(bad, Order, "result")
+    with pytest.raises(SerializationError, match=r"result: a datetime where a date"):
+        typed.encode(datetime.now(), date, "result")
+    with pytest.raises(SerializationError, match=r"result\[2\]: a datetime, which plain JSON"):
+        typed.encode([1, 2, datetime.now()], list, "result")
+    with pytest.raises(SerializationError, match=r"result\[1\]: a key that is not a string"):
+        typed.encode({1: "x"}, dict[Any, str], "result")
+    # A type the codec does not know takes plain JSON, as no annotation does.
+    opaque = type("Opaque", (), {})
+    assert typed.encode({"a": [1]}, opaque, "result") == {"a": [1]}
+    with pytest.raises(SerializationError, match="result: a Opaque, which plain JSON"):
+        typed.encode(opaque(), opaque, "result")
+
+
+def test_plain_annotations_need_no_codec():
+    for kind in (Any, int, str, bool, list, dict, list[int], dict[str, list[str]],
+                 Optional[int]):
+        assert typed.plain(kind), kind
+    for kind in (float, datetime, Order, list[Decimal], Optional[date], tuple[int, int]):
+        assert not typed.plain(kind), kind
+
+
+def test_pydantic_models_round_trip():
+    pydantic = pytest.importorskip("pydantic")
+
+    class Customer(pydantic.BaseModel):
+        name: str
+        since: datetime
+        credit: Decimal
+
+    value = Customer(name="Ada", since=datetime(2026, 1, 2, tzinfo=timezone.utc),
+                     credit=Decimal("10.25"))
+    stored = json.loads(json.dumps(typed.encode(value, Customer, "result")))
+    back = typed.decode(stored, Customer)
+    assert back == value and type(back) is Customer and back.credit == Decimal("10.25")
+
+
+# ---- through the database: first run and replay -----------------------------------------
+
+SAMPLE = Order(uuid.UUID(int=7), [Line("sku-1", Decimal("19.990"),
+                                        datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc),
+                                        frozenset({"gift", "fragile"}))],
+               date(2026, 3, 5), timedelta(hours=36, microseconds=1), b"\x00\x01\xfe",
+               Point(3, -1.5), (4, "four"), Color.GREEN, {"net": Decimal("0.1")}, {3, 1, 2},
+               "leave at the door")
+calls = []
+
+
+@activity(name="tv_order")
+async def tv_order() -> Order:
+    calls.append("tv_order")
+    return SAMPLE
+
+
+@activity(name="tv_when")
+def tv_when(days: int) -> Optional[datetime]:  # sync: runs in a thread
+    calls.append("tv_when")
+    return datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(days=days) if days else None
+
+
+@activity(name="tv_untyped")
+async def tv_untyped():
+    return [1, "two"]
+
+
+@activity(name="tv_bad")
+async def tv_bad() -> list[Decimal]:
+    return [Decimal("1"), Decimal("Infinity")]
+
+
+@workflow(name="tv_flow")
+async def tv_flow(ctx) -> str:
+    got = []
+    for _ in range(2):  # the second time round is a replay of the first
+        order = await ctx.execute_activity(tv_order)
+        when = await tv_when(3)
+        never = await tv_when(0)
+        got.append([order == SAMPLE, type(order.lines[0].price).__name__,
+                    type(order.seen).__name__, when.isoformat(), never,
+                    await tv_untyped()])
+        if len(got) == 1:
+            await ctx.wait_for_signal("again")
+            break
+    try:
+        await tv_bad()
+    except SerializationError as exc:
+        got.append(str(exc))
+    return json.dumps(got)
+
+
+async def test_a_typed_result_is_the_same_on_the_first_run_and_on_replay(db_url):
+    calls.clear()
+    async with TinyWorkflowClient(db_url) as client:
+        run_id = await client.start_workflow("tv_flow")
+        await client.recover_workflows()  # runs the steps, then parks
+        await client.send_signal(run_id, "again")
+        await client.recover_workflows()  # replays them from the records
+        run = await client.get_workflow_status(run_id)
+        steps = await client.get_workflow_steps(run_id)
+    assert run.status == "completed", run.error
+    first, message = json.loads(run.output_data["result"])
+    assert first == [True, "Decimal", "set", "2026-01-04T00:00:00+00:00", None, [1, "two"]]
+    assert "result[1]: not a finite number" in message and "tv_bad" in message
+    assert calls == ["tv_order", "tv_when", "tv_when"]  # once each, not on the replay
+    stored = steps[0].output  # the stored JSON, as the CLI and the web page show it
+    assert stored["lines"][0]["price"] == "19.990" and stored["blob"] == "AAH+"
+
+
+@workflow(name="tv_returns_order")
+async def tv_returns_order(ctx) -> Order:
+    return await ctx.execute_activity(tv_order)
+
+
+@workflow(name="tv_returns_bad")
+async def tv_returns_bad(ctx) -> date:
+    return datetime(2026, 1, 1, 12, 0)  # its time would be lost as a date
+
+
+async def test_a_workflow_result_is_encoded_by_its_annotation(client):
+    run_id = await client.start_workflow("tv_returns_order", wait=True)
+    run = await client.get_workflow_status(run_id)
+    assert run.status == "completed", run.error
+    assert run.output_data["result"]["pair"] == [4, "four"]
+    assert typed.decode(run.output_data["result"], Order) == SAMPLE
+    run_id = await client.start_workflow("tv_returns_bad", wait=True)
+    run = await client.get_workflow_status(run_id)
+    assert run.status == "failed"
+    assert "the result of workflow 'tv_returns_bad', declared <class 'datetime.date'>" \
+        in run.error and "a datetime where a date is declared" in run.error
