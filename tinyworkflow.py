@@ -697,16 +697,32 @@ def _run_filters(status: Any, workflow_name: Any, run_id_prefix: Any,
 _SCALARS = (str, int, float, bool, type(None))
 
 
+class _Refused(Exception):
+    """A value the codec cannot store; ``where`` collects its path on the way out."""
+
+    def __init__(self, value: Any, why: str):
+        super().__init__(why)
+        self.value, self.why, self.where = value, why, []
+
+
+def _union(kind: Any) -> bool:
+    return typing.get_origin(kind) is typing.Union or \
+        typing.get_origin(kind) is getattr(types, "UnionType", None)
+
+
 class _Typed:
     """Encode a value to JSON data, and decode it, by a type: dataclasses (nested),
     NamedTuple, TypedDict, Enum, datetime, date, time, timedelta, Decimal, UUID, bytes
     (base64), tuple, set, frozenset, list[X], dict[str, X], Optional[X] / X | None, and
     pydantic v2 models (by their model_dump / model_validate). A type it does not know
     takes plain JSON values, as no annotation does. ``plain(T)``: whether ``T`` needs
-    nothing of this (then the JSON value is used as it is)."""
+    nothing of this (then the JSON value is used as it is). Each type's encoder and
+    decoder are made once (a function per type) and kept."""
 
     def __init__(self) -> None:
         self._plain: dict = {}
+        self._encoders: dict = {}
+        self._decoders: dict = {}
 
     def plain(self, kind: Any) -> bool:
         try:
@@ -721,211 +737,345 @@ class _Typed:
         if kind in (Any, None, object, type(None), str, int, bool, list, dict) or \
                 kind is inspect.Parameter.empty:
             return True
-        origin, args = typing.get_origin(kind), typing.get_args(kind)
-        if origin in (list, dict) or origin is typing.Union or \
-                origin is getattr(types, "UnionType", None):
-            return all(self.plain(a) for a in args if a is not Ellipsis)
+        if typing.get_origin(kind) in (list, dict) or _union(kind):
+            return all(self.plain(a) for a in typing.get_args(kind) if a is not Ellipsis)
         return False  # float too: a NaN is to be refused with its path
 
-    # -- encode
     def encode(self, value: Any, kind: Any, path: str) -> Any:
-        if kind in (Any, object, None) or kind is inspect.Parameter.empty:
-            return self._json(value, path)
-        origin, args = typing.get_origin(kind), typing.get_args(kind)
-        if origin is typing.Union or origin is getattr(types, "UnionType", None):
-            if value is None and type(None) in args:
-                return None
-            for member in args:
-                if member is not type(None) and self._instance(value, member):
-                    return self.encode(value, member, path)
-            raise self._refuse(path, value, f"not any of {kind}")
-        if origin is typing.Literal:
-            return self._json(value, path)
-        if value is None:
-            return None
-        if isinstance(kind, type):
-            if issubclass(kind, enum.Enum):
-                return self.encode(kind(value).value, Any, path)
-            if issubclass(kind, (str, int)):  # bool too
-                return self._json(value, path)
-            if issubclass(kind, float):
-                return self._float(value, path)
-            if issubclass(kind, datetime):
-                return self._check(value, datetime, path).isoformat()
-            if kind is _date:
-                if isinstance(value, datetime):  # its time would be lost
-                    raise self._refuse(path, value, "a datetime where a date is declared")
-                return self._check(value, _date, path).isoformat()
-            if kind is _time:
-                return self._check(value, _time, path).isoformat()
-            if issubclass(kind, timedelta):
-                return self._check(value, timedelta, path) // timedelta(microseconds=1)
-            if issubclass(kind, _decimal()):
-                value = self._check(value, _decimal(), path)
-                if not value.is_finite():
-                    raise self._refuse(path, value, "not a finite number")
-                return str(value)
-            if issubclass(kind, uuid.UUID):
-                return str(self._check(value, uuid.UUID, path))
-            if issubclass(kind, (bytes, bytearray)):
-                return base64.b64encode(self._check(value, (bytes, bytearray), path)).decode()
-            if dataclasses.is_dataclass(kind):
-                self._check(value, kind, path)
-                hints = typing.get_type_hints(kind)
-                return {f.name: self.encode(getattr(value, f.name), hints.get(f.name, Any),
-                                            f"{path}.{f.name}")
-                        for f in dataclasses.fields(kind)}
-            if issubclass(kind, tuple) and hasattr(kind, "_fields"):  # NamedTuple
-                self._check(value, kind, path)
-                hints = typing.get_type_hints(kind)
-                return {f: self.encode(getattr(value, f), hints.get(f, Any), f"{path}.{f}")
-                        for f in kind._fields}
-            if typing.is_typeddict(kind):
-                hints = typing.get_type_hints(kind)
-                return {k: self.encode(v, hints.get(k, Any), f"{path}.{k}")
-                        for k, v in self._check(value, dict, path).items()}
-            if hasattr(kind, "model_validate") and hasattr(value, "model_dump"):  # pydantic
-                return value.model_dump(mode="json")
-        if origin in (list, set, frozenset) or kind in (list, set, frozenset):
-            item = args[0] if args else Any
-            seq = self._check(value, (list, tuple, set, frozenset), path)
-            items = [self.encode(v, item, f"{path}[{i}]") for i, v in enumerate(seq)]
-            if isinstance(value, (set, frozenset)):
-                with contextlib.suppress(TypeError):  # the same text each time, if it sorts
-                    items.sort(key=lambda v: json.dumps(v, sort_keys=True))
-            return items
-        if origin is tuple or kind is tuple:
-            seq = self._check(value, (tuple, list), path)
-            if args and args[-1] is Ellipsis:
-                args = (args[0],) * len(seq)
-            if args and len(args) != len(seq):
-                raise self._refuse(path, value, f"{len(seq)} items where {kind} has "
-                                                f"{len(args)}")
-            return [self.encode(v, args[i] if args else Any, f"{path}[{i}]")
-                    for i, v in enumerate(seq)]
-        if origin is dict or kind is dict:
-            key, item = args if args else (str, Any)
-            out = {}
-            for k, v in self._check(value, dict, path).items():
-                if not isinstance(k, str):
-                    raise self._refuse(f"{path}[{k!r}]", k, "a key that is not a string")
-                out[k] = self.encode(v, item, f"{path}[{k!r}]")
-            return out
-        return self._json(value, path)  # a type the codec does not know: plain JSON
-
-    def _instance(self, value: Any, kind: Any) -> bool:
-        origin = typing.get_origin(kind) or kind
-        if origin is typing.Literal:
-            return value in typing.get_args(kind)
-        if kind in (Any, object):
-            return True
         try:
-            return isinstance(value, origin) and not (origin is int and isinstance(value, bool)
-                                                      and kind is not bool)
-        except TypeError:
-            return False
+            return self._made(self._encoders, self._encoder, kind)(value)
+        except _Refused as exc:
+            shown = repr(exc.value)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise SerializationError(f"{path}{''.join(reversed(exc.where))}: {exc.why} "
+                                     f"({shown})") from None
 
-    def _check(self, value: Any, kind: Any, path: str) -> Any:
-        if not isinstance(value, kind):
-            raise self._refuse(path, value, f"not a {getattr(kind, '__name__', kind)}")
-        return value
-
-    def _float(self, value: Any, path: str) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            raise self._refuse(path, value, f"float {value!r} has no JSON")
-        return self._json(value, path)
-
-    def _json(self, value: Any, path: str) -> Any:
-        """A value without a type to go by: plain JSON only (as without annotations)."""
-        if isinstance(value, float):
-            if not math.isfinite(value):
-                raise self._refuse(path, value, f"float {value!r} has no JSON")
-            return value
-        if isinstance(value, _SCALARS):
-            return value
-        if isinstance(value, (list, tuple)):
-            return [self._json(v, f"{path}[{i}]") for i, v in enumerate(value)]
-        if isinstance(value, dict):
-            out = {}
-            for k, v in value.items():
-                if not isinstance(k, str):
-                    raise self._refuse(f"{path}[{k!r}]", k, "a key that is not a string")
-                out[k] = self._json(v, f"{path}[{k!r}]")
-            return out
-        raise self._refuse(path, value, f"a {type(value).__name__}, which plain JSON does "
-                                        "not hold: declare its type")
+    def decode(self, data: Any, kind: Any) -> Any:
+        return self._made(self._decoders, self._decoder, kind)(data)
 
     @staticmethod
-    def _refuse(path: str, value: Any, why: str) -> SerializationError:
-        shown = repr(value)
-        shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        return SerializationError(f"{path}: {why} ({shown})")
+    def _made(cache: dict, make: Callable, kind: Any) -> Callable:
+        try:
+            made = cache.get(kind)
+        except TypeError:  # unhashable: made each time
+            return make(kind)
+        if made is None:
+            later: list = []  # a type that holds itself (a tree) uses it while it is made
+            cache[kind] = lambda value: later[0](value)
+            try:
+                made = make(kind)
+            except BaseException:
+                del cache[kind]
+                raise
+            later.append(made)
+            cache[kind] = made
+        return made
 
-    # -- decode
-    def decode(self, data: Any, kind: Any) -> Any:
-        if kind in (Any, object, None) or kind is inspect.Parameter.empty or data is None:
-            return data
+    # -- encoders: value -> JSON data, or _Refused
+    def _encoder(self, kind: Any) -> Callable:
+        if kind in (Any, object, None) or kind is inspect.Parameter.empty:
+            return _plain_json
         origin, args = typing.get_origin(kind), typing.get_args(kind)
-        if origin is typing.Union or origin is getattr(types, "UnionType", None):
-            members = [a for a in args if a is not type(None)]
-            for member in members:
-                try:
-                    value = self.decode(data, member)
-                except Exception:
-                    continue
-                if len(members) == 1 or self._instance(value, member) or \
-                        dataclasses.is_dataclass(member):
-                    return value
-            return data
+        if _union(kind):
+            members = [(m, self._made(self._encoders, self._encoder, m), _isa(m))
+                       for m in args if m is not type(None)]
+            optional = type(None) in args
+
+            def union(value: Any) -> Any:
+                if value is None and optional:
+                    return None
+                for _, encode, isa in members:
+                    if isa(value):
+                        return encode(value)
+                raise _Refused(value, f"not any of {kind}")
+            return union
         if origin is typing.Literal:
-            return data
+            return _plain_json
         if isinstance(kind, type):
-            if issubclass(kind, enum.Enum):
-                return kind(data)
-            if issubclass(kind, bool) or kind in (str, int):
-                return data
-            if issubclass(kind, float):
-                return float(data) if isinstance(data, int) else data
-            if issubclass(kind, datetime):
-                return datetime.fromisoformat(data)
-            if kind is _date:
-                return _date.fromisoformat(data)
-            if kind is _time:
-                return _time.fromisoformat(data)
-            if issubclass(kind, timedelta):
-                return timedelta(microseconds=data)
-            if issubclass(kind, _decimal()):
-                return kind(str(data))
-            if issubclass(kind, uuid.UUID):
-                return kind(data)
-            if issubclass(kind, (bytes, bytearray)):
-                return kind(base64.b64decode(data))
-            if dataclasses.is_dataclass(kind):
-                hints = typing.get_type_hints(kind)
-                return kind(**{f.name: self.decode(data[f.name], hints.get(f.name, Any))
-                               for f in dataclasses.fields(kind)
-                               if f.init and f.name in data})
-            if issubclass(kind, tuple) and hasattr(kind, "_fields"):
-                hints = typing.get_type_hints(kind)
-                return kind(**{f: self.decode(data[f], hints.get(f, Any))
-                               for f in kind._fields if f in data})
-            if typing.is_typeddict(kind):
-                hints = typing.get_type_hints(kind)
-                return {k: self.decode(v, hints.get(k, Any)) for k, v in data.items()}
-            if hasattr(kind, "model_validate"):
-                return kind.model_validate(data)
-        if origin in (list, set, frozenset) or kind in (list, set, frozenset):
-            item = args[0] if args else Any
-            items = [self.decode(v, item) for v in data]
-            return items if (origin or kind) is list else (origin or kind)(items)
-        if origin is tuple or kind is tuple:
-            if args and args[-1] is Ellipsis:
-                args = (args[0],) * len(data)
-            return tuple(self.decode(v, args[i] if args else Any) for i, v in enumerate(data))
+            return self._class_encoder(kind)
+        if origin in (list, set, frozenset):
+            return self._sequence_encoder(args[0] if args else Any)
+        if origin is tuple:
+            return self._tuple_encoder(kind, args)
         if origin is dict:
-            item = args[1] if args else Any
-            return {k: self.decode(v, item) for k, v in data.items()}
-        return data
+            return self._dict_encoder(args[1] if args else Any)
+        return _plain_json  # a type the codec does not know: plain JSON
+
+    def _class_encoder(self, kind: type) -> Callable:
+        if issubclass(kind, enum.Enum):
+            return lambda value: _plain_json(kind(value).value)
+        if issubclass(kind, (str, int)):  # bool too
+            return _plain_json
+        if issubclass(kind, float):
+            return _float
+        if issubclass(kind, datetime):
+            return lambda value: _of(value, datetime).isoformat()
+        if kind is _date:
+            def day(value: Any) -> str:
+                if isinstance(value, datetime):  # its time would be lost
+                    raise _Refused(value, "a datetime where a date is declared")
+                return _of(value, _date).isoformat()
+            return day
+        if kind is _time:
+            return lambda value: _of(value, _time).isoformat()
+        if issubclass(kind, timedelta):
+            return lambda value: _of(value, timedelta) // timedelta(microseconds=1)
+        if issubclass(kind, _decimal()):
+            def number(value: Any) -> str:
+                if not _of(value, _decimal()).is_finite():
+                    raise _Refused(value, "not a finite number")
+                return str(value)
+            return number
+        if issubclass(kind, uuid.UUID):
+            return lambda value: str(_of(value, uuid.UUID))
+        if issubclass(kind, (bytes, bytearray)):
+            return lambda value: base64.b64encode(_of(value, (bytes, bytearray))).decode()
+        if kind in (list, set, frozenset):
+            return self._sequence_encoder(Any)
+        if kind is tuple:
+            return self._tuple_encoder(kind, ())
+        if kind is dict:
+            return self._dict_encoder(Any)
+        fields = self._fields(kind)
+        if fields is not None:  # a dataclass, NamedTuple or TypedDict
+            encoders = [(name, f".{name}", self._made(self._encoders, self._encoder, hint))
+                        for name, hint in fields]
+            typed_dict = typing.is_typeddict(kind)
+
+            def record(value: Any) -> dict:
+                if typed_dict:
+                    _of(value, dict)
+                    get = value.get
+                else:
+                    _of(value, kind)
+                    get = functools.partial(getattr, value)
+                out = {}
+                for name, where, encode in encoders:
+                    try:
+                        if typed_dict and name not in value:
+                            continue
+                        out[name] = encode(get(name))
+                    except _Refused as exc:
+                        exc.where.append(where)
+                        raise
+                return out
+            return record
+        if hasattr(kind, "model_validate"):  # pydantic
+            return lambda value: value.model_dump(mode="json") if isinstance(value, kind) \
+                else _plain_json(value)
+        return _plain_json
+
+    def _sequence_encoder(self, item: Any) -> Callable:
+        encode = self._made(self._encoders, self._encoder, item)
+
+        def sequence(value: Any) -> list:
+            out = []
+            for i, v in enumerate(_of(value, (list, tuple, set, frozenset))):
+                try:
+                    out.append(encode(v))
+                except _Refused as exc:
+                    exc.where.append(f"[{i}]")
+                    raise
+            if isinstance(value, (set, frozenset)):
+                with contextlib.suppress(TypeError):  # the same text each time, if it sorts
+                    out.sort(key=lambda v: json.dumps(v, sort_keys=True))
+            return out
+        return sequence
+
+    def _tuple_encoder(self, kind: Any, args: tuple) -> Callable:
+        if not args or args[-1] is Ellipsis:
+            return self._sequence_encoder(args[0] if args else Any)
+        encoders = [self._made(self._encoders, self._encoder, a) for a in args]
+
+        def fixed(value: Any) -> list:
+            if len(_of(value, (tuple, list))) != len(encoders):
+                raise _Refused(value, f"{len(value)} items where {kind} has {len(encoders)}")
+            out = []
+            for i, (v, encode) in enumerate(zip(value, encoders)):
+                try:
+                    out.append(encode(v))
+                except _Refused as exc:
+                    exc.where.append(f"[{i}]")
+                    raise
+            return out
+        return fixed
+
+    def _dict_encoder(self, item: Any) -> Callable:
+        encode = self._made(self._encoders, self._encoder, item)
+
+        def mapping(value: Any) -> dict:
+            out = {}
+            for k, v in _of(value, dict).items():
+                try:
+                    if not isinstance(k, str):
+                        raise _Refused(k, "a key that is not a string")
+                    out[k] = encode(v)
+                except _Refused as exc:
+                    exc.where.append(f"[{k!r}]")
+                    raise
+            return out
+        return mapping
+
+    def _fields(self, kind: type) -> Optional[list]:
+        """(name, type) of a dataclass's, NamedTuple's or TypedDict's fields, else None."""
+        if dataclasses.is_dataclass(kind):
+            names = [f.name for f in dataclasses.fields(kind)]
+        elif issubclass(kind, tuple) and hasattr(kind, "_fields"):
+            names = list(kind._fields)
+        elif typing.is_typeddict(kind):
+            names = list(typing.get_type_hints(kind))
+        else:
+            return None
+        hints = typing.get_type_hints(kind)
+        return [(name, hints.get(name, Any)) for name in names]
+
+    # -- decoders: JSON data -> a value of the type
+    def _decoder(self, kind: Any) -> Callable:
+        if kind in (Any, object, None) or kind is inspect.Parameter.empty:
+            return _same
+        origin, args = typing.get_origin(kind), typing.get_args(kind)
+        if _union(kind):
+            members = [(self._made(self._decoders, self._decoder, m), _isa(m),
+                        dataclasses.is_dataclass(m)) for m in args if m is not type(None)]
+
+            def union(data: Any) -> Any:
+                if data is None:
+                    return None
+                for decode, isa, record in members:
+                    try:
+                        value = decode(data)
+                    except Exception:
+                        continue
+                    if len(members) == 1 or record or isa(value):
+                        return value
+                return data
+            return union
+        if origin is typing.Literal:
+            return _same
+        if isinstance(kind, type):
+            return self._class_decoder(kind)
+        if origin in (list, set, frozenset) or origin is tuple and (not args or
+                                                                    args[-1] is Ellipsis):
+            decode = self._made(self._decoders, self._decoder, args[0] if args else Any)
+            made = {list: None, set: set, frozenset: frozenset, tuple: tuple}[origin]
+            return (lambda data: None if data is None else
+                    [decode(v) for v in data] if made is None else
+                    made(decode(v) for v in data))
+        if origin is tuple:
+            decoders = [self._made(self._decoders, self._decoder, a) for a in args]
+            return lambda data: None if data is None else tuple(
+                decode(v) for decode, v in zip(decoders, data))
+        if origin is dict:
+            decode = self._made(self._decoders, self._decoder, args[1] if args else Any)
+            return lambda data: None if data is None else {k: decode(v)
+                                                            for k, v in data.items()}
+        return _same
+
+    def _class_decoder(self, kind: type) -> Callable:
+        def maybe(convert: Callable) -> Callable:
+            return lambda data: None if data is None else convert(data)
+        if issubclass(kind, enum.Enum):
+            return maybe(kind)
+        if issubclass(kind, (str, int)):
+            return _same
+        if issubclass(kind, float):
+            return lambda data: float(data) if type(data) is int else data
+        if issubclass(kind, datetime):
+            return maybe(datetime.fromisoformat)
+        if kind is _date:
+            return maybe(_date.fromisoformat)
+        if kind is _time:
+            return maybe(_time.fromisoformat)
+        if issubclass(kind, timedelta):
+            return maybe(lambda data: timedelta(microseconds=data))
+        if issubclass(kind, _decimal()):
+            return maybe(lambda data: kind(str(data)))
+        if issubclass(kind, uuid.UUID):
+            return maybe(kind)
+        if issubclass(kind, (bytes, bytearray)):
+            return maybe(lambda data: kind(base64.b64decode(data)))
+        if kind in (set, frozenset, tuple):
+            return maybe(kind)
+        fields = self._fields(kind)
+        if fields is not None:
+            decoders = [(name, self._made(self._decoders, self._decoder, hint))
+                        for name, hint in fields]
+            init = {f.name for f in dataclasses.fields(kind) if f.init} \
+                if dataclasses.is_dataclass(kind) else None
+            typed_dict = typing.is_typeddict(kind)
+
+            def record(data: Any) -> Any:
+                if data is None:
+                    return None
+                values = {name: decode(data[name]) for name, decode in decoders
+                          if name in data and (init is None or name in init)}
+                return values if typed_dict else kind(**values)
+            return record
+        if hasattr(kind, "model_validate"):
+            return maybe(kind.model_validate)
+        return _same
+
+
+def _plain_json(value: Any) -> Any:
+    """A value without a type to go by: plain JSON only (as without annotations)."""
+    if type(value) in (str, int, bool) or value is None:
+        return value
+    if isinstance(value, float):
+        return _float(value)
+    if isinstance(value, _SCALARS):
+        return value
+    if isinstance(value, (list, tuple)):
+        out = []
+        for i, v in enumerate(value):
+            try:
+                out.append(_plain_json(v))
+            except _Refused as exc:
+                exc.where.append(f"[{i}]")
+                raise
+        return out
+    if isinstance(value, dict):
+        out_map = {}
+        for k, v in value.items():
+            try:
+                if not isinstance(k, str):
+                    raise _Refused(k, "a key that is not a string")
+                out_map[k] = _plain_json(v)
+            except _Refused as exc:
+                exc.where.append(f"[{k!r}]")
+                raise
+        return out_map
+    raise _Refused(value, f"a {type(value).__name__}, which plain JSON does not hold: "
+                          "declare its type")
+
+
+def _float(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _Refused(value, f"float {value!r} has no JSON")
+    return value if isinstance(value, (int, float)) else _plain_json(value)
+
+
+def _of(value: Any, kind: Any) -> Any:
+    if not isinstance(value, kind):
+        raise _Refused(value, f"not a {getattr(kind, '__name__', kind)}")
+    return value
+
+
+def _same(data: Any) -> Any:
+    return data
+
+
+def _isa(kind: Any) -> Callable[[Any], bool]:
+    """Whether a value is of ``kind`` (for choosing a member of a union)."""
+    origin = typing.get_origin(kind) or kind
+    if origin is typing.Literal:
+        return lambda value: value in typing.get_args(kind)
+    if kind in (Any, object):
+        return lambda value: True
+    if not isinstance(origin, type):
+        return lambda value: False
+    if origin is int:  # a bool is an int, but not the int a union means
+        return lambda value: isinstance(value, int) and not isinstance(value, bool)
+    return lambda value: isinstance(value, origin)
 
 
 _TYPED = _Typed()

@@ -238,3 +238,17 @@ async def test_a_workflow_result_is_encoded_by_its_annotation(client):
     assert run.status == "failed"
     assert "the result of workflow 'tv_returns_bad', declared <class 'datetime.date'>" \
         in run.error and "a datetime where a date is declared" in run.error
+
+
+@dataclasses.dataclass
+class Node:
+    name: str
+    children: "list[Node]" = dataclasses.field(default_factory=list)
+    weight: Optional[Decimal] = None
+
+
+def test_a_type_that_holds_itself():
+    tree = Node("root", [Node("a", [Node("a1", weight=Decimal("0.5"))]), Node("b")])
+    stored = json.loads(json.dumps(typed.encode(tree, Node, "result")))
+    assert stored["children"][0]["children"][0]["weight"] == "0.5"
+    assert typed.decode(stored, Node) == tree
