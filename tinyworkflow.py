@@ -697,6 +697,11 @@ def _run_filters(status: Any, workflow_name: Any, run_id_prefix: Any,
 _SCALARS = (str, int, float, bool, type(None))
 
 
+def _decimal() -> type:
+    import decimal  # (on first use: not every program needs it)
+    return decimal.Decimal
+
+
 class _Refused(Exception):
     """A value the codec cannot store; ``where`` collects its path on the way out."""
 
@@ -708,6 +713,76 @@ class _Refused(Exception):
 def _union(kind: Any) -> bool:
     return typing.get_origin(kind) is typing.Union or \
         typing.get_origin(kind) is getattr(types, "UnionType", None)
+
+
+def _listed(values: Any, encode: Callable) -> list:
+    out = []
+    for i, v in enumerate(values):
+        try:
+            out.append(encode(v))
+        except _Refused as exc:
+            exc.where.append(f"[{i}]")
+            raise
+    return out
+
+
+def _mapped(value: dict, encode: Callable) -> dict:
+    out = {}
+    for k, v in value.items():
+        try:
+            if not isinstance(k, str):
+                raise _Refused(k, "a key that is not a string")
+            out[k] = encode(v)
+        except _Refused as exc:
+            exc.where.append(f"[{k!r}]")
+            raise
+    return out
+
+
+def _float(value: float) -> float:
+    if not math.isfinite(value):
+        raise _Refused(value, f"float {value!r} has no JSON")
+    return value
+
+
+def _plain_json(value: Any) -> Any:
+    """A value without a type to go by: plain JSON only (as without annotations)."""
+    if type(value) in (str, int, bool) or value is None:
+        return value
+    if isinstance(value, float):
+        return _float(value)
+    if isinstance(value, _SCALARS):
+        return value
+    if isinstance(value, (list, tuple)):
+        return _listed(value, _plain_json)
+    if isinstance(value, dict):
+        return _mapped(value, _plain_json)
+    raise _Refused(value, f"a {type(value).__name__}, which plain JSON does not hold: "
+                          "declare its type")
+
+
+def _of(value: Any, kind: Any) -> Any:
+    if not isinstance(value, kind):
+        raise _Refused(value, f"not a {getattr(kind, '__name__', kind)}")
+    return value
+
+
+def _same(data: Any) -> Any:
+    return data
+
+
+def _isa(kind: Any) -> Callable[[Any], bool]:
+    """Whether a value is of ``kind`` (for choosing a member of a union)."""
+    origin = typing.get_origin(kind) or kind
+    if origin is typing.Literal:
+        return lambda value: value in typing.get_args(kind)
+    if kind in (Any, object):
+        return lambda value: True
+    if not isinstance(origin, type):
+        return lambda value: False
+    if origin is int:  # a bool is an int, but not the int a union means
+        return lambda value: isinstance(value, int) and not isinstance(value, bool)
+    return lambda value: isinstance(value, origin)
 
 
 class _Typed:
@@ -807,7 +882,7 @@ class _Typed:
         if issubclass(kind, (str, int)):  # bool too
             return _plain_json
         if issubclass(kind, float):
-            return _float
+            return _plain_json  # (a NaN refused)
         if issubclass(kind, datetime):
             return lambda value: _of(value, datetime).isoformat()
         if kind is _date:
@@ -869,13 +944,7 @@ class _Typed:
         encode = self._made(self._encoders, self._encoder, item)
 
         def sequence(value: Any) -> list:
-            out = []
-            for i, v in enumerate(_of(value, (list, tuple, set, frozenset))):
-                try:
-                    out.append(encode(v))
-                except _Refused as exc:
-                    exc.where.append(f"[{i}]")
-                    raise
+            out = _listed(_of(value, (list, tuple, set, frozenset)), encode)
             if isinstance(value, (set, frozenset)):
                 with contextlib.suppress(TypeError):  # the same text each time, if it sorts
                     out.sort(key=lambda v: json.dumps(v, sort_keys=True))
@@ -890,31 +959,14 @@ class _Typed:
         def fixed(value: Any) -> list:
             if len(_of(value, (tuple, list))) != len(encoders):
                 raise _Refused(value, f"{len(value)} items where {kind} has {len(encoders)}")
-            out = []
-            for i, (v, encode) in enumerate(zip(value, encoders)):
-                try:
-                    out.append(encode(v))
-                except _Refused as exc:
-                    exc.where.append(f"[{i}]")
-                    raise
-            return out
+            items = iter(encoders)
+            return _listed(value, lambda v: next(items)(v))
         return fixed
 
     def _dict_encoder(self, item: Any) -> Callable:
         encode = self._made(self._encoders, self._encoder, item)
 
-        def mapping(value: Any) -> dict:
-            out = {}
-            for k, v in _of(value, dict).items():
-                try:
-                    if not isinstance(k, str):
-                        raise _Refused(k, "a key that is not a string")
-                    out[k] = encode(v)
-                except _Refused as exc:
-                    exc.where.append(f"[{k!r}]")
-                    raise
-            return out
-        return mapping
+        return lambda value: _mapped(_of(value, dict), encode)
 
     def _fields(self, kind: type) -> Optional[list]:
         """(name, type) of a dataclass's, NamedTuple's or TypedDict's fields, else None."""
@@ -1016,74 +1068,7 @@ class _Typed:
         return _same
 
 
-def _plain_json(value: Any) -> Any:
-    """A value without a type to go by: plain JSON only (as without annotations)."""
-    if type(value) in (str, int, bool) or value is None:
-        return value
-    if isinstance(value, float):
-        return _float(value)
-    if isinstance(value, _SCALARS):
-        return value
-    if isinstance(value, (list, tuple)):
-        out = []
-        for i, v in enumerate(value):
-            try:
-                out.append(_plain_json(v))
-            except _Refused as exc:
-                exc.where.append(f"[{i}]")
-                raise
-        return out
-    if isinstance(value, dict):
-        out_map = {}
-        for k, v in value.items():
-            try:
-                if not isinstance(k, str):
-                    raise _Refused(k, "a key that is not a string")
-                out_map[k] = _plain_json(v)
-            except _Refused as exc:
-                exc.where.append(f"[{k!r}]")
-                raise
-        return out_map
-    raise _Refused(value, f"a {type(value).__name__}, which plain JSON does not hold: "
-                          "declare its type")
-
-
-def _float(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise _Refused(value, f"float {value!r} has no JSON")
-    return value if isinstance(value, (int, float)) else _plain_json(value)
-
-
-def _of(value: Any, kind: Any) -> Any:
-    if not isinstance(value, kind):
-        raise _Refused(value, f"not a {getattr(kind, '__name__', kind)}")
-    return value
-
-
-def _same(data: Any) -> Any:
-    return data
-
-
-def _isa(kind: Any) -> Callable[[Any], bool]:
-    """Whether a value is of ``kind`` (for choosing a member of a union)."""
-    origin = typing.get_origin(kind) or kind
-    if origin is typing.Literal:
-        return lambda value: value in typing.get_args(kind)
-    if kind in (Any, object):
-        return lambda value: True
-    if not isinstance(origin, type):
-        return lambda value: False
-    if origin is int:  # a bool is an int, but not the int a union means
-        return lambda value: isinstance(value, int) and not isinstance(value, bool)
-    return lambda value: isinstance(value, origin)
-
-
 _TYPED = _Typed()
-
-
-def _decimal() -> type:
-    import decimal  # (on first use: not every program needs it)
-    return decimal.Decimal
 
 
 def _returns(fn: Callable) -> Any:
@@ -4488,6 +4473,35 @@ def workflow(name: Optional[str] = None, retry_policy: Optional[RetryPolicy] = N
     return decorate
 
 
+def _callable(fn: Callable) -> Callable:
+    """The activity ``fn`` as its users call it: in workflow code (the running loop is
+    a run's workflow loop), the next step, as ``ctx.execute_activity`` starts it, with
+    the options of the returned callable's ``__tinyworkflow_activity__``; anywhere
+    else, the function itself."""
+
+    def step(execution: Any, args: tuple, kwargs: dict) -> Any:
+        definition = direct.__tinyworkflow_activity__
+        future = execution.activity(definition, args, kwargs)
+        future.direct = definition.name  # a plain def's: say "await it" if used unawaited
+        return future
+
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def direct(*args: Any, **kwargs: Any) -> Any:
+            execution = getattr(asyncio._get_running_loop(), "_execution", None)
+            if execution is None:
+                return await fn(*args, **kwargs)
+            return await step(execution, args, kwargs)
+    else:
+        @functools.wraps(fn)
+        def direct(*args: Any, **kwargs: Any) -> Any:
+            execution = getattr(asyncio._get_running_loop(), "_execution", None)
+            if execution is None:
+                return fn(*args, **kwargs)
+            return step(execution, args, kwargs)
+    return direct
+
+
 def activity(name: Optional[str] = None, retry_policy: Optional[RetryPolicy] = None,
              timeout: Optional[float] = None):
     """Register a function as an activity: a step whose result is recorded.
@@ -4530,61 +4544,6 @@ def activity(name: Optional[str] = None, retry_policy: Optional[RetryPolicy] = N
         return direct
 
     return decorate
-
-
-def _callable(fn: Callable) -> Callable:
-    """The activity ``fn`` as its users call it: in workflow code (the running loop is
-    a run's workflow loop), the next step, as ``ctx.execute_activity`` starts it, with
-    the options of the returned callable's ``__tinyworkflow_activity__``; anywhere
-    else, the function itself."""
-
-    def step(execution: Any, args: tuple, kwargs: dict) -> Any:
-        definition = direct.__tinyworkflow_activity__
-        future = execution.activity(definition, args, kwargs)
-        future.direct = definition.name  # a plain def's: say "await it" if used unawaited
-        return future
-
-    if inspect.iscoroutinefunction(fn):
-        @functools.wraps(fn)
-        async def direct(*args: Any, **kwargs: Any) -> Any:
-            execution = getattr(asyncio._get_running_loop(), "_execution", None)
-            if execution is None:
-                return await fn(*args, **kwargs)
-            return await step(execution, args, kwargs)
-    else:
-        @functools.wraps(fn)
-        def direct(*args: Any, **kwargs: Any) -> Any:
-            execution = getattr(asyncio._get_running_loop(), "_execution", None)
-            if execution is None:
-                return fn(*args, **kwargs)
-            return step(execution, args, kwargs)
-    return direct
-
-
-_UNSET: Any = object()  # an option not given (None means "none")
-
-
-def with_options(fn: Any, *, retry_policy: Optional[RetryPolicy] = None,
-                 timeout: Optional[float] = _UNSET) -> Callable:
-    """The activity ``fn`` with another retry policy or timeout, for the calls made
-    through what this returns; the activity's own keyword arguments are untouched
-    (even ones named ``timeout``)::
-
-        quick = with_options(fetch_quote, timeout=5, retry_policy=RetryPolicy(max_retries=0))
-        price = await ctx.execute_activity(quick, symbol)
-
-    ``timeout=None`` lifts the activity's timeout. The step is recorded under the
-    activity's name, as any call of it; outside a workflow the result is the plain
-    function (called directly in a workflow, a step with these options). Compensations
-    take the registered activity as it is: they may run in another process, which finds
-    it by name."""
-    base = _activity_def(fn)
-    _check_options("activity", base.name, retry_policy, None if timeout is _UNSET else timeout)
-    call = _callable(base.fn)
-    call.__tinyworkflow_activity__ = dataclasses.replace(  # type: ignore[attr-defined]
-        base, retry_policy=retry_policy or base.retry_policy,
-        timeout=base.timeout if timeout is _UNSET else timeout)
-    return call
 
 
 def _count_limit(what: str, value: Any) -> None:
@@ -4735,6 +4694,32 @@ def _activity_def(fn: Any) -> _ActivityDef:
     if callable(fn):  # undecorated functions work too, with the default policy
         return _ActivityDef(getattr(fn, "__name__", type(fn).__name__), fn, RetryPolicy(), None)
     raise TypeError(f"execute_activity takes an activity function, got {fn!r}")
+
+
+_UNSET: Any = object()  # an option not given (None means "none")
+
+
+def with_options(fn: Any, *, retry_policy: Optional[RetryPolicy] = None,
+                 timeout: Optional[float] = _UNSET) -> Callable:
+    """The activity ``fn`` with another retry policy or timeout, for the calls made
+    through what this returns; the activity's own keyword arguments are untouched
+    (even ones named ``timeout``)::
+
+        quick = with_options(fetch_quote, timeout=5, retry_policy=RetryPolicy(max_retries=0))
+        price = await ctx.execute_activity(quick, symbol)
+
+    ``timeout=None`` lifts the activity's timeout. The step is recorded under the
+    activity's name, as any call of it; outside a workflow the result is the plain
+    function (called directly in a workflow, a step with these options). Compensations
+    take the registered activity as it is: they may run in another process, which finds
+    it by name."""
+    base = _activity_def(fn)
+    _check_options("activity", base.name, retry_policy, None if timeout is _UNSET else timeout)
+    call = _callable(base.fn)
+    call.__tinyworkflow_activity__ = dataclasses.replace(  # type: ignore[attr-defined]
+        base, retry_policy=retry_policy or base.retry_policy,
+        timeout=base.timeout if timeout is _UNSET else timeout)
+    return call
 
 
 def _parallel_call(call: Any) -> tuple:
