@@ -572,8 +572,8 @@ def _rebuild_error(record: dict, run_id: str, step: int) -> BaseException:
     for part in qualname.split(".") if cls is not None else ():
         cls = getattr(cls, part, None)
     if isinstance(cls, type) and issubclass(cls, Exception):
-        for args in ((tuple(record["args"]),) if isinstance(record.get("args"), list) else ()) \
-                + ((message,),):
+        made_with = [tuple(record["args"])] if isinstance(record.get("args"), list) else []
+        for args in made_with + [(message,)]:
             try:
                 error = cls(*args)
                 str(error)  # one that cannot even say what it is: not made this way
@@ -918,18 +918,14 @@ class _Typed:
             typed_dict = typing.is_typeddict(kind)
 
             def record(value: Any) -> dict:
-                if typed_dict:
-                    _of(value, dict)
-                    get = value.get
-                else:
-                    _of(value, kind)
-                    get = functools.partial(getattr, value)
+                _of(value, dict if typed_dict else kind)
                 out = {}
                 for name, where, encode in encoders:
                     try:
-                        if typed_dict and name not in value:
-                            continue
-                        out[name] = encode(get(name))
+                        if not typed_dict:
+                            out[name] = encode(getattr(value, name))
+                        elif name in value:  # (a TypedDict's keys may be optional)
+                            out[name] = encode(value[name])
                     except _Refused as exc:
                         exc.where.append(where)
                         raise
@@ -971,15 +967,15 @@ class _Typed:
     def _fields(self, kind: type) -> Optional[list]:
         """(name, type) of a dataclass's, NamedTuple's or TypedDict's fields, else None."""
         if dataclasses.is_dataclass(kind):
-            names = [f.name for f in dataclasses.fields(kind)]
+            names: Optional[list] = [f.name for f in dataclasses.fields(kind)]
         elif issubclass(kind, tuple) and hasattr(kind, "_fields"):
             names = list(kind._fields)
         elif typing.is_typeddict(kind):
-            names = list(typing.get_type_hints(kind))
+            names = None  # its keys are its annotations
         else:
             return None
         hints = typing.get_type_hints(kind)
-        return [(name, hints.get(name, Any)) for name in names]
+        return [(name, hints.get(name, Any)) for name in (hints if names is None else names)]
 
     # -- decoders: JSON data -> a value of the type
     def _decoder(self, kind: Any) -> Callable:
