@@ -59,6 +59,7 @@ __all__ = [
     "ActivityTimeoutError",
     "ActivityError",
     "NonRetryableError",
+    "Codec",
     "RunNotFoundError",
     "WorkflowNotFoundError",
     "RunStateError",
@@ -112,8 +113,11 @@ import typing
 import uuid
 import weakref
 from datetime import date as _date, datetime, time as _time, timedelta, timezone
-from typing import Any, Awaitable, Callable, NamedTuple, NoReturn, Optional
+from typing import Any, Awaitable, Callable, Coroutine, NamedTuple, NoReturn, Optional
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+_F = typing.TypeVar("_F", bound=Callable[..., Any])
+_P = typing.ParamSpec("_P")  # a workflow's parameters, for type checkers (start_workflow)
 
 _log = logging.getLogger("tinyworkflow")
 _log.addHandler(logging.NullHandler())  # a library logs; the application shows it, or not
@@ -526,6 +530,21 @@ def _dumps_for_display(value: Any) -> str:
         return _encode(f"<{type(value).__name__} that cannot be shown>")
 
 
+def _shown(value: Any, width: int = 60) -> str:
+    """``repr(value)``, cut to ``width`` characters, for an error message."""
+    try:
+        shown = repr(value)
+    except Exception:
+        shown = f"<{type(value).__name__}>"
+    return shown if len(shown) <= width else shown[:width - 3] + "..."
+
+
+def _signature(fn: Callable) -> str:
+    """The parameters of a workflow after its context, as written."""
+    listed = list(inspect.signature(fn).parameters.values())[1:]
+    return str(inspect.Signature(listed)).replace("'", "")
+
+
 def _message(exc: BaseException) -> str:
     """``str(exc)``, or what can be said of it when its ``__str__`` fails."""
     try:
@@ -820,10 +839,8 @@ class _Typed:
         try:
             return self._made(self._encoders, self._encoder, kind)(value)
         except _Refused as exc:
-            shown = repr(exc.value)
-            shown = shown if len(shown) <= 60 else shown[:57] + "..."
             raise SerializationError(f"{path}{''.join(reversed(exc.where))}: {exc.why} "
-                                     f"({shown})") from None
+                                     f"({_shown(exc.value)})") from None
 
     def decode(self, data: Any, kind: Any) -> Any:
         return self._made(self._decoders, self._decoder, kind)(data)
@@ -1067,10 +1084,96 @@ class _Typed:
 _TYPED = _Typed()
 
 
+class Codec:
+    """How a value crossing a step becomes the JSON stored for it, and back: activity
+    and workflow results, workflow inputs, signal payloads, event values.
+
+    ``encode(value, type)`` returns JSON-compatible data (dict, list, str, int, float,
+    bool, None) for ``value``; ``decode(data, type)`` rebuilds the value from it.
+    ``type`` is what the code declares -- an annotation, a ``type=`` argument -- or,
+    for a value sent without one (a signal's payload, an event's value), the value's
+    own class; ``typing.Any`` where nothing is known. This one, the default, handles
+    the types listed in the README ("Typed values"); a subclass adds its own or wraps
+    what is stored, and is given to the client (``TinyWorkflowClient(codec=...)``)::
+
+        class Compressed(Codec):
+            def encode(self, value, type):
+                text = json.dumps(super().encode(value, type))
+                return {"zlib": base64.b64encode(zlib.compress(text.encode())).decode()}
+
+            def decode(self, data, type):
+                text = zlib.decompress(base64.b64decode(data["zlib"])).decode()
+                return super().decode(json.loads(text), type)
+
+    A codec must be deterministic in what ``decode`` gives back (a replay decodes the
+    same record again) and used by every process sharing the database. Raise
+    ``SerializationError`` (or any error: it is reported as one) for what it cannot
+    store."""
+
+    def encode(self, value: Any, type: Any = Any) -> Any:
+        return _TYPED.encode(value, type, "value")
+
+    def decode(self, data: Any, type: Any = Any) -> Any:
+        return _TYPED.decode(data, type)
+
+
+_CODEC = Codec()
+
+
+def _check_codec(codec: Any) -> "Codec":
+    if codec is None:
+        return _CODEC
+    if not all(callable(getattr(codec, name, None)) for name in ("encode", "decode")):
+        raise TypeError(f"codec must have encode(value, type) and decode(data, type) "
+                        f"methods (a tinyworkflow.Codec subclass), got {codec!r}")
+    return codec
+
+
+def _declared(kind: Any, how: str = ", declared") -> str:
+    if kind is Any:
+        return ""
+    return f"{how} " + (kind.__qualname__ if isinstance(kind, type)
+                        else repr(kind).replace("typing.", ""))
+
+
+def _to_data(codec: "Codec", value: Any, kind: Any, what: str, path: str = "value") -> Any:
+    """``value``, declared ``kind``, as the JSON-compatible data to store for ``what``
+    (a SerializationError naming it if it cannot be). The default codec leaves a value
+    of a plain JSON type as it is: JSON encoding checks it."""
+    if codec is _CODEC and _TYPED.plain(kind):
+        return value
+    try:
+        if codec is _CODEC:
+            return _TYPED.encode(value, kind, path)
+        return codec.encode(value, kind)
+    except SerializationError as exc:
+        raise SerializationError(f"{what}{_declared(kind)}: {exc}") from None
+    except Exception as exc:
+        raise SerializationError(f"{what}: the codec {type(codec).__name__} failed: "
+                                 f"{type(exc).__name__}: {exc}") from None
+
+
+def _from_data(codec: "Codec", data: Any, kind: Any, what: str) -> Any:
+    """The value of ``kind`` the stored ``data`` of ``what`` stands for."""
+    if codec is _CODEC and _TYPED.plain(kind):
+        return data
+    try:
+        return codec.decode(data, kind)
+    except Exception as exc:  # a record older than the annotation, say
+        raise SerializationError(f"{what} does not decode{_declared(kind, ' as')}: "
+                                 f"{type(exc).__name__}: {exc}") from None
+
+
+def _own_type(value: Any) -> Any:
+    """The type a value sent without a declared one is encoded by: its class, unless it
+    is plain JSON data (then nothing needs the codec)."""
+    kind = type(value)
+    return Any if kind in (dict, list, str, int, bool, type(None)) else kind
+
+
 def _returns(fn: Callable) -> Any:
     """The return annotation of ``fn``, resolved (Any when there is none or it cannot
     be resolved)."""
-    import typing
     try:
         return typing.get_type_hints(inspect.unwrap(fn)).get("return", Any)
     except Exception:
@@ -4331,9 +4434,64 @@ class _WorkflowDef:
 
     @functools.cached_property
     def returns(self) -> Any:
-        """The declared type of the workflow's result, if it needs the codec."""
-        kind = _returns(self.fn)
-        return None if _TYPED.plain(kind) else kind
+        """The declared type of the workflow's result (Any: none). Resolved on first
+        use, when the types it names are defined."""
+        return _returns(self.fn)
+
+    @functools.cached_property
+    def parameters(self) -> Optional[dict]:
+        """The workflow's parameters after its context: name -> (declared type,
+        required), and ``"**"`` -> Any when it takes any other keyword too; None when
+        it takes the context only (its input is then ``ctx.input_data``)."""
+        listed = list(inspect.signature(self.fn).parameters.values())[1:]
+        if not listed:
+            return None
+        try:
+            hints = typing.get_type_hints(inspect.unwrap(self.fn))
+        except Exception:
+            hints = {}
+        return {"**" if p.kind is p.VAR_KEYWORD else p.name:
+                (hints.get(p.name, Any), p.default is p.empty and p.kind is not p.VAR_KEYWORD)
+                for p in listed}
+
+    def bind(self, input_data: Any) -> dict:
+        """``input_data`` as this workflow's keyword arguments: a dict naming every
+        required parameter and no unknown one (else ValueError)."""
+        parameters = self.parameters or {}
+        if input_data is None:
+            input_data = {}
+        if not isinstance(input_data, dict):
+            raise ValueError(f"workflow {self.name!r} takes parameters "
+                             f"({', '.join(n for n in parameters if n != '**')}): its input "
+                             f"is a dict of them, got {type(input_data).__name__} "
+                             f"{_shown(input_data)}")
+        missing = [n for n, (_, required) in parameters.items()
+                   if required and n not in input_data]
+        unknown = [] if "**" in parameters else [k for k in input_data if k not in parameters]
+        if missing or unknown:
+            raise ValueError(f"workflow {self.name!r} "
+                             + "; ".join(what for what in (
+                                 missing and "needs " + ", ".join(map(repr, missing)),
+                                 unknown and "takes no parameter "
+                                 + ", ".join(map(repr, unknown))) if what)
+                             + f" (its parameters: {_signature(self.fn)})")
+        return input_data
+
+    def input(self, codec: "Codec", input_data: Any, what: str) -> Any:
+        """The JSON data to store as a run's input: each parameter's value encoded by
+        its declared type (a ValueError if it does not bind), else as it is."""
+        if self.parameters is None:
+            return _to_data(codec, input_data, Any, what)
+        any_other = (Any, False)
+        return {key: _to_data(codec, value, self.parameters.get(key, any_other)[0], what, key)
+                for key, value in self.bind(input_data).items()}
+
+    def arguments(self, codec: "Codec", data: Any, what: str) -> dict:
+        """The keyword arguments a run's stored input stands for (see ``input``)."""
+        any_other = (Any, False)
+        return {key: _from_data(codec, value, self.parameters.get(key, any_other)[0],
+                                f"{what}: parameter {key!r}")
+                for key, value in self.bind(data).items()}
 
 
 def _outcome(fn: Callable, args: tuple, kwargs: dict) -> tuple:
@@ -4359,10 +4517,9 @@ class _ActivityDef:
 
     @functools.cached_property
     def returns(self) -> Any:
-        """The declared type of the result, if it needs the codec (None: plain JSON).
-        Resolved on first use, when the types it names are defined."""
-        kind = _returns(self.fn)
-        return None if _TYPED.plain(kind) else kind
+        """The declared type of the result (Any: none). Resolved on first use, when
+        the types it names are defined."""
+        return _returns(self.fn)
 
     async def call(self, args: tuple, kwargs: dict) -> Any:
         if self.is_async:
@@ -4435,8 +4592,18 @@ def _register(registry: dict, kind: str, definition) -> None:
     registry[definition.name] = definition
 
 
+@typing.overload
+def workflow(name: _F) -> _F: ...
+
+
+@typing.overload
 def workflow(name: Optional[str] = None, retry_policy: Optional[RetryPolicy] = None,
-             timeout: Optional[float] = None, retention_days: Optional[float] = None):
+             timeout: Optional[float] = None,
+             retention_days: Optional[float] = None) -> Callable[[_F], _F]: ...
+
+
+def workflow(name: Any = None, retry_policy: Optional[RetryPolicy] = None,
+             timeout: Optional[float] = None, retention_days: Optional[float] = None) -> Any:
     """Register an ``async def`` function as a durable workflow.
 
     ``retry_policy`` (default ``RetryPolicy()``) retries a failed run from its failure
@@ -4458,6 +4625,13 @@ def workflow(name: Optional[str] = None, retry_policy: Optional[RetryPolicy] = N
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"workflow {wf_name!r} must be defined with 'async def' "
                             f"(it is {type(fn).__name__} {fn!r})")
+        listed = list(inspect.signature(fn).parameters.values())
+        if not listed or listed[0].kind not in (inspect.Parameter.POSITIONAL_ONLY,
+                                                inspect.Parameter.POSITIONAL_OR_KEYWORD) \
+                or any(p.kind in (p.POSITIONAL_ONLY, p.VAR_POSITIONAL) for p in listed[1:]):
+            raise TypeError(f"workflow {wf_name!r} takes its context first, then its "
+                            f"parameters by name (async def {fn.__name__}(ctx, order_id: "
+                            f"str, ...)); got {fn.__name__}{inspect.signature(fn)}")
         if retention_days is not None:
             _check_days(f"retention_days of workflow {wf_name!r}", retention_days)
         definition = _WorkflowDef(wf_name, fn, retry_policy or RetryPolicy(), timeout,
@@ -4695,6 +4869,36 @@ def _activity_def(fn: Any) -> _ActivityDef:
 _UNSET: Any = object()  # an option not given (None means "none")
 
 
+def _workflow_def(workflow: Any, caller: str) -> tuple:
+    """(its definition or None if not registered here, its name) of a ``@workflow``
+    function or a workflow's name."""
+    if isinstance(workflow, str):  # (a name is checked where it is looked up)
+        return _WORKFLOWS.get(workflow), workflow
+    definition = getattr(workflow, "__tinyworkflow_workflow__", None)
+    if not isinstance(definition, _WorkflowDef):
+        raise TypeError(f"{caller} takes a @workflow function or a workflow's name, "
+                        f"got {workflow!r}")
+    return definition, definition.name
+
+
+def _given_input(name: str, input_data: Any, arguments: dict) -> Any:
+    if not arguments:
+        return input_data
+    if input_data is not None:
+        raise TypeError(f"the input of workflow {name!r} is either input_data or keyword "
+                        f"arguments, not both")
+    return arguments
+
+
+def _input_text(codec: Codec, definition: Optional[_WorkflowDef], input_data: Any,
+                what: str) -> str:
+    """A run's input as stored: by its workflow's parameters when it is registered here
+    (a ValueError if it does not fit them), else as it is."""
+    if definition is None:
+        return _dumps(_to_data(codec, input_data, Any, what), what)
+    return _dumps(definition.input(codec, input_data, what), what)
+
+
 def with_options(fn: Any, *, retry_policy: Optional[RetryPolicy] = None,
                  timeout: Optional[float] = _UNSET) -> Callable:
     """The activity ``fn`` with another retry policy or timeout, for the calls made
@@ -4914,7 +5118,7 @@ class _Step(asyncio.Future):
 
     on_cancel: Optional[Callable[[], Any]] = None
     direct: Optional[str] = None
-    returns: Any = None  # the type its recorded result is decoded to (None: as stored)
+    returns: Any = Any  # the type its recorded result is decoded to (Any: as stored)
 
     def _unawaited(self, what: str) -> str:
         return (f"{what}: {self.direct}(...) called in a workflow is a step, an awaitable: "
@@ -5131,9 +5335,12 @@ class WorkflowContext:
         return future
 
     # -- signals
-    def wait_for_signal(self, name: str, timeout: Optional[float] = None) -> "asyncio.Future[Any]":
+    def wait_for_signal(self, name: str, timeout: Optional[float] = None, *,
+                        type: Any = Any) -> "asyncio.Future[Any]":
         """The payload of the next signal ``name`` sent to this run
-        (``client.send_signal``), as a step. Signals are stored: one sent before the
+        (``client.send_signal``), as a step; decoded as ``type`` if given
+        (``await ctx.wait_for_signal("address", type=Address)``), else plain JSON as
+        stored. Signals are stored: one sent before the
         workflow waits is not lost, several are received in the order sent, each by one
         wait. While none is there the run is parked (nothing in memory) until one comes
         or ``timeout`` seconds (of workflow time) have passed since the wait began; then
@@ -5142,7 +5349,10 @@ class WorkflowContext:
         _check_name("a signal name", name)
         _check_timeout("wait_for_signal", timeout)
         self._x.usable()
-        return self._x.wait("signal", name, timeout, "signal_waiting")
+        future = self._x.wait("signal", name, timeout, "signal_waiting")
+        if type is not Any:
+            future.returns = type
+        return future
 
     # -- approvals
     def wait_for_approval(self, key: str, timeout: Optional[float] = None
@@ -5160,41 +5370,49 @@ class WorkflowContext:
         return self._x.wait("approval", key, timeout, "approval_requested")
 
     # -- child workflows
-    def start_child_workflow(self, workflow_name: str, input_data: Any = None,
-                             workflow_id: Optional[str] = None
+    def start_child_workflow(self, workflow: Any, input_data: Any = None,
+                             workflow_id: Optional[str] = None, **arguments: Any
                              ) -> "asyncio.Future[ChildWorkflowHandle]":
-        """Start a run of ``workflow_name`` as this run's child (its ``parent_run_id``
-        is this run); await it for the child's handle, and ``await handle`` for its
-        result. Starting is a step: the child's run id is recorded with it, in the same
-        transaction as the child run, so a replay gets the same child and a crash
-        never starts it twice. Fan out by starting several, then awaiting them::
+        """Start a run of ``workflow`` (a ``@workflow`` function, or a workflow's name)
+        as this run's child (its ``parent_run_id`` is this run); await it for the
+        child's handle, and ``await handle`` for its result. Starting is a step: the
+        child's run id is recorded with it, in the same transaction as the child run,
+        so a replay gets the same child and a crash never starts it twice. Fan out by
+        starting several, then awaiting them::
 
-            handles = [await ctx.start_child_workflow("resize", {"image": i}) for i in images]
+            handles = [await ctx.start_child_workflow(resize, image=i) for i in images]
             sizes = await asyncio.gather(*handles)
 
-        A worker executes the child (any worker serving it, or this process);
-        cancelling this run cancels its unfinished children. ``workflow_id`` defaults
-        to the child's workflow name."""
-        if not isinstance(workflow_name, str) or not workflow_name:
-            raise TypeError(f"start_child_workflow takes a workflow name, got {workflow_name!r}")
+        A workflow with parameters takes them as keyword arguments (or ``input_data``,
+        a dict of them), encoded by their annotations; its result is decoded by its
+        return annotation. A workflow named but not registered in this process takes
+        ``input_data`` as it is. A worker executes the child (any worker serving it,
+        or this process); cancelling this run cancels its unfinished children.
+        ``workflow_id`` defaults to the child's workflow name."""
+        definition, name = _workflow_def(workflow, "start_child_workflow")
+        if not name:
+            raise TypeError("start_child_workflow takes a @workflow function or a workflow's "
+                            "name, got ''")
+        input_data = _given_input(name, input_data, arguments)
         _check_workflow_id(workflow_id)
         x = self._x
         x.usable()
-        step, record = x.begin("child", workflow_name)
+        step, record = x.begin("child", name)
         if record is not None:
             # A child that failed in an earlier attempt of this run is started anew (that
             # is what a workflow retry means); any other is this run's child still.
             if record["status"] == "failed" and record["run_attempt"] != self.retry_count:
                 record = None
-        input_text = None if record is not None else _dumps(
-            input_data, f"the input of child workflow {workflow_name!r}")
-        return x.start_child(workflow_name, input_text, workflow_id, record, step)
+        input_text = None if record is not None else _input_text(
+            x.codec, definition, input_data, f"the input of child workflow {name!r}")
+        return x.start_child(name, input_text, workflow_id, record, step)
 
-    def execute_child_workflow(self, workflow_name: str, input_data: Any = None,
-                               workflow_id: Optional[str] = None) -> "asyncio.Future[Any]":
-        """Run ``workflow_name`` as a child run; await it for its result. If the child
+    def execute_child_workflow(self, workflow: Any, input_data: Any = None,
+                               workflow_id: Optional[str] = None,
+                               **arguments: Any) -> "asyncio.Future[Any]":
+        """Run ``workflow`` as a child run; await it for its result. If the child
         fails (or is cancelled): ``WorkflowFailedError``. See ``start_child_workflow``."""
-        started = self.start_child_workflow(workflow_name, input_data, workflow_id)
+        started = self.start_child_workflow(workflow, input_data, workflow_id, **arguments)
 
         async def result() -> Any:
             return await (await started)
@@ -5210,8 +5428,9 @@ class WorkflowContext:
         (``{"continued_as": run_id}``); ``wait_for_result`` follows the chain. Raises
         (it does not return): call it as the workflow's last statement."""
         self._x.usable()
-        self._x.successor = _dumps(input_data, f"the input of the run that continues "
-                                               f"{self.workflow_name!r}")
+        self._x.successor = _input_text(
+            self._x.codec, _WORKFLOWS.get(self.workflow_name), input_data,
+            f"the input of the run that continues {self.workflow_name!r}")
         raise _ContinuedAsNew(self._x.successor)
 
     # -- sagas
@@ -5311,8 +5530,10 @@ class WorkflowContext:
 
     # -- published state
     def set_event(self, key: str, value: Any) -> None:
-        """Publish ``value`` (JSON) under ``key`` as a step, for
-        ``client.get_event(run_id, key)`` to read: progress, a stage, a partial result.
+        """Publish ``value`` under ``key`` as a step, for ``client.get_event(run_id,
+        key)`` to read: progress, a stage, a partial result. A value of a type the codec
+        knows (a dataclass, a datetime...) is encoded by its class, for ``get_event(...,
+        type=...)`` to read back as one.
         It is recorded right after the workflow's current activation (before anything
         else reaches it). Setting a key again publishes the new value; a replay writes
         nothing."""
@@ -5322,7 +5543,8 @@ class WorkflowContext:
         step, record = x.begin("event", key)
         if record is not None:
             return
-        output = _dumps(value, f"the value of event {key!r}")
+        what = f"the value of event {key!r}"
+        output = _dumps(_to_data(x.codec, value, _own_type(value), what), what)
         x.note(x.row(step, key, "event", "completed", output=output),
                ("event_set", {"step": step, "key": key}))
 
@@ -5427,8 +5649,8 @@ class _Execution:
     The run leaves memory only when nothing is in flight and all it awaits is durable.
     """
 
-    __slots__ = ("_random", "abandoned", "arrived", "attempt", "base", "closing", "ctx",
-                 "engine", "fatal", "finishing", "flushing", "history", "idle", "inbox",
+    __slots__ = ("_random", "abandoned", "arrived", "attempt", "base", "closing", "codec",
+                 "ctx", "engine", "fatal", "finishing", "flushing", "history", "idle", "inbox",
                  "inflight", "last_recorded", "looked_until", "loop", "main", "markers",
                  "next_step", "notify", "owner", "real", "recorded", "resolutions", "returns",
                  "run", "run_id", "seq", "starting", "stop", "store", "successor", "targets",
@@ -5437,6 +5659,7 @@ class _Execution:
 
     def __init__(self, engine: "_Engine", run: dict, history: dict):
         self.engine, self.store, self.run, self.history = engine, engine.store, run, history
+        self.codec = engine.codec
         self.run_id, self.owner, self.attempt = run["run_id"], run["owner"], run["retry_count"]
         self.real = asyncio.get_running_loop()
         started = run["started_at"] if run["started_at"] is not None else engine.clock()
@@ -5474,7 +5697,7 @@ class _Execution:
         self.looked_until = -math.inf  # deadline up to which the waits were looked at
         self.idle = False  # the driver only waits for activities in flight (see pump)
         self.main: Optional[asyncio.Task] = None
-        self.returns: Any = None  # the workflow's declared result type (see drive)
+        self.returns: Any = Any  # the workflow's declared result type (see drive)
         self.ctx = WorkflowContext(self, run)
 
     @property
@@ -5574,7 +5797,7 @@ class _Execution:
     def activity(self, definition: _ActivityDef, args: tuple, kwargs: dict) -> _Step:
         (step, record), future, attempts = self.begin("activity", definition.name), \
             _Step(loop=self.loop), 0
-        if definition.returns is not None:
+        if definition.returns is not Any:
             future.returns = definition.returns
         self.targets[step] = ("activity", future)
         if record is not None:
@@ -5737,6 +5960,9 @@ class _Execution:
     def child_handle(self, step: int, record: dict) -> ChildWorkflowHandle:
         child_id = _loads(record["output"])["run_id"]
         outcome = _Step(loop=self.loop)
+        definition = _WORKFLOWS.get(record["name"])  # its result decoded by its annotation
+        if definition is not None and definition.returns is not Any:
+            outcome.returns = definition.returns
         self.targets[step] = ("child", outcome)
         if record["status"] in ("completed", "failed"):
             self.expect(step, record)
@@ -5780,14 +6006,13 @@ class _Execution:
             value = _loads(row["output"])
             if kind == "child":
                 value = value["result"]
-            elif target.returns is not None:
-                try:
-                    value = _TYPED.decode(value, target.returns)
-                except Exception as exc:  # a record older than the annotation, say
-                    target.set_exception(SerializationError(
-                        f"the recorded result of step {step} ({row['name']}) of run "
-                        f"{self.run_id} does not decode as {target.returns!r}: "
-                        f"{type(exc).__name__}: {exc}"))
+            if (target.returns is not Any or self.codec is not _CODEC) and kind != "approval":
+                try:  # (an approval's outcome is ours: True or False)
+                    value = _from_data(self.codec, value, target.returns,
+                                       f"the recorded result of step {step} ({row['name']}) "
+                                       f"of run {self.run_id}")
+                except SerializationError as exc:
+                    target.set_exception(exc)
                     return
             target.set_result(value)
         elif exc is not None:
@@ -5953,14 +6178,10 @@ class _Execution:
                         lambda: ActivityTimeoutError(
                             f"activity {definition.name!r} (step {step} of run "
                             f"{self.run_id}) timed out after {definition.timeout} s"))
-                if definition.returns is not None:
-                    try:
-                        result = _TYPED.encode(result, definition.returns, "result")
-                    except SerializationError as exc:
-                        raise SerializationError(
-                            f"the result of activity {definition.name!r} (step {step} of "
-                            f"run {self.run_id}), declared {definition.returns!r}: {exc}"
-                        ) from None
+                if definition.returns is not Any or self.codec is not _CODEC:
+                    result = _to_data(self.codec, result, definition.returns,
+                                      f"the result of activity {definition.name!r} (step "
+                                      f"{step} of run {self.run_id})", "result")
                 try:
                     output = _encode(result, _ENCODE_STRICT)
                 except (TypeError, ValueError, RecursionError):  # say which
@@ -6037,6 +6258,26 @@ class _Execution:
         return row
 
     # -- the driver
+    def call(self, definition: _WorkflowDef) -> Coroutine:
+        """The workflow function called with the run's input: its parameters bound from
+        the input's keys and decoded by their annotations (also ``ctx.input_data``).
+        An input that does not fit fails the run at once: a retry cannot mend it."""
+        ctx, what = self.ctx, f"the input of run {self.run_id}"
+        try:
+            if definition.parameters is None:
+                if self.codec is not _CODEC:
+                    ctx.input_data = _from_data(self.codec, ctx.input_data, Any, what)
+                return definition.fn(ctx)
+            ctx.input_data = arguments = definition.arguments(self.codec, ctx.input_data, what)
+            return definition.fn(ctx, **arguments)
+        except (ValueError, SerializationError) as exc:
+            failure = NonRetryableError(f"{what} does not fit workflow {definition.name!r}: "
+                                        f"{exc}")
+
+            async def refused() -> NoReturn:
+                raise failure
+            return refused()
+
     async def drive(self, definition: _WorkflowDef) -> tuple:
         """Step the workflow until it ends (("completed", output), ("failed", error),
         ("continued", input)) or is parked (("parked",)). Raises what stops the
@@ -6045,7 +6286,7 @@ class _Execution:
         try:
             with self.engine.hub.waiting_for_signal(self.run_id, self.notify):
                 self.returns = definition.returns
-                self.main = asyncio.Task(definition.fn(self.ctx), loop=self.loop)
+                self.main = asyncio.Task(self.call(definition), loop=self.loop)
                 return await self.step()
         except BaseException:
             await self.halt(abandon=False)
@@ -6406,13 +6647,7 @@ class _Execution:
             return ("continued", self.successor)
         what = f"the result of workflow {self.run['workflow_name']!r}"
         try:
-            result = main.result()
-            if self.returns is not None:
-                try:
-                    result = _TYPED.encode(result, self.returns, "result")
-                except SerializationError as exc:
-                    raise SerializationError(f"{what}, declared {self.returns!r}: {exc}") \
-                        from None
+            result = _to_data(self.codec, main.result(), self.returns, what, "result")
             return ("completed", _dumps({"result": result}, what))
         except SerializationError as exc:
             return ("failed", exc)
@@ -6594,8 +6829,9 @@ class _Engine:
     """Claims runs and executes them by replay. One per client; the worker loop of
     ``start_worker`` and ``start_workflow(wait=True)`` both execute through it."""
 
-    def __init__(self, store: _Store, lease: float, clock: Clock = _REAL_CLOCK):
-        self.store, self.lease = store, lease
+    def __init__(self, store: _Store, lease: float, clock: Clock = _REAL_CLOCK,
+                 codec: Codec = _CODEC):
+        self.store, self.lease, self.codec = store, lease, codec
         # The workflows' time (timers, timeouts, recorded times) and its waits; leases
         # go by the machine's time.
         self.clock, self.sleep, self.wait = clock.time, clock.sleep, clock.wait
@@ -7218,13 +7454,16 @@ class TinyWorkflowClient:
     a run stays with an executor that stopped writing before another may take it over.
     ``retention_days``: this client's workers delete finished runs that many days old
     (of workflows without a ``retention_days`` of their own), see
-    ``cleanup_old_workflows``.
+    ``cleanup_old_workflows``. ``codec`` (a ``Codec``) turns the values crossing steps
+    into the JSON stored for them and back; every process sharing the database uses
+    the same.
     """
 
     def __init__(self, database_url: Optional[str] = None, auto_start_worker: bool = False, *,
                  table_prefix: str = _DEFAULT_PREFIX, lease_seconds: Optional[float] = None,
                  poll_interval: float = 1.0, worker_concurrency: int = 100,
-                 clock: Optional[Clock] = None, retention_days: Optional[float] = None):
+                 clock: Optional[Clock] = None, retention_days: Optional[float] = None,
+                 codec: Optional[Codec] = None):
         self.database_url = (database_url or os.environ.get("TINYWORKFLOW_DATABASE_URL")
                              or _DEFAULT_URL)
         self._store = _open_store(self.database_url, table_prefix)  # ValueError on a bad URL
@@ -7238,6 +7477,7 @@ class TinyWorkflowClient:
             raise TypeError(f"clock must be a tinyworkflow Clock (TestClock in tests), "
                             f"got {clock!r}")
         self._clock = clock or _REAL_CLOCK
+        self._codec = _check_codec(codec)
         if retention_days is not None:
             _check_days("retention_days", retention_days)
         self._retention_days = retention_days
@@ -7279,7 +7519,7 @@ class TinyWorkflowClient:
                     raise kind(f"cannot open the database {_redact(self.database_url)}: "
                                f"{exc}") from exc
                 raise
-            self._engine = _Engine(self._store, self._lease, self._clock)
+            self._engine = _Engine(self._store, self._lease, self._clock, self._codec)
             self._worker = _Worker(self._engine, self._poll_interval, self._worker_concurrency,
                                    self._retention_days)
         if self._auto_start_worker:
@@ -7308,13 +7548,34 @@ class TinyWorkflowClient:
         return self._engine
 
     # -- runs
-    async def start_workflow(self, workflow_name: str, input_data: Any = None,
+    @typing.overload
+    async def start_workflow(self, workflow_name: Callable[typing.Concatenate[Any, _P],
+                                                           Awaitable[Any]], /,
+                             *args: _P.args, **kwargs: _P.kwargs) -> str: ...
+
+    @typing.overload
+    async def start_workflow(self, workflow_name: str | Callable[..., Awaitable[Any]],
+                             input_data: Any = None, workflow_id: Optional[str] = None,
+                             wait: bool = False, *, idempotency_key: Optional[str] = None,
+                             run_id: Optional[str] = None, queue: Any = None,
+                             queue_key: Optional[str] = None, priority: Optional[int] = None,
+                             debounce: Optional[tuple] = None) -> str: ...
+
+    async def start_workflow(self, workflow_name: Any, input_data: Any = None,
                              workflow_id: Optional[str] = None, wait: bool = False, *,
                              idempotency_key: Optional[str] = None,
                              run_id: Optional[str] = None, queue: Any = None,
                              queue_key: Optional[str] = None, priority: Optional[int] = None,
-                             debounce: Optional[tuple] = None) -> str:
+                             debounce: Optional[tuple] = None, **arguments: Any) -> str:
         """Store a new run of a registered workflow and return its run id.
+
+        The workflow is named (``start_workflow("order", {"order_id": "o-1"})``) or
+        given as its function, with its parameters as keyword arguments, encoded by
+        their annotations (``start_workflow(order, order_id="o-1", items=[...])``;
+        type checkers check them). Input that does not fit the parameters of a workflow
+        registered here -- a key missing or unknown -- is a ValueError; nothing is
+        stored. (A parameter named like an option below is given in ``input_data``;
+        with options, type checkers check ``input_data`` only as a dict.)
 
         With ``wait=False`` the run is left for a worker (``auto_start_worker=True``,
         ``start_worker()`` or ``recover_workflows()``). With ``wait=True`` it executes
@@ -7339,6 +7600,8 @@ class TinyWorkflowClient:
         run waits returns its id and moves its start. A call after it started stores
         a new run.
         """
+        definition, workflow_name = _workflow_def(workflow_name, "start_workflow")
+        input_data = _given_input(workflow_name, input_data, arguments)
         _check_workflow_id(workflow_id)
         for what, value in (("idempotency_key", idempotency_key), ("run_id", run_id)):
             if value is not None:
@@ -7349,8 +7612,7 @@ class TinyWorkflowClient:
             if wait or idempotency_key is not None or run_id is not None:
                 raise ValueError("debounce starts the run later, once the calls stop: it "
                                  "does not combine with wait=True, idempotency_key or run_id")
-        definition = _WORKFLOWS.get(workflow_name) if isinstance(workflow_name, str) else None
-        input_text = _dumps(input_data, f"the input of workflow {workflow_name!r}")
+        input_text = self._input_text(workflow_name, input_data)
         engine = await self._engine_ready()
         self._store.fits(f"the input of workflow {workflow_name!r}", input_text)
         options = await _workflow_options(self._store, workflow_name)
@@ -7384,6 +7646,10 @@ class TinyWorkflowClient:
             return existing
         await self._worker.drive(await self._store.get_run(run_id))
         return run_id
+
+    def _input_text(self, workflow_name: str, input_data: Any) -> str:
+        return _input_text(self._codec, _WORKFLOWS.get(workflow_name), input_data,
+                           f"the input of workflow {workflow_name!r}")
 
     async def _until_final(self, run_id: str) -> None:
         """Until the run (and, if it continued as new, its chain) has reached a final
@@ -7523,13 +7789,15 @@ class TinyWorkflowClient:
                 for s in history.values()]
 
     async def send_signal(self, run_id: str, name: str, payload: Any = None) -> None:
-        """Send the signal ``name`` with a JSON ``payload`` to a run that has not
-        finished; its ``ctx.wait_for_signal(name)`` receives it (now if it waits, else
-        when it does). A run that continued as new passes it to its successor.
+        """Send the signal ``name`` with a ``payload`` to a run that has not finished;
+        its ``ctx.wait_for_signal(name)`` receives it (now if it waits, else when it
+        does). A payload of a type the codec knows (a dataclass, a datetime...) is
+        encoded by its class, for ``wait_for_signal(name, type=...)`` to decode. A run that continued as new passes it to its successor.
         ``RunNotFoundError`` for an unknown run, ``RunStateError`` for a finished one;
         nothing is stored then."""
         _check_name("a signal name", name)
-        data = _dumps(payload, f"the payload of signal {name!r}")
+        what = f"the payload of signal {name!r}"
+        data = _dumps(_to_data(self._codec, payload, _own_type(payload), what), what)
         engine = await self._engine_ready()
         self._store.fits(f"the payload of signal {name!r}", data)
         while not await self._store.send_signal(run_id, name, data, engine.clock()):
@@ -7621,9 +7889,10 @@ class TinyWorkflowClient:
         engine.hub.run_due()  # runs to compensate
         return True
 
-    async def wait_for_result(self, run_id: str, timeout: Optional[float] = None) -> Any:
+    async def wait_for_result(self, run_id: str, timeout: Optional[float] = None, *,
+                              type: Any = Any) -> Any:
         """Wait until the run has finished and return its result (the workflow's return
-        value). Raises WorkflowFailedError if it failed, was cancelled or compensated,
+        value), decoded as ``type`` if given, else plain JSON as stored. Raises WorkflowFailedError if it failed, was cancelled or compensated,
         TimeoutError after ``timeout`` seconds, RunNotFoundError for an unknown id. A
         run that continued as new is followed to the end of its chain. The run may
         execute anywhere: in this process (woken at once) or in another (polled)."""
@@ -7632,7 +7901,8 @@ class TinyWorkflowClient:
         async def look(row: dict) -> Any:
             status, error = row["status"], row["error"]
             if status == "completed":
-                return _loads(row["output_data"])["result"]
+                return _from_data(self._codec, _loads(row["output_data"])["result"], type,
+                                  f"the result of run {row['run_id']}")
             if status == "continued":
                 successor.append(_successor(status, row["output_data"]))
                 return None
@@ -7650,9 +7920,11 @@ class TinyWorkflowClient:
                 return value
             run_id = successor.pop()
 
-    async def get_event(self, run_id: str, key: str, timeout: Optional[float] = None) -> Any:
+    async def get_event(self, run_id: str, key: str, timeout: Optional[float] = None, *,
+                        type: Any = Any) -> Any:
         """The latest value the run published under ``key`` (``ctx.set_event``),
-        waiting until it has published one. ``TimeoutError`` after ``timeout`` seconds
+        waiting until it has published one; decoded as ``type`` if given, else plain
+        JSON as stored. ``TimeoutError`` after ``timeout`` seconds
         (None: no limit), ``RunNotFoundError`` for an unknown run, ``RunStateError``
         if the run finished without publishing ``key``."""
         _check_name("an event key", key)
@@ -7661,7 +7933,8 @@ class TinyWorkflowClient:
         async def look(row: dict) -> Any:
             found = await self._store.latest_event(run_id, key)
             if found is not None:
-                return _loads(found[0])
+                return _from_data(self._codec, _loads(found[0]), type,
+                                  f"the value of event {key!r} of run {run_id}")
             if row["status"] in _TERMINAL:
                 raise RunStateError(f"run {run_id} {row['status']} without publishing the "
                                     f"event {key!r}", run_id=run_id, status=row["status"])
@@ -7781,7 +8054,7 @@ class TinyWorkflowClient:
         schedule = {
             "schedule_id": schedule_id or str(uuid.uuid4()), "workflow_name": workflow_name,
             "workflow_id": workflow_id or workflow_name,
-            "input_data": _dumps(input_data, f"the input of workflow {workflow_name!r}"),
+            "input_data": self._input_text(workflow_name, input_data),
             **timing, "catch_up": _catch_up(catch_up)}
         engine = await self._engine_ready()
         await _workflow_options(self._store, workflow_name)
@@ -7828,7 +8101,7 @@ class TinyWorkflowClient:
                     or not 0 <= delay_seconds < _LATEST_TIME):  # NaN too
                 raise ValueError(f"delay_seconds must be a number >= 0 or a timedelta, "
                                  f"got {delay_seconds!r}")
-        input_text = _dumps(input_data, f"the input of workflow {workflow_name!r}")
+        input_text = self._input_text(workflow_name, input_data)
         engine = await self._engine_ready()
         self._store.fits(f"the input of workflow {workflow_name!r}", input_text)
         options = await _workflow_options(self._store, workflow_name)
@@ -7879,8 +8152,6 @@ class TinyWorkflowClient:
         bad values, ScheduleNotFoundError for an unknown id; nothing changes then."""
         _check_workflow_id(workflow_id)
         changes: dict = {}
-        if input_data is not _KEEP:
-            changes["input_data"] = _dumps(input_data, f"the input of schedule {schedule_id!r}")
         if catch_up is not None:
             changes["catch_up"] = _catch_up(catch_up)
         if workflow_id is not None:
@@ -7892,6 +8163,9 @@ class TinyWorkflowClient:
 
         def update(row: dict, now: float) -> dict:
             new = {**row, **changes}
+            if input_data is not _KEEP:
+                new["input_data"] = _input_text(self._codec, _WORKFLOWS.get(row["workflow_name"]),
+                                                input_data, f"the input of schedule {schedule_id!r}")
             if cron_expression is not None or every is not None or timezone is not None:
                 cron = cron_expression if cron_expression is not None or every is not None \
                     else row["cron_expression"]

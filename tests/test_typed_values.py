@@ -236,7 +236,7 @@ async def test_a_workflow_result_is_encoded_by_its_annotation(client):
     run_id = await client.start_workflow("tv_returns_bad", wait=True)
     run = await client.get_workflow_status(run_id)
     assert run.status == "failed"
-    assert "the result of workflow 'tv_returns_bad', declared <class 'datetime.date'>" \
+    assert "the result of workflow 'tv_returns_bad', declared date: result: " \
         in run.error and "a datetime where a date is declared" in run.error
 
 
