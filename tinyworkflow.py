@@ -118,6 +118,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 _F = typing.TypeVar("_F", bound=Callable[..., Any])
 _P = typing.ParamSpec("_P")  # a workflow's parameters, for type checkers (start_workflow)
+_R = typing.TypeVar("_R")
 
 _log = logging.getLogger("tinyworkflow")
 _log.addHandler(logging.NullHandler())  # a library logs; the application shows it, or not
@@ -4521,6 +4522,46 @@ class _ActivityDef:
         the types it names are defined."""
         return _returns(self.fn)
 
+    @functools.cached_property
+    def parameters(self) -> list:
+        """(kind, name, declared type) of the function's parameters ([] if unknown)."""
+        try:
+            listed = inspect.signature(self.fn).parameters.values()
+            hints = typing.get_type_hints(inspect.unwrap(self.fn))
+        except Exception:
+            return []
+        return [(p.kind, p.name, hints.get(p.name, Any)) for p in listed]
+
+    def declared(self, args: tuple, kwargs: dict) -> tuple:
+        """The declared types of a call's arguments: ([one per arg], {name: type})."""
+        positional = [t for kind, _, t in self.parameters
+                      if kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                  inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        rest = next((t for kind, _, t in self.parameters
+                     if kind is inspect.Parameter.VAR_POSITIONAL), Any)
+        named = {n: t for kind, n, t in self.parameters if kind in (
+            inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+        other = next((t for kind, _, t in self.parameters
+                      if kind is inspect.Parameter.VAR_KEYWORD), Any)
+        return ([positional[i] if i < len(positional) else rest for i in range(len(args))],
+                {k: named.get(k, other) for k in kwargs})
+
+    def arguments(self, codec: "Codec", args: tuple, kwargs: dict, what: str) -> dict:
+        """A call's arguments as the JSON data to store: each encoded by its declared
+        type, or by its own class where none is declared."""
+        kinds, named = self.declared(args, kwargs)
+        return {"args": [_to_data(codec, v, _own_type(v) if k is Any else k, what, f"[{i}]")
+                         for i, (v, k) in enumerate(zip(args, kinds))],
+                "kwargs": {n: _to_data(codec, v, _own_type(v) if named[n] is Any
+                                       else named[n], what, n) for n, v in kwargs.items()}}
+
+    def call_of(self, codec: "Codec", data: dict, what: str) -> tuple:
+        """The (args, kwargs) stored ``data`` stands for (see ``arguments``)."""
+        args, kwargs = data["args"], data["kwargs"]
+        kinds, named = self.declared(args, kwargs)
+        return (tuple(_from_data(codec, v, k, what) for v, k in zip(args, kinds)),
+                {n: _from_data(codec, v, named[n], what) for n, v in kwargs.items()})
+
     async def call(self, args: tuple, kwargs: dict) -> Any:
         if self.is_async:
             return await self.fn(*args, **kwargs)
@@ -4869,25 +4910,35 @@ def _activity_def(fn: Any) -> _ActivityDef:
 _UNSET: Any = object()  # an option not given (None means "none")
 
 
-def _workflow_def(workflow: Any, caller: str) -> tuple:
-    """(its definition or None if not registered here, its name) of a ``@workflow``
-    function or a workflow's name."""
-    if isinstance(workflow, str):  # (a name is checked where it is looked up)
-        return _WORKFLOWS.get(workflow), workflow
+_START_OPTIONS = ("input_data", "workflow_id", "wait", "idempotency_key", "run_id", "queue",
+                  "queue_key", "priority", "debounce")
+
+
+def _called(workflow: Any, args: tuple, kwargs: dict, options: tuple, caller: str) -> tuple:
+    """A start given a workflow function with its arguments, as a start by name:
+    (name, (), {"input_data": {parameter: value}, **the options given})."""
     definition = getattr(workflow, "__tinyworkflow_workflow__", None)
     if not isinstance(definition, _WorkflowDef):
         raise TypeError(f"{caller} takes a @workflow function or a workflow's name, "
-                        f"got {workflow!r}")
-    return definition, definition.name
-
-
-def _given_input(name: str, input_data: Any, arguments: dict) -> Any:
-    if not arguments:
-        return input_data
-    if input_data is not None:
-        raise TypeError(f"the input of workflow {name!r} is either input_data or keyword "
-                        f"arguments, not both")
-    return arguments
+                        f"got {_shown(workflow)}")
+    name = definition.name
+    listed = list(inspect.signature(definition.fn).parameters.values())[1:]
+    named = {p.name for p in listed}
+    given = {k: kwargs.pop(k) for k in list(kwargs) if k in options and k not in named}
+    positional = [p.name for p in listed if p.kind is p.POSITIONAL_OR_KEYWORD]
+    if len(args) > len(positional):
+        raise TypeError(f"workflow {name!r} takes {len(positional)} parameter(s) by position "
+                        f"{_signature(definition.fn)}, got {len(args)}")
+    for key, value in zip(positional, args):
+        if key in kwargs:
+            raise TypeError(f"workflow {name!r} got parameter {key!r} twice")
+        kwargs[key] = value
+    if kwargs:
+        if given.get("input_data") is not None:
+            raise TypeError(f"the input of workflow {name!r} is either input_data or its "
+                            "parameters as arguments, not both")
+        given["input_data"] = kwargs
+    return name, (), given
 
 
 def _input_text(codec: Codec, definition: Optional[_WorkflowDef], input_data: Any,
@@ -5370,8 +5421,18 @@ class WorkflowContext:
         return self._x.wait("approval", key, timeout, "approval_requested")
 
     # -- child workflows
-    def start_child_workflow(self, workflow: Any, input_data: Any = None,
-                             workflow_id: Optional[str] = None, **arguments: Any
+    @typing.overload
+    def start_child_workflow(self, workflow: Callable[typing.Concatenate[Any, _P],
+                                                      Awaitable[Any]], /,
+                             *args: _P.args, **kwargs: _P.kwargs
+                             ) -> "asyncio.Future[ChildWorkflowHandle]": ...
+
+    @typing.overload
+    def start_child_workflow(self, workflow: str | Callable[..., Awaitable[Any]],
+                             input_data: Any = None, workflow_id: Optional[str] = None
+                             ) -> "asyncio.Future[ChildWorkflowHandle]": ...
+
+    def start_child_workflow(self, workflow: Any, *args: Any, **kwargs: Any
                              ) -> "asyncio.Future[ChildWorkflowHandle]":
         """Start a run of ``workflow`` (a ``@workflow`` function, or a workflow's name)
         as this run's child (its ``parent_run_id`` is this run); await it for the
@@ -5388,12 +5449,21 @@ class WorkflowContext:
         return annotation. A workflow named but not registered in this process takes
         ``input_data`` as it is. A worker executes the child (any worker serving it,
         or this process); cancelling this run cancels its unfinished children.
-        ``workflow_id`` defaults to the child's workflow name."""
-        definition, name = _workflow_def(workflow, "start_child_workflow")
+        ``workflow_id`` defaults to the child's workflow name. Called
+        ``start_child_workflow(workflow_name, input_data=None, workflow_id=None)``, or
+        ``start_child_workflow(fn, *args, **kwargs, workflow_id=None)``."""
+        if not isinstance(workflow, str):
+            workflow, args, kwargs = _called(workflow, args, kwargs, ("input_data",
+                                                                      "workflow_id"),
+                                             "start_child_workflow")
+        return self._start_child(workflow, *args, **kwargs)
+
+    def _start_child(self, name: str, input_data: Any = None,
+                     workflow_id: Optional[str] = None) -> "asyncio.Future[ChildWorkflowHandle]":
         if not name:
             raise TypeError("start_child_workflow takes a @workflow function or a workflow's "
                             "name, got ''")
-        input_data = _given_input(name, input_data, arguments)
+        definition = _WORKFLOWS.get(name)
         _check_workflow_id(workflow_id)
         x = self._x
         x.usable()
@@ -5407,12 +5477,23 @@ class WorkflowContext:
             x.codec, definition, input_data, f"the input of child workflow {name!r}")
         return x.start_child(name, input_text, workflow_id, record, step)
 
-    def execute_child_workflow(self, workflow: Any, input_data: Any = None,
-                               workflow_id: Optional[str] = None,
-                               **arguments: Any) -> "asyncio.Future[Any]":
+    @typing.overload
+    def execute_child_workflow(self, workflow: Callable[typing.Concatenate[Any, _P],
+                                                        Awaitable[_R]], /,
+                               *args: _P.args, **kwargs: _P.kwargs) -> "asyncio.Future[_R]":
+        ...
+
+    @typing.overload
+    def execute_child_workflow(self, workflow: str | Callable[..., Awaitable[Any]],
+                               input_data: Any = None, workflow_id: Optional[str] = None
+                               ) -> "asyncio.Future[Any]": ...
+
+    def execute_child_workflow(self, workflow: Any, *args: Any,
+                               **kwargs: Any) -> "asyncio.Future[Any]":
         """Run ``workflow`` as a child run; await it for its result. If the child
-        fails (or is cancelled): ``WorkflowFailedError``. See ``start_child_workflow``."""
-        started = self.start_child_workflow(workflow, input_data, workflow_id, **arguments)
+        fails (or is cancelled): ``WorkflowFailedError``. Called as
+        ``start_child_workflow``."""
+        started = self.start_child_workflow(workflow, *args, **kwargs)
 
         async def result() -> Any:
             return await (await started)
@@ -5459,8 +5540,8 @@ class WorkflowContext:
         step, record = x.begin("compensation", definition.name)
         if record is not None:
             return
-        arguments = _dumps({"args": args, "kwargs": kwargs},
-                           f"the arguments of compensation {definition.name!r}")
+        what = f"the arguments of compensation {definition.name!r}"
+        arguments = _dumps(definition.arguments(x.codec, args, kwargs, what), what)
         x.note(x.row(step, definition.name, "compensation", "registered", input=arguments,
                      attempts=0),
                ("compensation_registered", {"step": step, "name": definition.name}))
@@ -6155,7 +6236,14 @@ class _Execution:
         exception or None). A workflow's step gets the next seq; a compensation none."""
         engine, policy = self.engine, definition.retry_policy
         started = engine.clock()
-        arguments = _dumps_for_display({"args": args, "kwargs": kwargs})
+        if self.codec is _CODEC:  # for people to read: never fails
+            arguments = _dumps_for_display({"args": args, "kwargs": kwargs})
+        else:  # a codec of one's own (it may encrypt): nothing stored past it
+            try:
+                arguments = _dumps(definition.arguments(self.codec, args, kwargs, "arguments"),
+                                   "arguments")
+            except SerializationError as exc:
+                arguments = _encode(f"<arguments the codec does not encode: {exc}>")
         in_status = "compensating" if kind == "compensation" else "running"
         while True:
             if attempts and self.owner in engine.draining:
@@ -7096,21 +7184,28 @@ class _Engine:
                 continue
             if execution.owner in self.draining:
                 raise _Released(run["run_id"])  # the next worker goes on from here
-            definition, call = _ACTIVITIES.get(name), _loads(record["input"])
+            definition, unrunnable = _ACTIVITIES.get(name), None
             if definition is None:  # the code changed: nothing to run it with
-                missing = ActivityError(f"no activity named {name!r} is registered in this "
-                                        "worker to run the compensation", run_id=run["run_id"],
-                                        step=step)
+                unrunnable = ActivityError(f"no activity named {name!r} is registered in "
+                                           "this worker to run the compensation",
+                                           run_id=run["run_id"], step=step)
+            else:
+                try:
+                    args, kwargs = definition.call_of(
+                        self.codec, _loads(record["input"]),
+                        f"the arguments of compensation {name!r} (step {step})")
+                except SerializationError as exc:
+                    unrunnable = exc
+            if unrunnable is not None:
                 await execution.record({**record, "status": "failed", "completed_at": None,
-                                        "error": _dumps_for_display(_error_record(missing))},
+                                        "error": _dumps_for_display(_error_record(unrunnable))},
                                        ("step_failed", {"step": step, "name": name,
-                                                        "error": str(missing)}),
+                                                        "error": str(unrunnable)}),
                                        in_status="compensating")
-                failures.append(f"{name} (step {step}): {missing}")
+                failures.append(f"{name} (step {step}): {unrunnable}")
                 continue
-            _, exc = await execution.run_activity(step, definition, tuple(call["args"]),
-                                                  call["kwargs"], record["attempts"],
-                                                  kind="compensation")
+            _, exc = await execution.run_activity(step, definition, args, kwargs,
+                                                  record["attempts"], kind="compensation")
             if exc is not None:
                 failures.append(f"{name} (step {step}): {_error_text(exc)}")
         if failures:
@@ -7561,21 +7656,19 @@ class TinyWorkflowClient:
                              queue_key: Optional[str] = None, priority: Optional[int] = None,
                              debounce: Optional[tuple] = None) -> str: ...
 
-    async def start_workflow(self, workflow_name: Any, input_data: Any = None,
-                             workflow_id: Optional[str] = None, wait: bool = False, *,
-                             idempotency_key: Optional[str] = None,
-                             run_id: Optional[str] = None, queue: Any = None,
-                             queue_key: Optional[str] = None, priority: Optional[int] = None,
-                             debounce: Optional[tuple] = None, **arguments: Any) -> str:
-        """Store a new run of a registered workflow and return its run id.
+    async def start_workflow(self, workflow_name: Any, *args: Any, **kwargs: Any) -> str:
+        """Store a new run of a registered workflow and return its run id:
+        ``start_workflow(workflow_name, input_data=None, workflow_id=None, wait=False, *,
+        idempotency_key=None, run_id=None, queue=None, queue_key=None, priority=None,
+        debounce=None)``.
 
-        The workflow is named (``start_workflow("order", {"order_id": "o-1"})``) or
-        given as its function, with its parameters as keyword arguments, encoded by
-        their annotations (``start_workflow(order, order_id="o-1", items=[...])``;
-        type checkers check them). Input that does not fit the parameters of a workflow
-        registered here -- a key missing or unknown -- is a ValueError; nothing is
-        stored. (A parameter named like an option below is given in ``input_data``;
-        with options, type checkers check ``input_data`` only as a dict.)
+        The workflow is named, with its input (``start_workflow("order", {"order_id":
+        "o-1"})``), or given as its function with its parameters as arguments
+        (``start_workflow(order, order_id="o-1", items=[...])``, which type checkers
+        check), then the options by name. Either way its parameters are encoded by
+        their annotations, and input that does not fit them -- a key missing or
+        unknown -- is a ValueError; nothing is stored. (A parameter named like an
+        option is given in ``input_data``, a dict.)
 
         With ``wait=False`` the run is left for a worker (``auto_start_worker=True``,
         ``start_worker()`` or ``recover_workflows()``). With ``wait=True`` it executes
@@ -7600,8 +7693,16 @@ class TinyWorkflowClient:
         run waits returns its id and moves its start. A call after it started stores
         a new run.
         """
-        definition, workflow_name = _workflow_def(workflow_name, "start_workflow")
-        input_data = _given_input(workflow_name, input_data, arguments)
+        if not isinstance(workflow_name, str):
+            workflow_name, args, kwargs = _called(workflow_name, args, kwargs, _START_OPTIONS,
+                                                  "start_workflow")
+        return await self._start(workflow_name, *args, **kwargs)
+
+    async def _start(self, workflow_name: str, input_data: Any = None,
+                     workflow_id: Optional[str] = None, wait: bool = False, *,
+                     idempotency_key: Optional[str] = None, run_id: Optional[str] = None,
+                     queue: Any = None, queue_key: Optional[str] = None,
+                     priority: Optional[int] = None, debounce: Optional[tuple] = None) -> str:
         _check_workflow_id(workflow_id)
         for what, value in (("idempotency_key", idempotency_key), ("run_id", run_id)):
             if value is not None:
@@ -7613,6 +7714,7 @@ class TinyWorkflowClient:
                 raise ValueError("debounce starts the run later, once the calls stop: it "
                                  "does not combine with wait=True, idempotency_key or run_id")
         input_text = self._input_text(workflow_name, input_data)
+        definition = _WORKFLOWS.get(workflow_name)
         engine = await self._engine_ready()
         self._store.fits(f"the input of workflow {workflow_name!r}", input_text)
         options = await _workflow_options(self._store, workflow_name)
