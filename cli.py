@@ -764,6 +764,21 @@ def _import_workflows(specs: list) -> None:
             _import_module(spec)
 
 
+def _codec(spec: Optional[str]) -> Any:
+    """The codec ``--codec MODULE:NAME`` names (an instance, or a class to make one)."""
+    if spec is None:
+        return None
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise _UsageError(f"--codec takes MODULE:NAME, got {spec!r}",
+                          "name the codec as it is imported: myapp.codecs:Compressed")
+    _import_module(module)
+    codec = getattr(sys.modules[module], name, None)
+    if codec is None:
+        raise _UsageError(f"module {module!r} has no {name!r}", None)
+    return codec() if isinstance(codec, type) else codec
+
+
 def _import_module(name: str) -> None:
     try:
         importlib.import_module(name)
@@ -877,6 +892,11 @@ def _add_global_options(parser: argparse.ArgumentParser, suffix: str = "") -> No
                        metavar="MODULE_OR_FILE", default=default,
                        help="import a module (examples.workflows) or a .py file that "
                             "registers workflows; repeatable")
+    group.add_argument("--codec", dest="codec" + suffix, metavar="MODULE:NAME",
+                       default=default,
+                       help="the codec the application gives its client (a "
+                            "tinyworkflow.Codec, or its class), such as myapp.codecs:Compressed; "
+                            "its module is imported")
     group.add_argument("--json", dest="json" + suffix, action="store_true",
                        default=flag_default,
                        help="print stable machine-readable JSON")
@@ -1081,8 +1101,9 @@ def main(argv: Optional[list] = None) -> int:
     client = None
     try:
         _import_workflows(imports)
+        codec = _codec(getattr(args, "codec_after", None) or args.codec)
         # ValueError on a bad URL or option:
-        client = tinyworkflow.TinyWorkflowClient(args.db, **_client_options(args))
+        client = tinyworkflow.TinyWorkflowClient(args.db, codec=codec, **_client_options(args))
         return asyncio.run(_run(client, args))
     except _UsageError as exc:
         return _failed(args, 2, exc, exc.hint)

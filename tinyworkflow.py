@@ -6230,20 +6230,28 @@ class _Execution:
             self.launch()
         self.notify.wake()
 
+    def arguments(self, definition: _ActivityDef, args: tuple, kwargs: dict) -> str:
+        """An activity's arguments as recorded, for people to read (never fails): plain
+        JSON, else by the codec (declared types, own classes), else their repr -- but
+        never past a codec of one's own (it may encrypt)."""
+        if self.codec is _CODEC:
+            with contextlib.suppress(TypeError, ValueError, RecursionError):
+                return _encode({"args": args, "kwargs": kwargs}, _ENCODE_STRICT)
+        try:
+            return _dumps(definition.arguments(self.codec, args, kwargs, "arguments"),
+                          "arguments")
+        except SerializationError as exc:
+            if self.codec is _CODEC:
+                return _dumps_for_display({"args": args, "kwargs": kwargs})
+            return _encode(f"<arguments the codec does not encode: {exc}>")
+
     async def run_activity(self, step: int, definition: _ActivityDef, args: tuple,
                            kwargs: dict, attempts: int, kind: str = "activity") -> tuple:
         """Attempt the activity with its retry policy and record its outcome: (row,
         exception or None). A workflow's step gets the next seq; a compensation none."""
         engine, policy = self.engine, definition.retry_policy
         started = engine.clock()
-        if self.codec is _CODEC:  # for people to read: never fails
-            arguments = _dumps_for_display({"args": args, "kwargs": kwargs})
-        else:  # a codec of one's own (it may encrypt): nothing stored past it
-            try:
-                arguments = _dumps(definition.arguments(self.codec, args, kwargs, "arguments"),
-                                   "arguments")
-            except SerializationError as exc:
-                arguments = _encode(f"<arguments the codec does not encode: {exc}>")
+        arguments = self.arguments(definition, args, kwargs)
         in_status = "compensating" if kind == "compensation" else "running"
         while True:
             if attempts and self.owner in engine.draining:
