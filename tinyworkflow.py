@@ -4480,12 +4480,23 @@ class _WorkflowDef:
 
     def input(self, codec: "Codec", input_data: Any, what: str) -> Any:
         """The JSON data to store as a run's input: each parameter's value encoded by
-        its declared type (a ValueError if it does not bind), else as it is."""
+        its declared type (a ValueError if it does not bind), else as it is. A value
+        given in its JSON form -- as the command line and the web page give it: "1.25"
+        for a Decimal -- is read as the declared type first."""
         if self.parameters is None:
             return _to_data(codec, input_data, Any, what)
-        any_other = (Any, False)
-        return {key: _to_data(codec, value, self.parameters.get(key, any_other)[0], what, key)
-                for key, value in self.bind(input_data).items()}
+        data, any_other = {}, (Any, False)
+        for key, value in self.bind(input_data).items():
+            kind = self.parameters.get(key, any_other)[0]
+            try:
+                data[key] = _to_data(codec, value, kind, what, key)
+            except SerializationError as exc:
+                try:
+                    data[key] = _to_data(codec, _TYPED.decode(_plain_json(value), kind),
+                                         kind, what, key)
+                except Exception:
+                    raise exc from None
+        return data
 
     def arguments(self, codec: "Codec", data: Any, what: str) -> dict:
         """The keyword arguments a run's stored input stands for (see ``input``)."""
