@@ -778,7 +778,7 @@ def _plain_json(value: Any) -> Any:
     if isinstance(value, dict):
         return _mapped(value, _plain_json)
     raise _Refused(value, f"a {type(value).__name__}, which plain JSON does not hold: "
-                          "declare its type")
+                          "declare it as a type the codec knows (see Codec)")
 
 
 def _of(value: Any, kind: Any) -> Any:
@@ -7768,6 +7768,23 @@ class TinyWorkflowClient:
         await self._worker.drive(await self._store.get_run(run_id))
         return run_id
 
+    def _same_input(self, workflow_name: str, stored: Optional[str], given: Optional[str]) -> bool:
+        """Whether two stored inputs are the same input: as JSON, or decoded by a codec of
+        one's own (one that encrypts writes the same value differently each time)."""
+        if _loads(stored) == _loads(given):
+            return True
+        if self._codec is _CODEC:
+            return False
+        definition = _WORKFLOWS.get(workflow_name)
+        try:
+            if definition is not None and definition.parameters is not None:
+                return (definition.arguments(self._codec, _loads(stored), "input")
+                        == definition.arguments(self._codec, _loads(given), "input"))
+            return (_from_data(self._codec, _loads(stored), Any, "input")
+                    == _from_data(self._codec, _loads(given), Any, "input"))
+        except (ValueError, SerializationError):
+            return False
+
     def _input_text(self, workflow_name: str, input_data: Any) -> str:
         return _input_text(self._codec, _WORKFLOWS.get(workflow_name), input_data,
                            f"the input of workflow {workflow_name!r}")
@@ -7801,7 +7818,8 @@ class TinyWorkflowClient:
             detail = f"of workflow {existing['workflow_name']!r}"
         elif existing["idempotency_key"] != key:
             detail = f"with idempotency key {existing['idempotency_key']!r}"
-        elif _loads(existing["input_data"]) != _loads(run["input_data"]):
+        elif not self._same_input(run["workflow_name"], existing["input_data"],
+                                  run["input_data"]):
             detail = "started with other input"
         else:
             return existing["run_id"]
@@ -8192,7 +8210,8 @@ class TinyWorkflowClient:
                              f"{stored['workflow_name']!r}; delete it first, or use another id")
         same = ("workflow_id", "cron_expression", "timezone", "interval_seconds", "catch_up")
         if (any(stored[c] != schedule[c] for c in same)
-                or _loads(stored["input_data"]) != _loads(schedule["input_data"])):
+                or not self._same_input(workflow_name, stored["input_data"],
+                                        schedule["input_data"])):
             await self.update_schedule(  # the declaration changed: the schedule follows
                 schedule["schedule_id"], cron_expression=timing["cron_expression"],
                 every=timing["interval_seconds"], input_data=input_data,

@@ -272,3 +272,26 @@ def test_the_web_page_uses_the_codec_and_shows_the_stored_json(tmp_path):
         proc.stdout.close()
         proc.stderr.close()
     assert "Traceback" not in stderr, stderr
+
+
+class Salted(Codec):
+    """Writes the same value differently each time, as an encrypting codec with a
+    random nonce does."""
+
+    def encode(self, value, type):
+        return {"salt": os.urandom(4).hex(), "value": super().encode(value, type)}
+
+    def decode(self, data, type):
+        return super().decode(data["value"], type)
+
+
+async def test_an_idempotent_start_compares_inputs_decoded(db_url):
+    from tinyworkflow import IdempotencyError
+    async with TinyWorkflowClient(db_url, codec=Salted()) as client:
+        parcel = Parcel("p", Decimal("1.0"))
+        first = await client.start_workflow(cd_child, parcel=parcel, idempotency_key="k")
+        again = await client.start_workflow(cd_child, parcel=parcel, idempotency_key="k")
+        assert again == first
+        with pytest.raises(IdempotencyError, match="started with other input"):
+            await client.start_workflow(cd_child, parcel=Parcel("q", Decimal(1)),
+                                        idempotency_key="k")
