@@ -4758,10 +4758,14 @@ def activity(name: Optional[str] = None, retry_policy: Optional[RetryPolicy] = N
         _register(_ACTIVITIES, "activity", definition)
         # The same callable when registered again under its name; another one per name
         # (an alias must not change what the first name's calls record).
-        made = fn.__dict__.setdefault("__tinyworkflow_callables__", {}) \
-            if hasattr(fn, "__dict__") else {}
+        # A bound method shares its function's attributes with every other instance's:
+        # only what is returned knows the activity then (as for a builtin, which has none).
+        own = hasattr(fn, "__dict__") and not inspect.ismethod(fn)
+        made = fn.__dict__.setdefault("__tinyworkflow_callables__", {}) if own else {}
         direct = made.get(act_name) or _callable(fn)
-        fn.__tinyworkflow_activity__ = direct.__tinyworkflow_activity__ = definition
+        direct.__tinyworkflow_activity__ = definition
+        if own:
+            fn.__tinyworkflow_activity__ = definition
         made[act_name] = direct
         return direct
 
@@ -4904,7 +4908,7 @@ def _debounce_option(value: Any) -> tuple:
     return key, float(seconds)
 
 
-def _activity_def(fn: Any) -> _ActivityDef:
+def _activity_def(fn: Any, caller: str = "execute_activity") -> _ActivityDef:
     definition = getattr(fn, "__tinyworkflow_activity__", None)
     if definition is not None:
         return definition
@@ -4915,7 +4919,7 @@ def _activity_def(fn: Any) -> _ActivityDef:
                          f"{', '.join(sorted(_ACTIVITIES)) or '(none)'}")
     if callable(fn):  # undecorated functions work too, with the default policy
         return _ActivityDef(getattr(fn, "__name__", type(fn).__name__), fn, RetryPolicy(), None)
-    raise TypeError(f"execute_activity takes an activity function, got {fn!r}")
+    raise TypeError(f"{caller} takes an activity function, got {_shown(fn)}")
 
 
 _UNSET: Any = object()  # an option not given (None means "none")
@@ -4975,7 +4979,7 @@ def with_options(fn: Any, *, retry_policy: Optional[RetryPolicy] = None,
     function (called directly in a workflow, a step with these options). Compensations
     take the registered activity as it is: they may run in another process, which finds
     it by name."""
-    base = _activity_def(fn)
+    base = _activity_def(fn, "with_options")
     _check_options("activity", base.name, retry_policy, None if timeout is _UNSET else timeout)
     call = _callable(base.fn)
     call.__tinyworkflow_activity__ = dataclasses.replace(  # type: ignore[attr-defined]
@@ -5539,7 +5543,7 @@ class WorkflowContext:
 
         ``fn`` must be a registered ``@activity``: compensations may run after a crash,
         in another process, which finds it by name."""
-        definition = _activity_def(fn)
+        definition = _activity_def(fn, "add_compensation")
         if _ACTIVITIES.get(definition.name) is not definition:
             raise TypeError(
                 "add_compensation takes a registered @activity as registered (it is found by "

@@ -4,6 +4,7 @@ does; anywhere else the function is the plain function. On every backend."""
 
 import asyncio
 import inspect
+import time
 from collections import Counter
 
 import pytest
@@ -132,3 +133,29 @@ def test_an_alias_does_not_change_the_first_name():
     assert (us.__tinyworkflow_activity__.name, us.__tinyworkflow_activity__.timeout) == (
         "dc_charge_us", 60)
     assert activity(name="dc_charge_eu", timeout=5)(eu) is eu  # again: the same callable
+
+
+class _Shop:
+    def __init__(self, rate: int):
+        self.rate = rate
+
+    async def price(self, amount: int) -> int:
+        return amount * self.rate
+
+
+_cheap, _dear = _Shop(2), _Shop(3)
+dc_price_cheap = activity(name="dc_price_cheap")(_cheap.price)
+dc_price_dear = activity(name="dc_price_dear")(_dear.price)
+dc_nap = activity(name="dc_nap")(time.sleep)  # a builtin: no attributes of its own
+
+
+@workflow(name="dc_methods")
+async def dc_methods(ctx) -> list:
+    return [await dc_price_cheap(5), await dc_price_dear(5), await dc_nap(0)]
+
+
+async def test_bound_methods_and_builtins_are_activities_each_of_its_own(client):
+    run_id = await client.start_workflow(dc_methods, wait=True)
+    assert await client.wait_for_result(run_id) == [10, 15, None]
+    steps = await client.get_workflow_steps(run_id)
+    assert [s.name for s in steps] == ["dc_price_cheap", "dc_price_dear", "dc_nap"]

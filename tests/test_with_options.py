@@ -97,6 +97,8 @@ def test_bad_options_are_refused():
         with_options("nope")
     with pytest.raises(TypeError):
         with_options(wo_slow, 5)  # options are keywords only
+    with pytest.raises(TypeError, match="with_options takes an activity function, got 5"):
+        with_options(5)
     # By name, a registered activity takes options too.
     assert with_options("wo_slow", timeout=2).__tinyworkflow_activity__.timeout == 2
 
