@@ -6250,8 +6250,10 @@ class _Execution:
         JSON, else by the codec (declared types, own classes), else their repr -- but
         never past a codec of one's own (it may encrypt)."""
         if self.codec is _CODEC:
-            with contextlib.suppress(TypeError, ValueError, RecursionError):
+            try:
                 return _encode({"args": args, "kwargs": kwargs}, _ENCODE_STRICT)
+            except (TypeError, ValueError, RecursionError):
+                pass
         try:
             return _dumps(definition.arguments(self.codec, args, kwargs, "arguments"),
                           "arguments")
