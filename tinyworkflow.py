@@ -84,6 +84,7 @@ __all__ = [
 
 import asyncio
 import collections
+import collections.abc
 import contextlib
 import contextvars
 import dataclasses
@@ -437,10 +438,17 @@ class _Released(BaseException):
 
 
 class _StoreFailed(BaseException):
-    """A step could not be recorded (the database is unreachable or failing). It is
-    not the workflow's failure: the execution stops, the run is given back (or, if
-    even that fails, its lease expires) and the step runs again. A BaseException, so that the
-    workflow's own ``except Exception`` cannot swallow it."""
+    """A step could not be recorded (the database is unreachable or failing), or a
+    record read (see _Undecodable). It is not the workflow's failure: the execution
+    stops, the run is given back (or, if even that fails, its lease expires) and the
+    step runs again. A BaseException, so that the workflow's own ``except Exception``
+    cannot swallow it."""
+
+
+def _stopped(run_id: str, cause: BaseException) -> _StoreFailed:
+    failure = _StoreFailed(run_id, cause)
+    failure.__cause__ = cause
+    return failure
 
 
 class _ContinuedAsNew(BaseException):
@@ -491,8 +499,8 @@ def _dumps(value: Any, what: str) -> str:
             f"recursion limit, {sys.getrecursionlimit()}): flatten it") from None
     except (TypeError, ValueError) as exc:
         raise SerializationError(
-            f"{what} is not JSON-serialisable ({exc}); pass and return only JSON values: "
-            "dict, list, str, int, float, bool or None"
+            f"{what} is not JSON-serialisable ({exc}); pass and return JSON values (dict, "
+            "list, str, int, float, bool, None), or annotate a type the codec knows"
         ) from None
 
 
@@ -765,6 +773,21 @@ def _float(value: float) -> float:
     return value
 
 
+def _float_value(value: Any) -> float:
+    """A number where a float is declared: an int only if a float holds it exactly."""
+    if isinstance(value, float):
+        return _float(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _Refused(value, "not a float")
+    try:
+        exact = float(value) == value
+    except OverflowError:
+        exact = False
+    if not exact:
+        raise _Refused(value, "an int that a float does not hold exactly")
+    return value
+
+
 def _plain_json(value: Any) -> Any:
     """A value without a type to go by: plain JSON only (as without annotations)."""
     if type(value) in (str, int, bool) or value is None:
@@ -787,12 +810,46 @@ def _of(value: Any, kind: Any) -> Any:
     return value
 
 
+def _datetime(data: str) -> datetime:
+    """A datetime from its ISO 8601 text, which has a time (a date's text is a date's)."""
+    if len(data) < 11 or data[10] not in "T ":
+        raise ValueError(f"{data!r} is not a datetime's ISO 8601 text (it has no time)")
+    return datetime.fromisoformat(data)
+
+
 def _same(data: Any) -> Any:
     return data
 
 
+_ABSTRACT = {collections.abc.Sequence: list, collections.abc.MutableSequence: list,
+             collections.abc.Collection: list, collections.abc.Iterable: list,
+             collections.abc.Set: frozenset, collections.abc.MutableSet: set,
+             collections.abc.Mapping: dict, collections.abc.MutableMapping: dict}
+
+
+def _norm(kind: Any) -> Any:
+    """The type the codec goes by for an annotation: ``Annotated[X, ...]`` and
+    ``NewType`` as X, an abstract collection as the concrete one it is stored as
+    (``Sequence[X]`` as ``list[X]``), a generic class (``Page[int]``) as the class."""
+    while True:
+        origin = typing.get_origin(kind)
+        if origin is typing.Annotated:
+            kind = typing.get_args(kind)[0]
+        elif getattr(kind, "__supertype__", None) is not None:  # a NewType
+            kind = kind.__supertype__
+        elif origin in _ABSTRACT or kind in _ABSTRACT:
+            concrete, args = _ABSTRACT[origin or kind], typing.get_args(kind)
+            return concrete[args] if args else concrete
+        elif isinstance(origin, type) and origin not in (list, dict, set, frozenset, tuple,
+                                                         type):
+            return origin  # a generic class: its fields by their declared types
+        else:
+            return kind
+
+
 def _isa(kind: Any) -> Callable[[Any], bool]:
     """Whether a value is of ``kind`` (for choosing a member of a union)."""
+    kind = _norm(kind)
     origin = typing.get_origin(kind) or kind
     if origin is typing.Literal:
         return lambda value: value in typing.get_args(kind)
@@ -802,7 +859,63 @@ def _isa(kind: Any) -> Callable[[Any], bool]:
         return lambda value: False
     if origin is int:  # a bool is an int, but not the int a union means
         return lambda value: isinstance(value, int) and not isinstance(value, bool)
+    if origin is float:  # an int is a float as far as a float annotation goes
+        return lambda value: isinstance(value, (int, float)) and not isinstance(value, bool)
     return lambda value: isinstance(value, origin)
+
+
+def _record(kind: Any) -> bool:
+    """Whether values of ``kind`` are stored as a JSON object of their fields."""
+    return isinstance(kind, type) and (
+        dataclasses.is_dataclass(kind) or typing.is_typeddict(kind)
+        or (issubclass(kind, tuple) and hasattr(kind, "_fields"))
+        or hasattr(kind, "model_validate"))
+
+
+def _shapes(kind: Any) -> Optional[tuple]:
+    """The JSON types a value of ``kind`` is stored as (None: any), so that a union
+    tries only the members its data can be."""
+    kind = _norm(kind)
+    origin = typing.get_origin(kind) or kind
+    if not isinstance(origin, type) or issubclass(origin, enum.Enum):
+        return None  # (an Enum is stored as its value, whatever that is)
+    if _record(origin) or issubclass(origin, dict):
+        return (dict,)
+    if issubclass(origin, (list, tuple, set, frozenset)):
+        return (list,)
+    if issubclass(origin, bool):
+        return (bool,)
+    if issubclass(origin, (int, timedelta)):
+        return (int,)
+    if issubclass(origin, float):
+        return (int, float)
+    if issubclass(origin, (str, _date, _time, uuid.UUID, bytes, bytearray, _decimal())):
+        return (str,)
+    return None
+
+
+def _rank(kind: Any) -> tuple:
+    """Where a union's member is tried: the most particular first (a record before a
+    dict, a datetime before a date, anything read from text before ``str``); then by
+    name, so that ``Union[A, B]`` and ``Union[B, A]`` are the same everywhere."""
+    norm = _norm(kind)
+    origin = typing.get_origin(norm) or norm
+    if not isinstance(origin, type):
+        place = 1 if origin is typing.Literal else 9
+    elif _record(origin):
+        place = 0
+    elif issubclass(origin, enum.Enum):
+        place = 1
+    elif issubclass(origin, datetime):
+        place = 2
+    elif issubclass(origin, (_date, _time, timedelta, uuid.UUID, bytes, bytearray,
+                             _decimal())):
+        place = 3
+    elif issubclass(origin, (list, tuple, set, frozenset, dict)):
+        place = 4
+    else:
+        place = {bool: 5, int: 6, float: 7, str: 8}.get(origin, 9)
+    return place, repr(kind)
 
 
 class _Typed:
@@ -812,7 +925,11 @@ class _Typed:
     pydantic v2 models (by their model_dump / model_validate). A type it does not know
     takes plain JSON values, as no annotation does. ``plain(T)``: whether ``T`` needs
     nothing of this (then the JSON value is used as it is). Each type's encoder and
-    decoder are made once (a function per type) and kept."""
+    decoder are made once (a function per type) and kept.
+
+    What is stored must come back as what was given: a value its type would rebuild
+    as something else (a subclass of a declared dataclass, a member of a union that
+    reads back as another member) is refused."""
 
     def __init__(self) -> None:
         self._plain: dict = {}
@@ -832,16 +949,26 @@ class _Typed:
         if kind in (Any, None, object, type(None), str, int, bool, list, dict) or \
                 kind is inspect.Parameter.empty:
             return True
-        if typing.get_origin(kind) in (list, dict) or _union(kind):
-            return all(self.plain(a) for a in typing.get_args(kind) if a is not Ellipsis)
+        args = typing.get_args(kind)
+        if typing.get_origin(kind) is dict:  # keys other than str would turn into str
+            return not args or (args[0] is str and self.plain(args[1]))
+        if typing.get_origin(kind) is list or _union(kind):
+            return all(self.plain(a) for a in args if a is not Ellipsis)
         return False  # float too: a NaN is to be refused with its path
 
-    def encode(self, value: Any, kind: Any, path: str) -> Any:
+    def encode(self, value: Any, kind: Any, path: str, show: bool = True) -> Any:
+        """JSON data for ``value``; a SerializationError naming ``path`` inside it
+        (and, if ``show``, the value refused) if the type cannot rebuild it."""
         try:
             return self._made(self._encoders, self._encoder, kind)(value)
         except _Refused as exc:
-            raise SerializationError(f"{path}{''.join(reversed(exc.where))}: {exc.why} "
-                                     f"({_shown(exc.value)})") from None
+            where = f"{path}{''.join(reversed(exc.where))}: {exc.why}"
+            raise SerializationError(f"{where} ({_shown(exc.value)})" if show else where) \
+                from None
+        except RecursionError:
+            raise SerializationError(f"{path}: nested too deeply to store") from None
+        except Exception as exc:  # a type that cannot be read, a model that cannot dump
+            raise SerializationError(f"{path}: {type(exc).__name__}: {exc}") from None
 
     def decode(self, data: Any, kind: Any) -> Any:
         return self._made(self._decoders, self._decoder, kind)(data)
@@ -854,40 +981,58 @@ class _Typed:
             return make(kind)
         if made is None:
             later: list = []  # a type that holds itself (a tree) uses it while it is made
+            before = set(cache)
             cache[kind] = lambda value: later[0](value)
             try:
                 made = make(kind)
             except BaseException:
-                del cache[kind]
+                for key in set(cache) - before:  # nothing made of the failed attempt stays
+                    del cache[key]
                 raise
             later.append(made)
             cache[kind] = made
         return made
 
+    def _members(self, kind: Any) -> list:
+        """A union's members but None, in the order they are tried (see _rank)."""
+        return sorted((m for m in typing.get_args(kind) if m is not type(None)), key=_rank)
+
     # -- encoders: value -> JSON data, or _Refused
     def _encoder(self, kind: Any) -> Callable:
+        kind = _norm(kind)
         if kind in (Any, object, None) or kind is inspect.Parameter.empty:
             return _plain_json
         origin, args = typing.get_origin(kind), typing.get_args(kind)
         if _union(kind):
             members = [(m, self._made(self._encoders, self._encoder, m), _isa(m))
-                       for m in args if m is not type(None)]
+                       for m in self._members(kind)]
             optional = type(None) in args
+            # Each member's data must read back as that member: else which one it was
+            # would be lost (a str that reads as a datetime, a float as a Decimal).
+            decode = self._made(self._decoders, self._decoder, kind) \
+                if len(members) > 1 else None
 
             def union(value: Any) -> Any:
                 if value is None and optional:
                     return None
                 for _, encode, isa in members:
                     if isa(value):
-                        return encode(value)
-                raise _Refused(value, f"not any of {kind}")
+                        data = encode(value)
+                        if decode is not None:
+                            back = decode(data)
+                            if type(back) is not type(value):
+                                raise _Refused(value, f"a {type(value).__name__} that would "
+                                                      f"come back as a {type(back).__name__}"
+                                                      f" ({_declared(kind, 'of')})")
+                        return data
+                raise _Refused(value, f"not any of {_declared(kind, '')[1:]}")
             return union
         if origin is typing.Literal:
             return _plain_json
         if isinstance(kind, type):
             return self._class_encoder(kind)
         if origin in (list, set, frozenset):
-            return self._sequence_encoder(args[0] if args else Any)
+            return self._sequence_encoder(args[0] if args else Any, origin)
         if origin is tuple:
             return self._tuple_encoder(kind, args)
         if origin is dict:
@@ -896,11 +1041,22 @@ class _Typed:
 
     def _class_encoder(self, kind: type) -> Callable:
         if issubclass(kind, enum.Enum):
-            return lambda value: _plain_json(kind(value).value)
+            def member(value: Any) -> Any:
+                value = kind(value)
+                data = _plain_json(value.value)
+                try:
+                    back = kind(data)
+                except Exception:
+                    back = None
+                if back is not value:  # a tuple value comes back a list, say
+                    raise _Refused(value, f"a member of {kind.__qualname__} whose value "
+                                          "JSON does not hold as it is")
+                return data
+            return member
         if issubclass(kind, (str, int)):  # bool too
             return _plain_json
         if issubclass(kind, float):
-            return _plain_json  # (a NaN refused)
+            return _float_value
         if issubclass(kind, datetime):
             return lambda value: _of(value, datetime).isoformat()
         if kind is _date:
@@ -924,7 +1080,7 @@ class _Typed:
         if issubclass(kind, (bytes, bytearray)):
             return lambda value: base64.b64encode(_of(value, (bytes, bytearray))).decode()
         if kind in (list, set, frozenset):
-            return self._sequence_encoder(Any)
+            return self._sequence_encoder(Any, kind)
         if kind is tuple:
             return self._tuple_encoder(kind, ())
         if kind is dict:
@@ -936,7 +1092,12 @@ class _Typed:
             typed_dict = typing.is_typeddict(kind)
 
             def record(value: Any) -> dict:
-                _of(value, dict if typed_dict else kind)
+                if typed_dict:
+                    _of(value, dict)
+                elif type(value) is not kind:  # a subclass's own fields would be lost
+                    raise _Refused(value, f"a {type(value).__qualname__} where "
+                                          f"{kind.__qualname__} is declared" if
+                                   isinstance(value, kind) else f"not a {kind.__qualname__}")
                 out = {}
                 for name, where, encode in encoders:
                     try:
@@ -950,16 +1111,27 @@ class _Typed:
                 return out
             return record
         if hasattr(kind, "model_validate"):  # pydantic
-            return lambda value: value.model_dump(mode="json") if isinstance(value, kind) \
-                else _plain_json(value)
+            def model(value: Any) -> Any:
+                if type(value) is kind:
+                    return value.model_dump(mode="json")
+                if isinstance(value, kind):
+                    raise _Refused(value, f"a {type(value).__qualname__} where "
+                                          f"{kind.__qualname__} is declared")
+                return _plain_json(value)
+            return model
         return _plain_json
 
-    def _sequence_encoder(self, item: Any) -> Callable:
+    def _sequence_encoder(self, item: Any, made: Any = list) -> Callable:
         encode = self._made(self._encoders, self._encoder, item)
+        # A set's items must come back hashable: a list (a tuple, stored) would not.
+        unhashable = made in (set, frozenset) and self._decoder(item) is _same
 
         def sequence(value: Any) -> list:
             out = _listed(_of(value, (list, tuple, set, frozenset)), encode)
             if isinstance(value, (set, frozenset)):
+                if unhashable and any(isinstance(v, (list, dict)) for v in out):
+                    raise _Refused(value, "a set of tuples or other containers: declare "
+                                          "their type (set[tuple[int, int]])")
                 with contextlib.suppress(TypeError):  # the same text each time, if it sorts
                     out.sort(key=lambda v: json.dumps(v, sort_keys=True))
             return out
@@ -993,21 +1165,37 @@ class _Typed:
         else:
             return None
         hints = typing.get_type_hints(kind)
+        if any(isinstance(h, dataclasses.InitVar) or h is dataclasses.InitVar
+               for h in hints.values()):
+            raise _Refused(kind, f"{kind.__qualname__} takes an InitVar, which its fields "
+                                 "do not hold: it cannot be rebuilt from them")
         return [(name, hints.get(name, Any)) for name in (hints if names is None else names)]
+
+    def _keys(self, kind: Any) -> Optional[frozenset]:
+        """The names of a record type's fields (None for any other type)."""
+        if not _record(kind):
+            return None
+        if hasattr(kind, "model_validate"):
+            return frozenset(getattr(kind, "model_fields", {}))
+        return frozenset(name for name, _ in self._fields(kind))
 
     # -- decoders: JSON data -> a value of the type
     def _decoder(self, kind: Any) -> Callable:
+        kind = _norm(kind)
         if kind in (Any, object, None) or kind is inspect.Parameter.empty:
             return _same
         origin, args = typing.get_origin(kind), typing.get_args(kind)
         if _union(kind):
-            members = [(self._made(self._decoders, self._decoder, m), _isa(m),
-                        dataclasses.is_dataclass(m)) for m in args if m is not type(None)]
+            members = [(self._made(self._decoders, self._decoder, m), _isa(m), _record(m),
+                        _shapes(m), self._keys(_norm(m))) for m in self._members(kind)]
 
             def union(data: Any) -> Any:
                 if data is None:
                     return None
-                for decode, isa, record in members:
+                for decode, isa, record, shapes, keys in members:
+                    if shapes is not None and type(data) not in shapes or \
+                            keys is not None and not data.keys() <= keys:
+                        continue  # (a record's data names only its fields)
                     try:
                         value = decode(data)
                     except Exception:
@@ -1029,8 +1217,14 @@ class _Typed:
                     made(decode(v) for v in data))
         if origin is tuple:
             decoders = [self._made(self._decoders, self._decoder, a) for a in args]
-            return lambda data: None if data is None else tuple(
-                decode(v) for decode, v in zip(decoders, data))
+
+            def fixed(data: Any) -> Any:
+                if data is None:
+                    return None
+                if len(data) != len(decoders):
+                    raise ValueError(f"{len(data)} items where {kind} has {len(decoders)}")
+                return tuple(decode(v) for decode, v in zip(decoders, data))
+            return fixed
         if origin is dict:
             decode = self._made(self._decoders, self._decoder, args[1] if args else Any)
             return lambda data: None if data is None else {k: decode(v)
@@ -1047,7 +1241,7 @@ class _Typed:
         if issubclass(kind, float):
             return lambda data: float(data) if type(data) is int else data
         if issubclass(kind, datetime):
-            return maybe(datetime.fromisoformat)
+            return maybe(_datetime)
         if kind is _date:
             return maybe(_date.fromisoformat)
         if kind is _time:
@@ -1066,16 +1260,22 @@ class _Typed:
         if fields is not None:
             decoders = [(name, self._made(self._decoders, self._decoder, hint))
                         for name, hint in fields]
-            init = {f.name for f in dataclasses.fields(kind) if f.init} \
-                if dataclasses.is_dataclass(kind) else None
+            later = set()  # a dataclass's fields set after it is made (init=False)
+            if dataclasses.is_dataclass(kind):
+                later = {f.name for f in dataclasses.fields(kind) if not f.init}
             typed_dict = typing.is_typeddict(kind)
 
             def record(data: Any) -> Any:
                 if data is None:
                     return None
                 values = {name: decode(data[name]) for name, decode in decoders
-                          if name in data and (init is None or name in init)}
-                return values if typed_dict else kind(**values)
+                          if name in data}
+                if typed_dict:
+                    return values
+                value = kind(**{k: v for k, v in values.items() if k not in later})
+                for name in later & values.keys():
+                    object.__setattr__(value, name, values[name])
+                return value
             return record
         if hasattr(kind, "model_validate"):
             return maybe(kind.model_validate)
@@ -1112,7 +1312,7 @@ class Codec:
     store."""
 
     def encode(self, value: Any, type: Any = Any) -> Any:
-        return _TYPED.encode(value, type, "value")
+        return _TYPED.encode(value, type, "value", show=False)
 
     def decode(self, data: Any, type: Any = Any) -> Any:
         return _TYPED.decode(data, type)
@@ -1124,6 +1324,8 @@ _CODEC = Codec()
 def _check_codec(codec: Any) -> "Codec":
     if codec is None:
         return _CODEC
+    if isinstance(codec, type):
+        raise TypeError(f"codec takes a codec, not its class: codec={codec.__name__}()")
     if not all(callable(getattr(codec, name, None)) for name in ("encode", "decode")):
         raise TypeError(f"codec must have encode(value, type) and decode(data, type) "
                         f"methods (a tinyworkflow.Codec subclass), got {codec!r}")
@@ -1154,6 +1356,12 @@ def _to_data(codec: "Codec", value: Any, kind: Any, what: str, path: str = "valu
                                  f"{type(exc).__name__}: {exc}") from None
 
 
+class _Undecodable(SerializationError):
+    """A codec of one's own failed to read a record with an error of its own, not a
+    SerializationError: perhaps passing trouble (a key service away). The execution
+    stops and the run resumes later; the workflow is not handed the failure."""
+
+
 def _from_data(codec: "Codec", data: Any, kind: Any, what: str) -> Any:
     """The value of ``kind`` the stored ``data`` of ``what`` stands for."""
     if codec is _CODEC and _TYPED.plain(kind):
@@ -1161,8 +1369,10 @@ def _from_data(codec: "Codec", data: Any, kind: Any, what: str) -> Any:
     try:
         return codec.decode(data, kind)
     except Exception as exc:  # a record older than the annotation, say
-        raise SerializationError(f"{what} does not decode{_declared(kind, ' as')}: "
-                                 f"{type(exc).__name__}: {exc}") from None
+        error = SerializationError if codec is _CODEC or isinstance(
+            exc, SerializationError) else _Undecodable
+        raise error(f"{what} does not decode{_declared(kind, ' as')}: "
+                    f"{type(exc).__name__}: {exc}") from exc
 
 
 def _own_type(value: Any) -> Any:
@@ -1172,13 +1382,37 @@ def _own_type(value: Any) -> Any:
     return Any if kind in (dict, list, str, int, bool, type(None)) else kind
 
 
-def _returns(fn: Callable) -> Any:
-    """The return annotation of ``fn``, resolved (Any when there is none or it cannot
-    be resolved)."""
+def _hints(fn: Callable) -> dict:
+    """The annotations of ``fn`` (a function, a partial, a callable object), resolved one
+    by one: one that cannot be (a name imported only for type checkers) is Any, with a
+    warning, and leaves the others as declared."""
+    fn = inspect.unwrap(fn)
+    while isinstance(fn, functools.partial):
+        fn = inspect.unwrap(fn.func)
+    if not (inspect.isfunction(fn) or inspect.ismethod(fn)) and callable(fn):
+        fn = getattr(type(fn), "__call__", fn)
     try:
-        return typing.get_type_hints(inspect.unwrap(fn)).get("return", Any)
+        return typing.get_type_hints(fn)
     except Exception:
-        return Any
+        pass
+    hints, host = {}, getattr(fn, "__func__", fn)
+    for name, annotation in getattr(host, "__annotations__", {}).items():
+        probe = types.FunctionType((lambda: None).__code__, getattr(host, "__globals__", {}))
+        probe.__annotations__ = {name: annotation}
+        try:
+            hints[name] = typing.get_type_hints(probe)[name]
+        except Exception as exc:
+            hints[name] = Any
+            _log.warning("the annotation %r of %s (%s) cannot be resolved here (%s: %s): "
+                         "its value is taken as plain JSON", annotation,
+                         "the result" if name == "return" else f"parameter {name!r}",
+                         getattr(host, "__qualname__", host), type(exc).__name__, exc)
+    return hints
+
+
+def _returns(fn: Callable) -> Any:
+    """The return annotation of ``fn``, resolved (Any when there is none)."""
+    return _hints(fn).get("return", Any)
 
 
 # ---- retry policy -----------------------------------------------------------------------
@@ -4442,18 +4676,20 @@ class _WorkflowDef:
     @functools.cached_property
     def parameters(self) -> Optional[dict]:
         """The workflow's parameters after its context: name -> (declared type,
-        required), and ``"**"`` -> Any when it takes any other keyword too; None when
-        it takes the context only (its input is then ``ctx.input_data``)."""
+        default or ``inspect.Parameter.empty`` if required), and ``"**"`` -> (the type
+        of any other keyword, None) when it takes them; None when it takes the context
+        only (its input is then ``ctx.input_data``)."""
         listed = list(inspect.signature(self.fn).parameters.values())[1:]
         if not listed:
             return None
-        try:
-            hints = typing.get_type_hints(inspect.unwrap(self.fn))
-        except Exception:
-            hints = {}
+        hints = _hints(self.fn)
         return {"**" if p.kind is p.VAR_KEYWORD else p.name:
-                (hints.get(p.name, Any), p.default is p.empty and p.kind is not p.VAR_KEYWORD)
+                (hints.get(p.name, Any), None if p.kind is p.VAR_KEYWORD else p.default)
                 for p in listed}
+
+    def declared(self, key: str) -> Any:
+        """The declared type of the input's ``key``."""
+        return self.parameters.get(key, self.parameters.get("**", (Any,)))[0]
 
     def bind(self, input_data: Any) -> dict:
         """``input_data`` as this workflow's keyword arguments: a dict naming every
@@ -4466,8 +4702,8 @@ class _WorkflowDef:
                              f"({', '.join(n for n in parameters if n != '**')}): its input "
                              f"is a dict of them, got {type(input_data).__name__} "
                              f"{_shown(input_data)}")
-        missing = [n for n, (_, required) in parameters.items()
-                   if required and n not in input_data]
+        missing = [n for n, (_, default) in parameters.items()
+                   if default is inspect.Parameter.empty and n not in input_data]
         unknown = [] if "**" in parameters else [k for k in input_data if k not in parameters]
         if missing or unknown:
             raise ValueError(f"workflow {self.name!r} "
@@ -4485,25 +4721,38 @@ class _WorkflowDef:
         for a Decimal -- is read as the declared type first."""
         if self.parameters is None:
             return _to_data(codec, input_data, Any, what)
-        data, any_other = {}, (Any, False)
+        data = {}
         for key, value in self.bind(input_data).items():
-            kind = self.parameters.get(key, any_other)[0]
+            kind = self.declared(key)
             try:
                 data[key] = _to_data(codec, value, kind, what, key)
             except SerializationError as exc:
-                try:
-                    data[key] = _to_data(codec, _TYPED.decode(_plain_json(value), kind),
-                                         kind, what, key)
-                except Exception:
-                    raise exc from None
+                data[key] = _json_form(codec, value, kind, what, key, exc)
+        # The defaults not given are stored too: a replay gets them as the first run did.
+        for key, (kind, default) in self.parameters.items():
+            if key not in data and default is not inspect.Parameter.empty and key != "**":
+                with contextlib.suppress(SerializationError):
+                    data[key] = _to_data(codec, default, kind, what, key)
         return data
 
     def arguments(self, codec: "Codec", data: Any, what: str) -> dict:
         """The keyword arguments a run's stored input stands for (see ``input``)."""
-        any_other = (Any, False)
-        return {key: _from_data(codec, value, self.parameters.get(key, any_other)[0],
-                                f"{what}: parameter {key!r}")
+        return {key: _from_data(codec, value, self.declared(key), f"{what}: parameter {key!r}")
                 for key, value in self.bind(data).items()}
+
+
+def _json_form(codec: "Codec", value: Any, kind: Any, what: str, key: str,
+               refused: SerializationError) -> Any:
+    """A value given in its JSON form (as the command line and the web page give it:
+    "1.25" for a Decimal) where the value itself is declared, taken if it is exactly
+    what that value would be stored as; else the refusal stands."""
+    try:
+        read = _TYPED.decode(_plain_json(value), kind)
+        if _TYPED.encode(read, kind, key) == value:
+            return _to_data(codec, read, kind, what, key)
+    except Exception:
+        pass
+    raise refused from None
 
 
 def _outcome(fn: Callable, args: tuple, kwargs: dict) -> tuple:
@@ -4538,9 +4787,9 @@ class _ActivityDef:
         """(kind, name, declared type) of the function's parameters ([] if unknown)."""
         try:
             listed = inspect.signature(self.fn).parameters.values()
-            hints = typing.get_type_hints(inspect.unwrap(self.fn))
-        except Exception:
+        except (TypeError, ValueError):  # a builtin without a signature
             return []
+        hints = _hints(self.fn)
         return [(p.kind, p.name, hints.get(p.name, Any)) for p in listed]
 
     def declared(self, args: tuple, kwargs: dict) -> tuple:
@@ -4557,14 +4806,18 @@ class _ActivityDef:
         return ([positional[i] if i < len(positional) else rest for i in range(len(args))],
                 {k: named.get(k, other) for k in kwargs})
 
-    def arguments(self, codec: "Codec", args: tuple, kwargs: dict, what: str) -> dict:
+    def arguments(self, codec: "Codec", args: tuple, kwargs: dict, what: str,
+                  exact: bool = False) -> dict:
         """A call's arguments as the JSON data to store: each encoded by its declared
-        type, or by its own class where none is declared."""
+        type, or, where none is declared, by its own class (for people to read) -- or,
+        ``exact``, as plain JSON (what is read back as it was given: a compensation's)."""
+        def by(value: Any, kind: Any) -> Any:
+            return kind if kind is not Any or exact else _own_type(value)
         kinds, named = self.declared(args, kwargs)
-        return {"args": [_to_data(codec, v, _own_type(v) if k is Any else k, what, f"[{i}]")
+        return {"args": [_to_data(codec, v, by(v, k), what, f"[{i}]")
                          for i, (v, k) in enumerate(zip(args, kinds))],
-                "kwargs": {n: _to_data(codec, v, _own_type(v) if named[n] is Any
-                                       else named[n], what, n) for n, v in kwargs.items()}}
+                "kwargs": {n: _to_data(codec, v, by(v, named[n]), what, n)
+                           for n, v in kwargs.items()}}
 
     def call_of(self, codec: "Codec", data: dict, what: str) -> tuple:
         """The (args, kwargs) stored ``data`` stands for (see ``arguments``)."""
@@ -4929,13 +5182,24 @@ _START_OPTIONS = ("input_data", "workflow_id", "wait", "idempotency_key", "run_i
                   "queue_key", "priority", "debounce")
 
 
-def _called(workflow: Any, args: tuple, kwargs: dict, options: tuple, caller: str) -> tuple:
-    """A start given a workflow function with its arguments, as a start by name:
-    (name, (), {"input_data": {parameter: value}, **the options given})."""
+def _workflow_def(workflow: Any, caller: str) -> _WorkflowDef:
     definition = getattr(workflow, "__tinyworkflow_workflow__", None)
     if not isinstance(definition, _WorkflowDef):
         raise TypeError(f"{caller} takes a @workflow function or a workflow's name, "
                         f"got {_shown(workflow)}")
+    return definition
+
+
+def _workflow_name(workflow: Any, caller: str) -> Any:
+    """The name of a workflow given by name (checked where it is looked up) or as its
+    function."""
+    return workflow if isinstance(workflow, str) else _workflow_def(workflow, caller).name
+
+
+def _called(workflow: Any, args: tuple, kwargs: dict, options: tuple, caller: str) -> tuple:
+    """A start given a workflow function with its arguments, as a start by name:
+    (name, (), {"input_data": {parameter: value}, **the options given})."""
+    definition = _workflow_def(workflow, caller)
     name = definition.name
     listed = list(inspect.signature(definition.fn).parameters.values())[1:]
     named = {p.name for p in listed}
@@ -5556,7 +5820,7 @@ class WorkflowContext:
         if record is not None:
             return
         what = f"the arguments of compensation {definition.name!r}"
-        arguments = _dumps(definition.arguments(x.codec, args, kwargs, what), what)
+        arguments = _dumps(definition.arguments(x.codec, args, kwargs, what, exact=True), what)
         x.note(x.row(step, definition.name, "compensation", "registered", input=arguments,
                      attempts=0),
                ("compensation_registered", {"step": step, "name": definition.name}))
@@ -6107,6 +6371,10 @@ class _Execution:
                     value = _from_data(self.codec, value, target.returns,
                                        f"the recorded result of step {step} ({row['name']}) "
                                        f"of run {self.run_id}")
+                except _Undecodable as exc:  # not the workflow's to see: resumes later
+                    self.targets[step] = (kind, target)
+                    self.stop = self.stop or _stopped(self.run_id, exc)
+                    return
                 except SerializationError as exc:
                     target.set_exception(exc)
                     return
@@ -6383,6 +6651,8 @@ class _Execution:
                 return definition.fn(ctx)
             ctx.input_data = arguments = definition.arguments(self.codec, ctx.input_data, what)
             return definition.fn(ctx, **arguments)
+        except _Undecodable as exc:
+            raise _stopped(self.run_id, exc) from exc
         except (ValueError, SerializationError) as exc:
             failure = NonRetryableError(f"{what} does not fit workflow {definition.name!r}: "
                                         f"{exc}")
@@ -7118,8 +7388,9 @@ class _Engine:
             with contextlib.suppress(Exception):  # else the drain gives it back
                 await self.store.release_run(run_id, owner, self.clock())
         except _StoreFailed as failure:
-            _log.warning("run %s stopped: a step could not be recorded (%s); it resumes "
-                         "from that step", run_id, failure.__cause__)
+            _log.warning("run %s stopped: a step could not be %s (%s); it resumes from that "
+                         "step", run_id, "read" if isinstance(failure.__cause__, _Undecodable)
+                         else "recorded", failure.__cause__)
             with contextlib.suppress(Exception):  # else it resumes once the lease expires
                 await self.store.release_run(run_id, owner, self.clock())
 
@@ -8161,7 +8432,7 @@ class TinyWorkflowClient:
         return run["run_id"]
 
     # -- schedules
-    async def schedule_workflow(self, workflow_name: str, cron_expression: Optional[str] = None,
+    async def schedule_workflow(self, workflow_name: Any, cron_expression: Optional[str] = None,
                                 input_data: Any = None, *, every: Any = None,
                                 timezone: Optional[str] = None, catch_up: Any = False,
                                 schedule_id: Optional[str] = None,
@@ -8192,6 +8463,7 @@ class TinyWorkflowClient:
         interval or timezone, or a workflow neither registered here nor served by a live
         worker: ValueError, and nothing is stored.
         """
+        workflow_name = _workflow_name(workflow_name, "schedule_workflow")
         if schedule_id is not None:
             _check_name("schedule_id", schedule_id)
         _check_workflow_id(workflow_id)
@@ -8226,13 +8498,14 @@ class TinyWorkflowClient:
         self._wake_workers()
         return schedule["schedule_id"]
 
-    async def schedule_delayed_workflow(self, workflow_name: str, delay_seconds: Any = None,
+    async def schedule_delayed_workflow(self, workflow_name: Any, delay_seconds: Any = None,
                                         input_data: Any = None, *, at: Optional[datetime] = None,
                                         workflow_id: Optional[str] = None) -> str:
         """Store a run that starts ``delay_seconds`` (a number or a ``timedelta``) from
         now, or ``at`` a timezone-aware datetime, and return its run id. It waits in the
         database as ``pending`` (its start time in ``scheduled_for``), so a restart
         before then loses nothing; a worker serving the workflow starts it when due."""
+        workflow_name = _workflow_name(workflow_name, "schedule_delayed_workflow")
         _check_workflow_id(workflow_id)
         if (delay_seconds is None) == (at is None):
             raise ValueError("schedule_delayed_workflow takes delay_seconds or at="

@@ -294,3 +294,47 @@ async def test_an_idempotent_start_compares_inputs_decoded(db_url):
         with pytest.raises(IdempotencyError, match="started with other input"):
             await client.start_workflow(cd_child, parcel=Parcel("q", Decimal(1)),
                                         idempotency_key="k")
+
+
+class Flaky(Codec):
+    """A codec whose key service is away now and then: reading fails, for a while."""
+
+    away = 0
+
+    def decode(self, data, type):
+        if Flaky.away:
+            Flaky.away -= 1
+            raise TimeoutError("the key service is away")
+        return super().decode(data, type)
+
+
+@activity(name="cd_quote")
+async def cd_quote() -> Decimal:
+    calls.append("quote")
+    return Decimal("1.5")
+
+
+@workflow(name="cd_careful")
+async def cd_careful(ctx) -> str:
+    try:
+        price = await cd_quote()
+    except Exception as exc:  # the codec's trouble must not land here, on any replay
+        return f"caught {type(exc).__name__}"
+    await ctx.wait_for_signal("go")
+    return repr(price)
+
+
+async def test_a_codec_that_cannot_read_for_a_while_stops_the_execution_not_the_run(
+        sqlite_url):
+    calls.clear()
+    with pytest.raises(TypeError, match=r"not its class: codec=Flaky\(\)"):
+        TinyWorkflowClient(sqlite_url, codec=Flaky)
+    async with TinyWorkflowClient(sqlite_url, codec=Flaky()) as client:
+        run_id = await client.start_workflow(cd_careful)
+        await client.recover_workflows()  # the step, then parked at the wait
+        await client.send_signal(run_id, "go")
+        Flaky.away = 2  # the input, then the step's record: each once
+        for _ in range(3):
+            await client.recover_workflows()
+        assert await client.wait_for_result(run_id, timeout=10) == "Decimal('1.5')"
+    assert calls == ["quote"]

@@ -252,3 +252,119 @@ def test_a_type_that_holds_itself():
     stored = json.loads(json.dumps(typed.encode(tree, Node, "result")))
     assert stored["children"][0]["children"][0]["weight"] == "0.5"
     assert typed.decode(stored, Node) == tree
+
+
+# ---- what must not come back as something else (a red-team pass) -----------------------
+
+@dataclasses.dataclass
+class Base:
+    id: str
+
+
+@dataclasses.dataclass
+class Derived(Base):
+    extra: int = 0
+
+
+@dataclasses.dataclass
+class Wide:
+    x: int
+    y: int = 0
+
+
+@dataclasses.dataclass
+class Narrow:
+    x: int
+
+
+def round_trip(value, kind):
+    return typed.decode(json.loads(json.dumps(typed.encode(value, kind, "result"))), kind)
+
+
+def test_a_union_reads_the_same_whatever_the_order_of_its_members():
+    for kind in (Union[Narrow, Wide], Union[Wide, Narrow]):  # equal, and hashed alike
+        assert round_trip(Wide(1, 2), kind) == Wide(1, 2)
+        assert round_trip(Narrow(1), kind) == Narrow(1)
+    for kind, value in ((Union[Decimal, float], 1.5), (Union[Decimal, float], Decimal("1.5")),
+                        (Union[float, int], 2), (Union[float, int], 2.0),
+                        (Union[date, datetime], date(2026, 1, 1)),
+                        (Union[datetime, date], datetime(2026, 1, 1, 9)),
+                        (Union[uuid.UUID, int], 7)):
+        back = round_trip(value, kind)
+        assert back == value and type(back) is type(value), (kind, value, back)
+    assert type(round_trip(3, Optional[float])) is float  # a float, as declared
+    for kind, value in ((Union[datetime, str], "2024-01-01T00:00"), (Union[bytes, str], "abcd"),
+                        (Union[Decimal, str], "1.5")):  # the text reads as the other member
+        with pytest.raises(SerializationError, match="a str that would come back as a"):
+            typed.encode(value, kind, "result")
+
+
+def test_what_would_come_back_as_something_else_is_refused():
+    with pytest.raises(SerializationError, match="result: a Derived where Base is declared"):
+        typed.encode(Derived("d", 1), Base, "result")
+    with pytest.raises(SerializationError, match=r"result\[0\]: a Derived where Base"):
+        typed.encode([Derived("d")], list[Base], "result")
+    Grid = enum.Enum("Grid", {"ORIGIN": (0, 0)})
+    with pytest.raises(SerializationError, match="whose value JSON does not hold"):
+        typed.encode(Grid.ORIGIN, Grid, "result")
+    with pytest.raises(SerializationError, match="a set of tuples"):
+        typed.encode({(1, 2)}, set, "result")
+    assert round_trip({(1, 2)}, set[tuple[int, int]]) == {(1, 2)}
+    with pytest.raises(SerializationError, match="an int that a float does not hold"):
+        typed.encode(10**400, float, "result")
+    with pytest.raises(SerializationError, match=r"result\[1\]: a key that is not a string"):
+        typed.encode({1: "a"}, dict[int, str], "result")
+    assert not typed.plain(dict[int, str]) and typed.plain(dict[str, int])
+
+    @dataclasses.dataclass
+    class WithInitVar:
+        x: int
+        seed: dataclasses.InitVar[int] = 0
+
+    with pytest.raises(SerializationError, match="takes an InitVar"):
+        typed.encode(WithInitVar(1), WithInitVar, "result")
+
+    @dataclasses.dataclass
+    class Invoice:
+        total: Decimal
+        status: str = dataclasses.field(init=False, default="new")
+
+    paid = Invoice(Decimal("2"))
+    paid.status = "paid"
+    assert round_trip(paid, Invoice).status == "paid"
+
+
+def test_more_typing_forms():
+    from typing import Annotated, Generic, Mapping, NewType, Sequence, TypeVar
+    OrderId = NewType("OrderId", uuid.UUID)
+    T = TypeVar("T")
+
+    @dataclasses.dataclass
+    class Page(Generic[T]):
+        items: list
+        total: Decimal
+
+    one = uuid.UUID(int=1)
+    assert round_trip(one, OrderId) == one
+    assert round_trip(Decimal("1.5"), Annotated[Decimal, "money"]) == Decimal("1.5")
+    assert round_trip([Decimal("1")], Sequence[Decimal]) == [Decimal("1")]
+    assert round_trip({"a": Decimal("1")}, Mapping[str, Decimal]) == {"a": Decimal("1")}
+    assert round_trip(Page([1], Decimal("2")), Page[int]) == Page([1], Decimal("2"))
+
+
+def test_a_type_that_fails_to_be_read_does_not_stay_broken():
+    class Tree:
+        pass
+    Tree = dataclasses.dataclass(type("Tree", (), {"__annotations__": {
+        "children": "list[Tree]", "label": "Label"}}))  # Label: not defined yet
+    with pytest.raises(SerializationError, match="NameError"):
+        typed.encode(Tree([], "x"), Tree, "result")
+    assert typed.encode([], list, "result") == []  # the codec goes on
+    with pytest.raises(SerializationError, match="NameError"):  # the same, not IndexError
+        typed.encode(Tree([], "x"), Tree, "result")
+
+
+def test_the_codec_of_ones_own_does_not_show_values_in_its_errors():
+    with pytest.raises(SerializationError) as caught:
+        tinyworkflow.Codec().encode({"token": "sk_live_SECRET"}, dict[str, bytes])
+    assert "SECRET" not in str(caught.value) and "value['token']" in str(caught.value)

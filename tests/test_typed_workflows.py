@@ -82,7 +82,8 @@ async def test_a_typed_workflow_runs_and_replays_with_its_types(db_url):
         stored = (await client.get_workflow_status(run_id)).input_data
         assert stored == {"order_id": "o-1", "items": [{"sku": "a", "price": "1.10"},
                                                       {"sku": "b", "price": "2.205"}],
-                          "due": WHEN.isoformat()}  # the JSON, as the CLI shows it
+                          "due": WHEN.isoformat(), "express": False}  # the JSON, as the
+        # command line shows it; with the default not given, as a replay must see it
         await client.start_worker()  # the children, then the parent up to its first wait
         assert await client.get_event(run_id, "progress", type=Progress, timeout=20) == \
             Progress("children", Decimal("3.305"))
@@ -290,3 +291,98 @@ def test_type_checkers_check_the_arguments_of_a_workflow_function(tmp_path, monk
                           os.devnull, "--cache-dir", str(tmp_path / "cache"), str(sample)])
     errors = sorted(int(line.split(":")[1]) for line in out.splitlines() if ": error:" in line)
     assert errors == [11, 20, 21, 22], out
+
+
+# ---- a red-team pass: what must not be taken as something else --------------------------
+
+@workflow(name="tw_extra")
+async def tw_extra(ctx, name: str, **amounts: Decimal) -> str:
+    return ",".join(f"{k}={v!r}" for k, v in sorted(amounts.items()))
+
+
+async def test_other_keywords_are_decoded_by_their_declared_type(client):
+    run_id = await client.start_workflow(tw_extra, name="x", tea=Decimal("1.5"), cake="2")
+    await client.recover_workflows()
+    assert await client.wait_for_result(run_id, timeout=5) == \
+        "cake=Decimal('2'),tea=Decimal('1.5')"
+
+
+@dataclasses.dataclass
+class Pair:
+    a: int
+    b: int = 0
+
+
+@workflow(name="tw_json_form")
+async def tw_json_form(ctx, pair: tuple[int, int], tags: set[str], item: Pair) -> None:
+    pass
+
+
+async def test_a_value_in_its_json_form_is_taken_only_if_it_is_exactly_that(client):
+    run_id = await client.start_workflow("tw_json_form", {"pair": [1, 2], "tags": ["a"],
+                                                          "item": {"a": 1, "b": 0}})
+    assert (await client.get_workflow_status(run_id)).input_data["item"] == {"a": 1, "b": 0}
+    for wrong in ({"pair": [1, 2, 3]}, {"tags": "abc"}, {"item": {"a": 1, "bb": 2}}):
+        given = {"pair": [1, 2], "tags": ["a"], "item": {"a": 1}, **wrong}
+        with pytest.raises(SerializationError, match=f"{next(iter(wrong))}"):
+            await client.start_workflow("tw_json_form", given)
+    assert await client.count_workflow_executions() == 1
+
+
+@workflow(name="tw_unannotated_undo", retry_policy=RetryPolicy(max_retries=0))
+async def tw_unannotated_undo(ctx) -> str:
+    booking = await tw_book(Decimal("1"))
+    try:
+        ctx.add_compensation(tw_plain_undo, booking)
+    except SerializationError as exc:
+        return str(exc)
+    return "registered"
+
+
+@activity(name="tw_plain_undo")
+async def tw_plain_undo(booking) -> None:  # unannotated: it would get a dict back
+    pass
+
+
+async def test_a_compensation_argument_that_would_come_back_as_something_else_is_refused(
+        client):
+    run_id = await client.start_workflow(tw_unannotated_undo, wait=True)
+    message = await client.wait_for_result(run_id)
+    assert "the arguments of compensation 'tw_plain_undo'" in message, message
+    assert "annotate a type the codec knows" in message
+
+
+class _Pricer:
+    async def __call__(self, n: int) -> Decimal:
+        return Decimal(n) / 4
+
+
+tw_pricer = activity(name="tw_pricer")(_Pricer())
+
+
+@workflow(name="tw_priced")
+async def tw_priced(ctx) -> str:
+    return repr(await tw_pricer(3))
+
+
+async def test_a_callable_object_keeps_its_declared_result_type(client):
+    run_id = await client.start_workflow(tw_priced, wait=True)
+    assert await client.wait_for_result(run_id) == "Decimal('0.75')"
+
+
+async def test_a_schedule_takes_the_workflow_function(client):
+    schedule_id = await client.schedule_workflow(tw_child_total, every=3600,
+                                                 input_data={"items": ITEMS})
+    schedule = await client.get_schedule(schedule_id)
+    assert schedule.workflow_name == "tw_child_total"
+    assert schedule.input_data["items"][1] == {"sku": "b", "price": "2.205"}
+    with pytest.raises(ValueError, match="needs 'items'"):
+        await client.schedule_delayed_workflow(tw_child_total, 60)
+
+
+async def test_an_annotation_that_cannot_be_resolved_leaves_the_others(client, caplog):
+    import typed_checking_only
+    run_id = await client.start_workflow(typed_checking_only.tw_checking_only, amount="2.50")
+    await client.recover_workflows()
+    assert await client.wait_for_result(run_id, timeout=5) == "Decimal('2.50') None"
+    assert "the annotation 'Fraction' of parameter 'share'" in caplog.text
