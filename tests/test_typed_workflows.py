@@ -13,6 +13,7 @@ from typing import Optional
 import pytest
 
 import tinyworkflow
+import typed_checking_only  # (a module of its own: its annotations say from __future__)
 from tinyworkflow import (NonRetryableError, RetryPolicy, SerializationError,
                           TinyWorkflowClient, WorkflowContext, activity, workflow)
 
@@ -381,8 +382,10 @@ async def test_a_schedule_takes_the_workflow_function(client):
 
 
 async def test_an_annotation_that_cannot_be_resolved_leaves_the_others(client, caplog):
-    import typed_checking_only
+    definition = tinyworkflow._internals.workflows["tw_checking_only"]
+    vars(definition).pop("parameters", None)  # read anew (it is kept once read)
+    assert definition.parameters["amount"][0] is Decimal
+    assert "the annotation 'Fraction' of parameter 'share'" in caplog.text
     run_id = await client.start_workflow(typed_checking_only.tw_checking_only, amount="2.50")
     await client.recover_workflows()
     assert await client.wait_for_result(run_id, timeout=5) == "Decimal('2.50') None"
-    assert "the annotation 'Fraction' of parameter 'share'" in caplog.text
