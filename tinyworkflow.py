@@ -1272,6 +1272,8 @@ class _Typed:
                           if name in data}
                 if typed_dict:
                     return values
+                if not later:
+                    return kind(**values)
                 value = kind(**{k: v for k, v in values.items() if k not in later})
                 for name in later & values.keys():
                     object.__setattr__(value, name, values[name])
