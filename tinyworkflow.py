@@ -754,6 +754,11 @@ def _listed(values: Any, encode: Callable) -> list:
     return out
 
 
+class _Key(str):
+    """A mapping's key on a refused value's path (not shown by a codec of one's own: a
+    key may be a secret too)."""
+
+
 def _mapped(value: dict, encode: Callable) -> dict:
     out = {}
     for k, v in value.items():
@@ -762,7 +767,7 @@ def _mapped(value: dict, encode: Callable) -> dict:
                 raise _Refused(k, "a key that is not a string")
             out[k] = encode(v)
         except _Refused as exc:
-            exc.where.append(f"[{k!r}]")
+            exc.where.append(_Key(f"[{k!r}]"))
             raise
     return out
 
@@ -806,15 +811,9 @@ def _plain_json(value: Any) -> Any:
 
 def _of(value: Any, kind: Any) -> Any:
     if not isinstance(value, kind):
-        raise _Refused(value, f"not a {getattr(kind, '__name__', kind)}")
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise _Refused(value, f"not a {names}")
     return value
-
-
-def _datetime(data: str) -> datetime:
-    """A datetime from its ISO 8601 text, which has a time (a date's text is a date's)."""
-    if len(data) < 11 or data[10] not in "T ":
-        raise ValueError(f"{data!r} is not a datetime's ISO 8601 text (it has no time)")
-    return datetime.fromisoformat(data)
 
 
 def _same(data: Any) -> Any:
@@ -840,8 +839,8 @@ def _norm(kind: Any) -> Any:
         elif origin in _ABSTRACT or kind in _ABSTRACT:
             concrete, args = _ABSTRACT[origin or kind], typing.get_args(kind)
             return concrete[args] if args else concrete
-        elif isinstance(origin, type) and origin not in (list, dict, set, frozenset, tuple,
-                                                         type):
+        elif isinstance(origin, type) and not _union(kind) and origin not in (
+                list, dict, set, frozenset, tuple, type):
             return origin  # a generic class: its fields by their declared types
         else:
             return kind
@@ -857,6 +856,8 @@ def _isa(kind: Any) -> Callable[[Any], bool]:
         return lambda value: True
     if not isinstance(origin, type):
         return lambda value: False
+    if typing.is_typeddict(origin):  # (isinstance refuses a TypedDict)
+        return lambda value: isinstance(value, dict)
     if origin is int:  # a bool is an int, but not the int a union means
         return lambda value: isinstance(value, int) and not isinstance(value, bool)
     if origin is float:  # an int is a float as far as a float annotation goes
@@ -918,6 +919,33 @@ def _rank(kind: Any) -> tuple:
     return place, repr(kind)
 
 
+class _Member(NamedTuple):
+    """A union's member, as the codec goes by it."""
+    kind: Any
+    encode: Callable
+    decode: Callable
+    isa: Callable
+    record: bool
+    shapes: Optional[tuple]  # the JSON types it is stored as (None: any)
+    keys: Optional[frozenset]  # a record's field names
+
+
+def _candidates(members: list, data: Any) -> list:
+    """The members a union tries for stored ``data``, in order: those it is stored as
+    the JSON type of -- for a JSON object, the records naming exactly its keys first,
+    then those whose fields include them, then other mappings -- then the rest (a
+    number for a Decimal, a model's data under its aliases)."""
+    kind = type(data)
+    fitting = [m for m in members if m.shapes is None or kind in m.shapes]
+    if kind is dict:
+        keys = data.keys()
+        fitting = ([m for m in fitting if m.keys is not None and m.keys == keys]
+                   + [m for m in fitting if m.keys is not None and m.keys != keys
+                      and keys <= m.keys]
+                   + [m for m in fitting if m.keys is None])
+    return fitting + [m for m in members if m not in fitting]
+
+
 class _Typed:
     """Encode a value to JSON data, and decode it, by a type: dataclasses (nested),
     NamedTuple, TypedDict, Enum, datetime, date, time, timedelta, Decimal, UUID, bytes
@@ -962,40 +990,56 @@ class _Typed:
         try:
             return self._made(self._encoders, self._encoder, kind)(value)
         except _Refused as exc:
-            where = f"{path}{''.join(reversed(exc.where))}: {exc.why}"
-            raise SerializationError(f"{where} ({_shown(exc.value)})" if show else where) \
-                from None
+            where = path + "".join("[...]" if isinstance(step, _Key) and not show else step
+                                   for step in reversed(exc.where))
+            raise SerializationError(f"{where}: {exc.why} ({_shown(exc.value)})" if show
+                                     else f"{where}: {exc.why}") from None
         except RecursionError:
             raise SerializationError(f"{path}: nested too deeply to store") from None
         except Exception as exc:  # a type that cannot be read, a model that cannot dump
-            raise SerializationError(f"{path}: {type(exc).__name__}: {exc}") from None
+            raise SerializationError(f"{path}: {type(exc).__name__}"
+                                     + (f": {exc}" if show else "")) from None
 
     def decode(self, data: Any, kind: Any) -> Any:
-        return self._made(self._decoders, self._decoder, kind)(data)
+        """The value of ``kind`` JSON ``data`` stands for; a SerializationError if it
+        does not stand for one."""
+        try:
+            return self._made(self._decoders, self._decoder, kind)(data)
+        except _Refused as exc:
+            raise SerializationError(exc.why) from None
+        except RecursionError:
+            raise SerializationError("nested too deeply to read") from None
+        except Exception as exc:
+            raise SerializationError(f"{type(exc).__name__}: {exc}") from exc
 
-    @staticmethod
-    def _made(cache: dict, make: Callable, kind: Any) -> Callable:
+    def _made(self, cache: dict, make: Callable, kind: Any) -> Callable:
         try:
             made = cache.get(kind)
         except TypeError:  # unhashable: made each time
             return make(kind)
         if made is None:
             later: list = []  # a type that holds itself (a tree) uses it while it is made
-            before = set(cache)
+            before = [(c, set(c)) for c in (self._encoders, self._decoders)]
             cache[kind] = lambda value: later[0](value)
             try:
                 made = make(kind)
             except BaseException:
-                for key in set(cache) - before:  # nothing made of the failed attempt stays
-                    del cache[key]
+                for made_here, known in before:  # nothing of the failed attempt stays
+                    for key in set(made_here) - known:
+                        del made_here[key]
                 raise
             later.append(made)
             cache[kind] = made
         return made
 
     def _members(self, kind: Any) -> list:
-        """A union's members but None, in the order they are tried (see _rank)."""
-        return sorted((m for m in typing.get_args(kind) if m is not type(None)), key=_rank)
+        """A union's members but None, in the order they are tried (see _rank): the
+        same for ``Union[A, B]`` and ``Union[B, A]``, which are equal."""
+        return [_Member(m, self._made(self._encoders, self._encoder, m),
+                        self._made(self._decoders, self._decoder, m), _isa(m), _record(m),
+                        _shapes(m), self._keys(_norm(m)))
+                for m in sorted((m for m in typing.get_args(kind) if m is not type(None)),
+                                key=_rank)]
 
     # -- encoders: value -> JSON data, or _Refused
     def _encoder(self, kind: Any) -> Callable:
@@ -1004,26 +1048,31 @@ class _Typed:
             return _plain_json
         origin, args = typing.get_origin(kind), typing.get_args(kind)
         if _union(kind):
-            members = [(m, self._made(self._encoders, self._encoder, m), _isa(m))
-                       for m in self._members(kind)]
-            optional = type(None) in args
+            members, optional = self._members(kind), type(None) in args
             # Each member's data must read back as that member: else which one it was
-            # would be lost (a str that reads as a datetime, a float as a Decimal).
+            # would be lost (a str that reads as a datetime, a float as a Decimal). A
+            # JSON object or array is read by the member tried first (no need to read
+            # all of it, at every level of a tree); text or a number is read back.
             decode = self._made(self._decoders, self._decoder, kind) \
                 if len(members) > 1 else None
 
             def union(value: Any) -> Any:
                 if value is None and optional:
                     return None
-                for _, encode, isa in members:
-                    if isa(value):
-                        data = encode(value)
-                        if decode is not None:
+                for member in members:
+                    if member.isa(value):
+                        data = member.encode(value)
+                        if decode is None:
+                            return data
+                        if isinstance(data, (dict, list)):
+                            first = _candidates(members, data)[0]
+                            back = value if first is member else None
+                        else:
                             back = decode(data)
-                            if type(back) is not type(value):
-                                raise _Refused(value, f"a {type(value).__name__} that would "
-                                                      f"come back as a {type(back).__name__}"
-                                                      f" ({_declared(kind, 'of')})")
+                        if type(back) is not type(value) and not (
+                                type(back) is float and type(value) is int):  # as declared
+                            raise _Refused(value, f"a {type(value).__name__} that would not "
+                                                  f"come back as one ({_declared(kind, 'of')})")
                         return data
                 raise _Refused(value, f"not any of {_declared(kind, '')[1:]}")
             return union
@@ -1042,7 +1091,10 @@ class _Typed:
     def _class_encoder(self, kind: type) -> Callable:
         if issubclass(kind, enum.Enum):
             def member(value: Any) -> Any:
-                value = kind(value)
+                try:
+                    value = kind(value)
+                except Exception:
+                    raise _Refused(value, f"not a {kind.__qualname__}") from None
                 data = _plain_json(value.value)
                 try:
                     back = kind(data)
@@ -1186,23 +1238,33 @@ class _Typed:
             return _same
         origin, args = typing.get_origin(kind), typing.get_args(kind)
         if _union(kind):
-            members = [(self._made(self._decoders, self._decoder, m), _isa(m), _record(m),
-                        _shapes(m), self._keys(_norm(m))) for m in self._members(kind)]
+            members = self._members(kind)
+            many = len(members) > 1
 
             def union(data: Any) -> Any:
                 if data is None:
                     return None
-                for decode, isa, record, shapes, keys in members:
-                    if shapes is not None and type(data) not in shapes or \
-                            keys is not None and not data.keys() <= keys:
-                        continue  # (a record's data names only its fields)
+                fallback: list = []
+                for member in _candidates(members, data):
                     try:
-                        value = decode(data)
+                        value = member.decode(data)
                     except Exception:
                         continue
-                    if len(members) == 1 or record or isa(value):
-                        return value
-                return data
+                    if many and not (member.record or member.isa(value)):
+                        continue
+                    if many and not isinstance(data, (dict, list)):
+                        # Text or a number: the member that wrote it writes it so.
+                        try:
+                            canonical = member.encode(value) == data
+                        except Exception:
+                            canonical = False
+                        if not canonical:
+                            fallback = fallback or [value]
+                            continue
+                    return value
+                if fallback:
+                    return fallback[0]
+                raise ValueError(f"not any of {_declared(kind, '')[1:]}")
             return union
         if origin is typing.Literal:
             return _same
@@ -1241,7 +1303,7 @@ class _Typed:
         if issubclass(kind, float):
             return lambda data: float(data) if type(data) is int else data
         if issubclass(kind, datetime):
-            return maybe(_datetime)
+            return maybe(datetime.fromisoformat)
         if kind is _date:
             return maybe(_date.fromisoformat)
         if kind is _time:
@@ -4733,8 +4795,12 @@ class _WorkflowDef:
         # The defaults not given are stored too: a replay gets them as the first run did.
         for key, (kind, default) in self.parameters.items():
             if key not in data and default is not inspect.Parameter.empty and key != "**":
-                with contextlib.suppress(SerializationError):
-                    data[key] = _to_data(codec, default, kind, what, key)
+                try:  # (one that cannot be stored is the function's own, each time)
+                    stored = _to_data(codec, default, kind, what, key)
+                    _encode(stored, _ENCODE_STRICT)
+                except (SerializationError, TypeError, ValueError, RecursionError):
+                    continue
+                data[key] = stored
         return data
 
     def arguments(self, codec: "Codec", data: Any, what: str) -> dict:
@@ -4746,12 +4812,21 @@ class _WorkflowDef:
 def _json_form(codec: "Codec", value: Any, kind: Any, what: str, key: str,
                refused: SerializationError) -> Any:
     """A value given in its JSON form (as the command line and the web page give it:
-    "1.25" for a Decimal) where the value itself is declared, taken if it is exactly
-    what that value would be stored as; else the refusal stands."""
+    "1.25" for a Decimal, "2026-01-01" for a datetime) where the value itself is
+    declared: taken if it reads as that type with nothing left out (a key it does not
+    have, an item too many), and stored as that type stores it; else the refusal
+    stands."""
     try:
         read = _TYPED.decode(_plain_json(value), kind)
-        if _TYPED.encode(read, kind, key) == value:
-            return _to_data(codec, read, kind, what, key)
+        data = _TYPED.encode(read, kind, key)
+        shapes = _shapes(kind)
+        if shapes is not None and _norm(kind) is _decimal():
+            shapes = (str, int, float)  # a number, as typed
+        if (_TYPED.decode(data, kind) == read
+                and (shapes is None or type(value) in shapes)
+                and (not isinstance(value, dict) or value.keys() <= data.keys())
+                and (not isinstance(value, list) or len(value) == len(data))):
+            return _to_data(codec, read, kind, what, key)  # stored in its own form
     except Exception:
         pass
     raise refused from None
@@ -7390,9 +7465,12 @@ class _Engine:
             with contextlib.suppress(Exception):  # else the drain gives it back
                 await self.store.release_run(run_id, owner, self.clock())
         except _StoreFailed as failure:
-            _log.warning("run %s stopped: a step could not be %s (%s); it resumes from that "
-                         "step", run_id, "read" if isinstance(failure.__cause__, _Undecodable)
-                         else "recorded", failure.__cause__)
+            if isinstance(failure.__cause__, _Undecodable):  # not at once: it may last
+                _log.warning("run %s stopped: a record could not be read (%s); it resumes "
+                             "once its lease expires", run_id, failure.__cause__)
+                return
+            _log.warning("run %s stopped: a step could not be recorded (%s); it resumes "
+                         "from that step", run_id, failure.__cause__)
             with contextlib.suppress(Exception):  # else it resumes once the lease expires
                 await self.store.release_run(run_id, owner, self.clock())
 
@@ -7492,6 +7570,8 @@ class _Engine:
                     args, kwargs = definition.call_of(
                         self.codec, _loads(record["input"]),
                         f"the arguments of compensation {name!r} (step {step})")
+                except _Undecodable as exc:  # passing trouble: resumes later
+                    raise _stopped(run["run_id"], exc) from exc
                 except SerializationError as exc:
                     unrunnable = exc
             if unrunnable is not None:
@@ -8048,19 +8128,22 @@ class TinyWorkflowClient:
         return run_id
 
     def _same_input(self, workflow_name: str, stored: Optional[str], given: Optional[str]) -> bool:
-        """Whether two stored inputs are the same input: as JSON, or decoded by a codec of
-        one's own (one that encrypts writes the same value differently each time)."""
+        """Whether two stored inputs are the same input: as JSON, or decoded -- by a codec
+        of one's own (one that encrypts writes the same value differently each time),
+        with the defaults of parameters one of them leaves out (stored by one version
+        and not the other, or changed since)."""
         if _loads(stored) == _loads(given):
             return True
-        if self._codec is _CODEC:
-            return False
         definition = _WORKFLOWS.get(workflow_name)
         try:
             if definition is not None and definition.parameters is not None:
-                return (definition.arguments(self._codec, _loads(stored), "input")
-                        == definition.arguments(self._codec, _loads(given), "input"))
-            return (_from_data(self._codec, _loads(stored), Any, "input")
-                    == _from_data(self._codec, _loads(given), Any, "input"))
+                defaults = {key: default for key, (_, default) in definition.parameters.items()
+                            if key != "**" and default is not inspect.Parameter.empty}
+                return ({**defaults, **definition.arguments(self._codec, _loads(stored), "")}
+                        == {**defaults, **definition.arguments(self._codec, _loads(given), "")})
+            return self._codec is not _CODEC and (
+                _from_data(self._codec, _loads(stored), Any, "input")
+                == _from_data(self._codec, _loads(given), Any, "input"))
         except (ValueError, SerializationError):
             return False
 

@@ -3,6 +3,7 @@ value crossing a step into the JSON stored for it and back -- results, inputs, s
 events, children, compensation and activity arguments -- on every backend; the stored
 rows stay JSON text, which the command line and the web page show as they are."""
 
+import asyncio
 import base64
 import dataclasses
 import json
@@ -329,12 +330,38 @@ async def test_a_codec_that_cannot_read_for_a_while_stops_the_execution_not_the_
     calls.clear()
     with pytest.raises(TypeError, match=r"not its class: codec=Flaky\(\)"):
         TinyWorkflowClient(sqlite_url, codec=Flaky)
-    async with TinyWorkflowClient(sqlite_url, codec=Flaky()) as client:
+    async with TinyWorkflowClient(sqlite_url, codec=Flaky(), lease_seconds=0.3) as client:
         run_id = await client.start_workflow(cd_careful)
         await client.recover_workflows()  # the step, then parked at the wait
         await client.send_signal(run_id, "go")
         Flaky.away = 2  # the input, then the step's record: each once
-        for _ in range(3):
+        started = [e for e in await client.get_workflow_events(run_id)
+                   if e.event_type == "workflow_resumed"]
+        for _ in range(20):  # not given back at once: it resumes once its lease expires
             await client.recover_workflows()
+            if (await client.get_workflow_status(run_id)).status == "completed":
+                break
+            await asyncio.sleep(0.2)
         assert await client.wait_for_result(run_id, timeout=10) == "Decimal('1.5')"
-    assert calls == ["quote"]
+        resumed = [e for e in await client.get_workflow_events(run_id)
+                   if e.event_type in ("workflow_resumed", "workflow_recovered")]
+    assert calls == ["quote"] and Flaky.away == 0
+    assert len(resumed) >= len(started) + 2, resumed
+
+
+@workflow(name="cd_amount")
+async def cd_amount(ctx) -> str:
+    try:
+        return repr(await ctx.wait_for_signal("amount", type=Decimal))
+    except SerializationError as exc:
+        return f"refused: {exc}"
+
+
+async def test_a_payload_that_is_not_the_type_reaches_the_workflow_as_a_refusal(sqlite_url):
+    async with TinyWorkflowClient(sqlite_url, codec=Compressed()) as client:
+        run_id = await client.start_workflow(cd_amount)
+        await client.recover_workflows()
+        await client.send_signal(run_id, "amount", "twelve")
+        await client.recover_workflows()
+        result = await client.wait_for_result(run_id, timeout=10)
+    assert result.startswith("refused: the recorded result of step 1 (amount)"), result

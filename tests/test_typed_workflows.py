@@ -6,6 +6,7 @@ run and on a replay alike, on every backend."""
 
 import dataclasses
 import os
+import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Optional
@@ -389,3 +390,43 @@ async def test_an_annotation_that_cannot_be_resolved_leaves_the_others(client, c
     run_id = await client.start_workflow(typed_checking_only.tw_checking_only, amount="2.50")
     await client.recover_workflows()
     assert await client.wait_for_result(run_id, timeout=5) == "Decimal('2.50') None"
+
+
+_NOT_GIVEN = object()
+
+
+@workflow(name="tw_sentinel")
+async def tw_sentinel(ctx, order_id: str, note=_NOT_GIVEN, tags: frozenset = frozenset()) -> bool:
+    return note is _NOT_GIVEN and tags == frozenset()
+
+
+async def test_a_default_that_cannot_be_stored_is_the_functions_each_time(client):
+    run_id = await client.start_workflow(tw_sentinel, order_id="a", wait=True)
+    assert await client.wait_for_result(run_id) is True
+    stored = (await client.get_workflow_status(run_id)).input_data
+    assert stored == {"order_id": "a", "tags": []}  # (the sentinel is not stored)
+
+
+async def test_an_idempotent_start_reads_a_left_out_default_as_given(client):
+    # As an earlier version stored it: without the default of ``express``.
+    first = await client.start_workflow("tw_order", {"order_id": "o", "items": []},
+                                        idempotency_key="k")
+    again = await client.start_workflow(tw_order, order_id="o", items=[], express=False,
+                                        idempotency_key="k")
+    assert again == first
+
+
+@workflow(name="tw_typed_form")
+async def tw_typed_form(ctx, at: datetime, amount: Decimal, id: uuid.UUID,
+                        item: Item) -> list:
+    return [at.isoformat(), str(amount), str(id), str(item.price)]
+
+
+async def test_what_people_type_is_read_as_the_declared_type(client):
+    run_id = await client.start_workflow("tw_typed_form", {
+        "at": "2024-01-01", "amount": 2.5, "id": "6BA7B810-9DAD-11D1-80B4-00C04FD430C8",
+        "item": {"sku": "a", "price": 2.5}}, wait=True)
+    assert await client.wait_for_result(run_id) == [
+        "2024-01-01T00:00:00", "2.5", "6ba7b810-9dad-11d1-80b4-00c04fd430c8", "2.5"]
+    stored = (await client.get_workflow_status(run_id)).input_data
+    assert stored["at"] == "2024-01-01T00:00:00" and stored["amount"] == "2.5"
