@@ -4994,9 +4994,13 @@ def workflow(name: Any = None, retry_policy: Optional[RetryPolicy] = None,
     ``retention_days``). Works bare or with arguments:
 
         @workflow(name="etl", retry_policy=RetryPolicy(max_retries=2), timeout=300)
-        async def etl(ctx: WorkflowContext):
-            data = await ctx.execute_activity(fetch, ctx.get_input("url"))
-            return await ctx.execute_activity(store, data)
+        async def etl(ctx: WorkflowContext, url: str, since: datetime) -> Report:
+            data = await fetch(url, since)
+            return await store(data)
+
+    Its parameters after ``ctx`` are its input, bound by name and decoded by their
+    annotations (``client.start_workflow(etl, url=..., since=...)``); a function that
+    takes ``ctx`` only reads its input from ``ctx.input_data`` / ``ctx.get_input``.
     """
     if callable(name):
         return workflow()(name)
