@@ -6090,9 +6090,9 @@ class _Execution:
     The run leaves memory only when nothing is in flight and all it awaits is durable.
     """
 
-    __slots__ = ("_random", "abandoned", "arrived", "attempt", "base", "closing", "codec",
-                 "ctx", "engine", "fatal", "finishing", "flushing", "history", "idle", "inbox",
-                 "inflight", "last_recorded", "looked_until", "loop", "main", "markers",
+    __slots__ = ("_random", "abandoned", "arrived", "attempt", "base", "begun", "closing",
+                 "codec", "ctx", "engine", "fatal", "finishing", "flushing", "history", "idle",
+                 "inbox", "inflight", "last_recorded", "looked_until", "loop", "main", "markers",
                  "next_step", "notify", "owner", "real", "recorded", "resolutions", "returns",
                  "run", "run_id", "seq", "starting", "stop", "store", "successor", "targets",
                  "timers", "torn_down", "unchecked", "unsequenced", "unsettled", "waited",
@@ -6122,6 +6122,7 @@ class _Execution:
         self.inflight: dict[int, asyncio.Task] = {}  # step -> its activity's task
         self.starting: list = []  # activities called in this activation
         self.abandoned: set = set()  # steps the workflow cancelled while in flight
+        self.begun: set = set()  # steps whose activity task has begun
         self.finishing: set = set()  # steps whose outcome is being recorded
         self.writes: list = []  # (row, event, extra) to record after this activation
         self.markers: list = []  # (row, event) of patch markers, for the next write
@@ -6293,7 +6294,10 @@ class _Execution:
         task = self.inflight.get(step)
         if task is not None and not task.done():
             self.abandoned.add(step)
-            if step not in self.finishing:  # else its outcome stands, whole
+            # Its outcome stands, whole, once being recorded. A task cancelled before it
+            # began would run nothing, not even the record that it was given up: it is
+            # left to begin, and record that without running the activity.
+            if step not in self.finishing and step in self.begun:
                 task.cancel()
 
     def timer(self, when: float, callback: Callable, args: tuple, context: Any,
@@ -6551,6 +6555,7 @@ class _Execution:
                             kwargs: dict, attempts: int) -> None:
         """An activity step on the real loop: its attempts, its outcome recorded, then
         handed to the workflow. A failure to record stops the execution."""
+        self.begun.add(step)
         try:
             row, exc = await self.run_activity(step, definition, args, kwargs, attempts)
             self.arrive(step, row, exc)
@@ -6560,6 +6565,7 @@ class _Execution:
             self.failed(step, exc)
         finally:
             self.inflight.pop(step, None)
+            self.begun.discard(step)
             if self.idle:
                 self.pump()
             else:
@@ -6630,6 +6636,8 @@ class _Execution:
             error: Optional[BaseException] = None
             given_up = False
             try:
+                if step in self.abandoned:  # given up before its task began: not run
+                    raise asyncio.CancelledError()
                 call = (definition.fn(*args, **kwargs) if definition.is_async
                         else definition.call(args, kwargs))
                 if definition.timeout is None:

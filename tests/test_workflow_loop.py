@@ -1025,3 +1025,47 @@ async def test_a_decision_given_as_the_workflow_gives_the_wait_up_stays_recorded
     assert (approval.status, approval.output) == ("completed", True)
     with pytest.raises(RunStateError):
         await client.approve_workflow(run_id, key="ok")
+
+
+lost_runs: list = []
+
+
+@activity(name="wl_slow_quote")
+async def wl_slow_quote() -> str:
+    lost_runs.append("ran")
+    await asyncio.sleep(0.5)
+    return "quote"
+
+
+@workflow(name="wl_gave_up", retry_policy=RetryPolicy(max_retries=0))
+async def wl_gave_up(ctx) -> str:
+    try:
+        outcome = await asyncio.wait_for(ctx.execute_activity(wl_slow_quote), 0.05)
+    except asyncio.TimeoutError:
+        outcome = "timed out"
+    await ctx.wait_for_signal("go")
+    return outcome
+
+
+async def test_a_step_given_up_before_its_task_began_is_recorded_not_run(sqlite_url):
+    """A worker killed after the timeout's record but before the given-up step's: the
+    replay gets the timeout at once, before the step's task has begun. The step is
+    recorded as given up, and its activity does not run again."""
+    import sqlite3
+    lost_runs.clear()
+    async with TinyWorkflowClient(sqlite_url) as client:
+        run_id = await client.start_workflow(wl_gave_up)
+        await client.recover_workflows()  # the quote given up, then parked at the wait
+        steps = sorted(await client.get_workflow_steps(run_id), key=lambda s: s.step)
+        assert [(s.kind, s.status) for s in steps][:2] == [("activity", "cancelled"),
+                                                           ("timer", "completed")]
+        with sqlite3.connect(sqlite_url.split("///", 1)[1]) as db:  # as if never written
+            db.execute("DELETE FROM tinyworkflow_steps WHERE run_id = ? AND step = 1",
+                       (run_id,))
+        await client.send_signal(run_id, "go")
+        await client.recover_workflows()
+        assert await client.wait_for_result(run_id, timeout=10) == "timed out"
+        steps = sorted(await client.get_workflow_steps(run_id), key=lambda s: s.step)
+    assert (steps[0].kind, steps[0].status, steps[0].name) == ("activity", "cancelled",
+                                                               "wl_slow_quote")
+    assert lost_runs == ["ran"]  # the first time only
