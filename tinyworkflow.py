@@ -919,6 +919,14 @@ def _rank(kind: Any) -> tuple:
     return place, repr(kind)
 
 
+def _declared(kind: Any, how: str = ", declared") -> str:
+    """The declared type, for a message: ", declared list[Item]" ("" for Any)."""
+    if kind is Any:
+        return ""
+    return f"{how} " + (kind.__qualname__ if isinstance(kind, type)
+                        else repr(kind).replace("typing.", ""))
+
+
 class _Member(NamedTuple):
     """A union's member, as the codec goes by it."""
     kind: Any
@@ -1394,13 +1402,6 @@ def _check_codec(codec: Any) -> "Codec":
         raise TypeError(f"codec must have encode(value, type) and decode(data, type) "
                         f"methods (a tinyworkflow.Codec subclass), got {codec!r}")
     return codec
-
-
-def _declared(kind: Any, how: str = ", declared") -> str:
-    if kind is Any:
-        return ""
-    return f"{how} " + (kind.__qualname__ if isinstance(kind, type)
-                        else repr(kind).replace("typing.", ""))
 
 
 def _to_data(codec: "Codec", value: Any, kind: Any, what: str, path: str = "value") -> Any:
@@ -4723,6 +4724,29 @@ def _open_store(url: str, prefix: str) -> _Store:
 # ---- registry and decorators ------------------------------------------------------------
 
 
+def _json_form(codec: "Codec", value: Any, kind: Any, what: str, key: str,
+               refused: SerializationError) -> Any:
+    """A value given in its JSON form (as the command line and the web page give it:
+    "1.25" for a Decimal, "2026-01-01" for a datetime) where the value itself is
+    declared: taken if it reads as that type with nothing left out (a key it does not
+    have, an item too many), and stored as that type stores it; else the refusal
+    stands."""
+    try:
+        read = _TYPED.decode(_plain_json(value), kind)
+        data = _TYPED.encode(read, kind, key)
+        shapes = _shapes(kind)
+        if shapes is not None and _norm(kind) is _decimal():
+            shapes = (str, int, float)  # a number, as typed
+        if (_TYPED.decode(data, kind) == read
+                and (shapes is None or type(value) in shapes)
+                and (not isinstance(value, dict) or value.keys() <= data.keys())
+                and (not isinstance(value, list) or len(value) == len(data))):
+            return _to_data(codec, read, kind, what, key)  # stored in its own form
+    except Exception:
+        pass
+    raise refused from None
+
+
 @dataclasses.dataclass(frozen=True)
 class _WorkflowDef:
     name: str
@@ -4807,29 +4831,6 @@ class _WorkflowDef:
         """The keyword arguments a run's stored input stands for (see ``input``)."""
         return {key: _from_data(codec, value, self.declared(key), f"{what}: parameter {key!r}")
                 for key, value in self.bind(data).items()}
-
-
-def _json_form(codec: "Codec", value: Any, kind: Any, what: str, key: str,
-               refused: SerializationError) -> Any:
-    """A value given in its JSON form (as the command line and the web page give it:
-    "1.25" for a Decimal, "2026-01-01" for a datetime) where the value itself is
-    declared: taken if it reads as that type with nothing left out (a key it does not
-    have, an item too many), and stored as that type stores it; else the refusal
-    stands."""
-    try:
-        read = _TYPED.decode(_plain_json(value), kind)
-        data = _TYPED.encode(read, kind, key)
-        shapes = _shapes(kind)
-        if shapes is not None and _norm(kind) is _decimal():
-            shapes = (str, int, float)  # a number, as typed
-        if (_TYPED.decode(data, kind) == read
-                and (shapes is None or type(value) in shapes)
-                and (not isinstance(value, dict) or value.keys() <= data.keys())
-                and (not isinstance(value, list) or len(value) == len(data))):
-            return _to_data(codec, read, kind, what, key)  # stored in its own form
-    except Exception:
-        pass
-    raise refused from None
 
 
 def _outcome(fn: Callable, args: tuple, kwargs: dict) -> tuple:
