@@ -3619,26 +3619,28 @@ class _Store:
             "owner = ?" + (" AND status = ?" if status else "")),
             (lease_until, now, run_id, owner, *((status,) if status else ())))], fence=True)
 
-    async def record_steps(self, run_id: str, owner: str, now: float, items: list,
-                           status: str = "running", extra: Optional[list] = None) -> bool:
+    # (These two are the step path: plain functions that hand back the write to await,
+    # a coroutine frame less each.)
+    def record_steps(self, run_id: str, owner: str, now: float, items: list,
+                     status: str = "running", extra: Optional[list] = None) -> Awaitable[bool]:
         """Record steps, each ``(row, event)``, and ``extra`` statements, in one
         transaction, while the run is ``owner``'s and in ``status`` (running, or
         compensating for a compensation)."""
         if len(items) == 1 and not extra:  # the hot path (grouped with other runs' steps)
-            return await self.record_step(run_id, owner, now, *items[0], status)
+            return self.record_step(run_id, owner, now, *items[0], status)
         ops = []
         for row, event in items:
             ops.append((self._step_upsert_sql(),
                         (*_step_values(row), run_id, owner, status)))
             ops.append(self._event(run_id, *event, now))
-        return await self.batch(ops + (extra or []), fence=True)
+        return self.batch(ops + (extra or []), fence=True)
 
-    async def record_step(self, run_id: str, owner: str, now: float, step: dict,
-                          event: tuple, status: str = "running") -> bool:
+    def record_step(self, run_id: str, owner: str, now: float, step: dict,
+                    event: tuple, status: str = "running") -> Awaitable[bool]:
         """Record one step (see ``record_steps``)."""
         # The step row is selected *from* the run row that proves ownership, so the hot
         # path writes no run row (the heartbeat renews the lease).
-        return await self.batch([
+        return self.batch([
             (self._step_upsert_sql(),
              (*_step_values(step), run_id, owner, status)),
             self._event(run_id, *event, now),
@@ -4429,11 +4431,11 @@ class _PostgresStore(_ServerStore):
         return [(_NOTIFY, (self.channel, run_id))]
 
     # -- group commit: the steps, and the finishes, of concurrent runs
-    async def record_step(self, run_id: str, owner: str, now: float, step: dict,
-                          event: tuple, status: str = "running") -> bool:
+    def record_step(self, run_id: str, owner: str, now: float, step: dict,
+                    event: tuple, status: str = "running") -> Awaitable[bool]:
         if status != "running":  # a compensation: rare, a batch of its own
-            return await super().record_step(run_id, owner, now, step, event, status)
-        return await self._grouped("steps", (run_id, owner, now, step, event))
+            return super().record_step(run_id, owner, now, step, event, status)
+        return self._grouped("steps", (run_id, owner, now, step, event))
 
     async def finish_run(self, run_id: str, owner: str, now: float, status: str,
                          output: Optional[str], error: Optional[str], event: tuple,
@@ -4444,11 +4446,11 @@ class _PostgresStore(_ServerStore):
         return await self._grouped("finishes", (run_id, owner, now, status, output, error,
                                                 event))
 
-    async def _grouped(self, kind: str, item: tuple) -> bool:
+    def _grouped(self, kind: str, item: tuple) -> Awaitable[bool]:
         """Writes of one kind queued during one turn of the event loop are done by one
         statement (one commit for many runs), as SQLite's group commit does; each is
         still fenced by its own run's owner token."""
-        return await self._queued[kind].add(item)
+        return self._queued[kind].add(item)
 
     def _write_group_soon(self, kind: str) -> None:
         writing = asyncio.ensure_future(self._write_group(kind, self._queued[kind].take()))
@@ -4859,6 +4861,12 @@ class _ActivityDef:
         """The declared type of the result (Any: none). Resolved on first use, when
         the types it names are defined."""
         return _returns(self.fn)
+
+    @functools.cached_property
+    def typed(self) -> bool:
+        """Whether the default codec has anything to do with the result (its declared
+        type is not plain JSON)."""
+        return not _TYPED.plain(self.returns)
 
     @functools.cached_property
     def parameters(self) -> list:
@@ -5393,6 +5401,10 @@ def activity_info() -> ActivityInfo:
                         attempt)
 
 
+# What an event loop of one's own sets and asks (asyncio's functions for that).
+_running_loop, _set_running_loop = asyncio._get_running_loop, asyncio._set_running_loop
+
+
 class _WorkflowLoop(asyncio.AbstractEventLoop):
     """The event loop one execution's workflow code runs on. Only what a deterministic
     program needs: ready callbacks run in FIFO order (``run_until_idle``), the time is
@@ -5411,16 +5423,17 @@ class _WorkflowLoop(asyncio.AbstractEventLoop):
 
     def run_until_idle(self) -> None:
         """Run ready callbacks, with this loop as the running loop, until none is left."""
-        if not self._ready:
+        ready = self._ready
+        if not ready:
             return
-        real, hooks = asyncio._get_running_loop(), sys.get_asyncgen_hooks()
-        asyncio._set_running_loop(self)
+        real, hooks = _running_loop(), sys.get_asyncgen_hooks()
+        _set_running_loop(self)
         # An async generator first iterated here is closed here when it is dropped (the
         # real loop's hooks would run its cleanup there, outside the workflow).
         sys.set_asyncgen_hooks(*self._hooks)
         try:
-            while self._ready:
-                handle, callback, args, context = self._ready.popleft()
+            while ready:
+                handle, callback, args, context = ready.popleft()
                 if handle.cancelled():
                     continue
                 try:
@@ -5429,7 +5442,7 @@ class _WorkflowLoop(asyncio.AbstractEventLoop):
                     self.call_exception_handler({"message": "workflow callback failed",
                                                  "exception": exc, "handle": handle})
         finally:
-            asyncio._set_running_loop(real)
+            _set_running_loop(real)
             sys.set_asyncgen_hooks(*hooks)
 
     def _close_asyncgen(self, agen) -> None:
@@ -5441,7 +5454,8 @@ class _WorkflowLoop(asyncio.AbstractEventLoop):
         return self._now
 
     def call_soon(self, callback: Callable, *args: Any, context=None) -> asyncio.Handle:
-        context = context if context is not None else contextvars.copy_context()
+        if context is None:
+            context = contextvars.copy_context()
         handle = asyncio.Handle(callback, args, self, context)
         if not self._closed:
             self._ready.append((handle, callback, args, context))
@@ -5567,12 +5581,25 @@ class _Step(asyncio.Future):
         return True
 
     def __await__(self):
-        if asyncio._get_running_loop() is not self.get_loop():
+        if _running_loop() is not self.get_loop():
             raise RunStateError(
                 f"a step of run {self.get_loop()._execution.run_id} was awaited outside "
                 "that run's workflow (from another run, an activity or the application); "
                 "await a step only in the workflow that called it")
         return super().__await__()  # (no generator of its own: a frame less per step)
+
+
+class _ActivityStep(_Step):
+    """An activity's step: cancelled by the workflow, it gives the activity up. (Its
+    step number in a slot: no attribute dict for the most common step.)"""
+
+    __slots__ = ("step",)
+
+    def cancel(self, msg: Any = None) -> bool:
+        if not asyncio.Future.cancel(self, msg):
+            return False
+        self.get_loop()._execution.abandon(self.step)
+        return True
 
 
 def _settle_future(future: asyncio.Future, value: Any) -> None:
@@ -5694,9 +5721,10 @@ class WorkflowContext:
         and on every replay alike; a failure (after the activity's retries) is raised.
         """
         execution = self._x
-        if asyncio._get_running_loop() is not execution.loop:
+        if _running_loop() is not execution.loop:
             execution.usable()  # raises
-        return execution.activity(_activity_def(fn), args, kwargs)
+        return execution.activity(getattr(fn, "__tinyworkflow_activity__", None)
+                                  or _activity_def(fn), args, kwargs)
 
     def execute_parallel(self, *calls: Any) -> "asyncio.Future[list]":
         """Run activities concurrently, one step each; await it for their results in order.
@@ -6202,8 +6230,12 @@ class _Execution:
         """Every step kind starts here: its number and, if the run recorded the step
         before, its record -- of the same kind and name, or NonDeterminismError (the
         code changed under the run)."""
-        step = self.new_step()
+        step = self.next_step
         record = self.history.get(step)
+        if record is not None and record["kind"] == "value":
+            step = self.peek()
+            record = self.history.get(step)
+        self.next_step = step + 1
         if record is not None:
             self.check_replay(step, record, kind, name)
         return step, record
@@ -6221,11 +6253,14 @@ class _Execution:
         else:  # decided by an approver, or recorded by an older version
             self.unsequenced.append(step)
 
-    def row(self, step: int, name: str, kind: str, status: str, **columns: Any) -> dict:
+    def row(self, step: int, name: str, kind: str, status: str, input: Optional[str] = None,
+            output: Optional[str] = None, deadline: Optional[float] = None, attempts: int = 1,
+            started_at: Optional[float] = None) -> dict:
         return {"run_id": self.run_id, "step": step, "name": name, "kind": kind,
-                "status": status, "input": None, "output": None, "error": None,
-                "attempts": 1, "run_attempt": self.attempt, "started_at": self.loop.time(),
-                "completed_at": None, "seq": None, "deadline": None, **columns}
+                "status": status, "input": input, "output": output, "error": None,
+                "attempts": attempts, "run_attempt": self.attempt,
+                "started_at": self.loop._now if started_at is None else started_at,
+                "completed_at": None, "seq": None, "deadline": deadline}
 
     def blocked(self) -> bool:
         """Whether a new step that works (an activity, a child) may not start now."""
@@ -6239,8 +6274,9 @@ class _Execution:
     # -- steps
     def activity(self, definition: _ActivityDef, args: tuple, kwargs: dict) -> _Step:
         (step, record), future, attempts = self.begin("activity", definition.name), \
-            _Step(loop=self.loop), 0
-        if definition.returns is not Any:
+            _ActivityStep(loop=self.loop), 0
+        future.step = step
+        if definition.typed or self.codec is not _CODEC and definition.returns is not Any:
             future.returns = definition.returns
         self.targets[step] = ("activity", future)
         if record is not None:
@@ -6257,7 +6293,6 @@ class _Execution:
         # It starts right after this activation (nothing else runs on the real loop
         # meanwhile): in a task of its own, or, alone, in the driver (see launch).
         self.starting.append((step, future, definition, args, kwargs, attempts))
-        future.on_cancel = lambda: self.abandon(step)
         return future
 
     def lone(self) -> Optional[tuple]:
@@ -6430,10 +6465,17 @@ class _Execution:
 
     def deliver(self, step: int, row: dict, exc: Optional[BaseException] = None) -> None:
         """Hand a step's outcome to the workflow (an activation follows)."""
-        self.loop._now = max(self.loop._now, row["completed_at"] or self.loop._now)
+        completed, loop = row["completed_at"], self.loop
+        if completed is not None and completed > loop._now:
+            loop._now = completed
         self.waited = False
         kind, target = self.targets.pop(step)  # delivered once: nothing kept per step
-        if kind == "timer":
+        if kind == "activity":  # the common case first: no wait to end
+            if exc is None and row["status"] == "completed" and target.returns is Any \
+                    and self.codec is _CODEC and not target.done():
+                target.set_result(_loads(row["output"]))
+                return
+        elif kind == "timer":
             handle, callback, args, context = target
             self.timers.pop(id(handle), None)
             self.waits.pop(step, None)
@@ -6518,28 +6560,35 @@ class _Execution:
             if row["completed_at"] is None and row["status"] not in ("waiting", "registered"):
                 row["completed_at"] = now
             if self.store.max_value is not None:
-                try:
-                    for column in ("input", "output", "error"):
-                        self.store.fits(f"the {column} of step {row['step']} ({row['name']}) "
-                                        f"of run {self.run_id}", row[column])
-                except SerializationError as error:  # it always will be refused
-                    self.fatal = self.fatal or error
-                    raise
+                self.fits(row)
         try:
             ours = await self.store.record_steps(self.run_id, self.owner, now, items, in_status,
                                                  list(extra))
         except Exception as exc:
-            if self.store.transient(exc):  # the database's trouble, not the workflow's
-                raise _StoreFailed(self.run_id, exc) from exc
-            # The database refuses this value (too large for it, say): it always will.
-            row = items[0][0]
-            error = SerializationError(
-                f"step {row['step']} ({row['name']}) of run {self.run_id} could not be "
-                f"stored: {type(exc).__name__}: {exc}")
-            self.fatal = self.fatal or error
-            raise error from exc
+            raise self.unstored(exc, items[0][0]) from exc
         if not ours:
             raise _LostOwnership(self.run_id)
+
+    def fits(self, row: dict) -> None:
+        """A SerializationError (fatal) if the row is too large for the database."""
+        try:
+            for column in ("input", "output", "error"):
+                self.store.fits(f"the {column} of step {row['step']} ({row['name']}) "
+                                f"of run {self.run_id}", row[column])
+        except SerializationError as error:  # it always will be refused
+            self.fatal = self.fatal or error
+            raise
+
+    def unstored(self, exc: Exception, row: dict) -> BaseException:
+        """What a write the database refused means: its trouble, passing (the execution
+        stops), or a value it will always refuse (too large for it, say: fatal)."""
+        if self.store.transient(exc):
+            return _StoreFailed(self.run_id, exc)
+        error = SerializationError(
+            f"step {row['step']} ({row['name']}) of run {self.run_id} could not be "
+            f"stored: {type(exc).__name__}: {exc}")
+        self.fatal = self.fatal or error
+        return error
 
     async def record_outcome(self, step: int, row: dict, event: tuple,
                              exc: Optional[BaseException] = None) -> None:
@@ -6649,7 +6698,7 @@ class _Execution:
                         lambda: ActivityTimeoutError(
                             f"activity {definition.name!r} (step {step} of run "
                             f"{self.run_id}) timed out after {definition.timeout} s"))
-                if definition.returns is not Any or self.codec is not _CODEC:
+                if definition.typed or self.codec is not _CODEC:
                     result = _to_data(self.codec, result, definition.returns,
                                       f"the result of activity {definition.name!r} (step "
                                       f"{step} of run {self.run_id})", "result")
@@ -6677,7 +6726,7 @@ class _Execution:
                 return await self.final(row, ("step_cancelled", {
                     "step": step, "name": definition.name, "kind": kind}), in_status), None
             if error is None:
-                row.update(status="completed", output=output)
+                row["status"], row["output"] = "completed", output
                 return await self.final(row, ("step_completed", {
                     "step": step, "name": definition.name, "attempts": attempts,
                     "duration_ms": round((engine.clock() - started) * 1000, 3)}), in_status), None
@@ -6717,8 +6766,17 @@ class _Execution:
             row["seq"] = self.allocate()
         self.finishing.add(row["step"])  # not cancelled now: see abandon and halt
         try:
-            if self.flushing is None and not self.markers:  # the common case: see write
-                await self.write_now([(row, event)], in_status, ())
+            if self.flushing is None and not self.markers:  # the common case: write_now's
+                row["completed_at"] = now = self.engine.clock()  # (a coroutine less)
+                if self.store.max_value is not None:
+                    self.fits(row)
+                try:
+                    ours = await self.store.record_step(self.run_id, self.owner, now, row,
+                                                        event, in_status)
+                except Exception as exc:
+                    raise self.unstored(exc, row) from exc
+                if not ours:
+                    raise _LostOwnership(self.run_id)
             else:
                 await self.write([(row, event)], in_status)
         except BaseException:
@@ -7308,6 +7366,8 @@ class _Engine:
         # The workflows' time (timers, timeouts, recorded times) and its waits; leases
         # go by the machine's time.
         self.clock, self.sleep, self.wait = clock.time, clock.sleep, clock.wait
+        if type(clock).time is Clock.time:  # the machine's: a call less each time
+            self.clock = time.time
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._claims = itertools.count(1)
         self._tasks: dict[str, tuple] = {}  # run id -> (owner, task, done event)
