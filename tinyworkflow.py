@@ -4167,7 +4167,7 @@ class _SQLiteStore(_Store):
                     return None
                 raise
         try:
-            results = [self._apply(ops, fence) for ops, fence, _ in group]
+            results = [self._apply(db, ops, fence) for ops, fence, _ in group]
             db.execute("COMMIT")
         except Exception:
             self._rollback_sync()
@@ -4184,10 +4184,10 @@ class _SQLiteStore(_Store):
             self._commit_seconds += (time.perf_counter() - started - self._commit_seconds) / 8
         return results
 
-    def _apply(self, ops: list, fence: bool) -> bool:
+    def _apply(self, db: sqlite3.Connection, ops: list, fence: bool) -> bool:
         # A fence that matches no row has written nothing: skip the rest of the batch.
         for i, (sql, params) in enumerate(ops):
-            if self.driver.db.execute(sql, params).rowcount == 0 and fence and i == 0:
+            if db.execute(sql, params).rowcount == 0 and fence and i == 0:
                 return False
         return True
 
@@ -6063,20 +6063,24 @@ class _Hub:
             self.signal(run_id)
         self.run_due()
 
+    @staticmethod
+    def join(members: dict, run_id: str, member: Any) -> None:
+        members.setdefault(run_id, set()).add(member)
+
+    @staticmethod
+    def leave(members: dict, run_id: str, member: Any) -> None:
+        waiting = members.get(run_id, set())
+        waiting.discard(member)
+        if not waiting:
+            members.pop(run_id, None)
+
     @contextlib.contextmanager
     def _in(self, members: dict, run_id: str, member: Any):
-        members.setdefault(run_id, set()).add(member)
+        self.join(members, run_id, member)
         try:
             yield member
         finally:
-            waiting = members.get(run_id, set())
-            waiting.discard(member)
-            if not waiting:
-                members.pop(run_id, None)
-
-    def waiting_for_signal(self, run_id: str, waiter: Any):
-        """A context in which ``waiter.set()`` is called when the run gets a signal."""
-        return self._in(self.signal_waiters, run_id, waiter)
+            self.leave(members, run_id, member)
 
     def watching(self, run_id: str, event: Optional[asyncio.Event] = None):
         """A context giving an event (``event``, or a new one) set whenever the run
@@ -6138,8 +6142,9 @@ class _Execution:
         self.base = run.get("attempt_started_at") or started
         self._random: Optional[random.Random] = None
         self.next_step = 1
-        self.last_recorded = max(history, default=0)
-        self.seq = max((row["seq"] or 0 for row in history.values()), default=0)
+        self.last_recorded = max(history) if history else 0
+        self.seq = max((row["seq"] or 0 for row in history.values()), default=0) \
+            if history else 0
         self.recorded: list = []  # heap of (seq, step): recorded outcomes of called steps
         self.unsequenced: list = []  # called steps with an outcome recorded but no seq yet
         self.arrived: list = []  # heap of (seq, step, row, exception): new outcomes, durable
@@ -6763,7 +6768,9 @@ class _Execution:
         """Record an activity's outcome, whole even if the workflow gives the step up
         meanwhile (with the next seq for a workflow's step)."""
         if in_status == "running":
-            row["seq"] = self.allocate()
+            self.seq += 1  # (allocate's, inline)
+            self.unsettled.add(self.seq)
+            row["seq"] = self.seq
         self.finishing.add(row["step"])  # not cancelled now: see abandon and halt
         try:
             if self.flushing is None and not self.markers:  # the common case: write_now's
@@ -6814,15 +6821,17 @@ class _Execution:
         ("continued", input)) or is parked (("parked",)). Raises what stops the
         execution but not the run (_StoreFailed, _LostOwnership, _Released, a
         cancellation from outside); steps in flight are stopped first."""
+        hub = self.engine.hub  # a signal to the run sets notify (see check)
+        hub.join(hub.signal_waiters, self.run_id, self.notify)
         try:
-            with self.engine.hub.waiting_for_signal(self.run_id, self.notify):
-                self.returns = definition.returns
-                self.main = asyncio.Task(self.call(definition), loop=self.loop)
-                return await self.step()
+            self.returns = definition.returns
+            self.main = asyncio.Task(self.call(definition), loop=self.loop)
+            return await self.step()
         except BaseException:
             await self.halt(abandon=False)
             raise
         finally:
+            hub.leave(hub.signal_waiters, self.run_id, self.notify)
             self.teardown()
 
     async def step(self) -> tuple:
@@ -6862,7 +6871,7 @@ class _Execution:
             now = engine.clock()
             if deadline is not None and now >= deadline:
                 return await self.end(timed_out=True)
-            if await self.deliver_next():
+            if (self.recorded or self.unsequenced or self.arrived) and await self.deliver_next():
                 continue
             due = min(((w.deadline, w.step) for w in self.waits.values()
                        if w.deadline is not None), default=None) if self.waits else None
@@ -7176,9 +7185,15 @@ class _Execution:
             return ("failed", self.fatal or error)
         if self.successor is not None:
             return ("continued", self.successor)
+        result = main.result()
+        if self.codec is _CODEC and _TYPED.plain(self.returns):  # plain JSON: as it is
+            try:
+                return ("completed", _encode({"result": result}, _ENCODE_STRICT))
+            except (TypeError, ValueError, RecursionError):
+                pass  # (said below)
         what = f"the result of workflow {self.run['workflow_name']!r}"
         try:
-            result = _to_data(self.codec, main.result(), self.returns, what, "result")
+            result = _to_data(self.codec, result, self.returns, what, "result")
             return ("completed", _dumps({"result": result}, what))
         except SerializationError as exc:
             return ("failed", exc)
@@ -7188,14 +7203,15 @@ class _Execution:
         while True:
             self.notify.clear()
             self.loop.run_until_idle()
-            self.launch()  # none, unless the failure's other branches go on
+            if self.starting:
+                self.launch()  # none, unless the failure's other branches go on
             if self.stop is not None:
                 raise self.stop
             if self.writes or self.resolutions:
                 await self.flush()
                 continue
-            if await self.deliver_next():  # (replaying a failure: its branches' too)
-                continue
+            if (self.recorded or self.unsequenced or self.arrived) and await self.deliver_next():
+                continue  # (replaying a failure: its branches' too)
             if not self.inflight and not self.unsettled:
                 return
             await self.notify.wait()
@@ -7219,18 +7235,20 @@ class _Execution:
         whatever they try is ignored (nothing starts, nothing is recorded)."""
         self.torn_down = self.closing = True
         self.writes.clear()
-        real = asyncio._get_running_loop()
-        asyncio._set_running_loop(self.loop)
-        try:
-            for task in (self.main, *(self.loop._tasks or ())):
-                if task is not None and not task.done():
+        tasks = [task for task in (self.main, *(self.loop._tasks or ()))
+                 if task is not None and not task.done()]
+        if tasks:
+            real = _running_loop()
+            _set_running_loop(self.loop)
+            try:
+                for task in tasks:
                     with contextlib.suppress(BaseException):
                         task.get_coro().close()
-        finally:
-            asyncio._set_running_loop(real)
-            self.loop._ready.clear()
-            self.loop._closed = True
-            self.waits.clear()
+            finally:
+                _set_running_loop(real)
+        self.loop._ready.clear()
+        self.loop._closed = True
+        self.waits.clear()
 
 
 # ---- engine: claims, leases, the watchdog -----------------------------------------------
