@@ -5401,8 +5401,10 @@ def activity_info() -> ActivityInfo:
                         attempt)
 
 
-# What an event loop of one's own sets and asks (asyncio's functions for that).
+# What an event loop of one's own sets and asks (asyncio's functions for that), and what
+# it makes.
 _running_loop, _set_running_loop = asyncio._get_running_loop, asyncio._set_running_loop
+_Future, _Handle = asyncio.Future, asyncio.Handle
 
 
 class _WorkflowLoop(asyncio.AbstractEventLoop):
@@ -5456,7 +5458,7 @@ class _WorkflowLoop(asyncio.AbstractEventLoop):
     def call_soon(self, callback: Callable, *args: Any, context=None) -> asyncio.Handle:
         if context is None:
             context = contextvars.copy_context()
-        handle = asyncio.Handle(callback, args, self, context)
+        handle = _Handle(callback, args, self, context)
         if not self._closed:
             self._ready.append((handle, callback, args, context))
         return handle
@@ -5586,7 +5588,7 @@ class _Step(asyncio.Future):
                 f"a step of run {self.get_loop()._execution.run_id} was awaited outside "
                 "that run's workflow (from another run, an activity or the application); "
                 "await a step only in the workflow that called it")
-        return super().__await__()  # (no generator of its own: a frame less per step)
+        return _Future.__await__(self)  # (no generator, no super(): less per step)
 
 
 class _ActivityStep(_Step):
@@ -6734,7 +6736,7 @@ class _Execution:
                 row["status"], row["output"] = "completed", output
                 return await self.final(row, ("step_completed", {
                     "step": step, "name": definition.name, "attempts": attempts,
-                    "duration_ms": round((engine.clock() - started) * 1000, 3)}), in_status), None
+                    "duration_ms": round((engine.clock() - started) * 1e6) / 1000}), in_status), None
             final = not policy.retryable(error)  # recorded: a replay says so too
             retry = attempts <= policy.max_retries and not final and not isinstance(
                 error, SerializationError)
@@ -7477,7 +7479,11 @@ class _Engine:
         task, done = asyncio.ensure_future(self._execute(run)), asyncio.Event()
         self._tasks[run_id] = (owner, task, done)
         self.leases[owner] = run
-        heartbeat = asyncio.ensure_future(self._heartbeat(run))
+        heartbeat: list = []  # a task from its first beat on (most runs end sooner)
+
+        def beat() -> None:
+            heartbeat.append(asyncio.ensure_future(self._heartbeat(run)))
+        first_beat = asyncio.get_running_loop().call_later(self.lease / 3, beat)
         try:
             await task
         except asyncio.CancelledError:
@@ -7488,7 +7494,9 @@ class _Engine:
                 await asyncio.wait({task})
                 raise
         finally:
-            heartbeat.cancel()
+            first_beat.cancel()
+            for beat in heartbeat:
+                beat.cancel()
             try:
                 if (run_id, owner) in self._cancelling:
                     self._cancelling.discard((run_id, owner))
@@ -7510,21 +7518,21 @@ class _Engine:
         its lease until it has stopped (a sync activity's thread ends when it returns):
         nothing may overlap it."""
         run_id, owner, stopping = run["run_id"], run["owner"], False
-        while True:
-            await asyncio.sleep(self.lease / 3)
+        while True:  # (begun a third of the lease after the execution: see execute)
             try:
                 ours = await self.store.renew_lease(run_id, owner, self.clock(),
                                                     time.time() + self.lease,
                                                     None if stopping else run["status"])
             except Exception:  # a busy or unreachable database: try again next beat
                 _log.warning("run %s: could not renew its lease", run_id, exc_info=True)
-                continue
+                ours = True
             if not ours and stopping:
                 return  # not even its owner any more: taken over
             if not ours:
                 _log.info("run %s is no longer ours (cancelled or taken over); stopping", run_id)
                 self.cancel_local(run_id, owner)
                 stopping = True
+            await asyncio.sleep(self.lease / 3)
 
     def cancel_local(self, run_id: str, owner: Optional[str] = None) -> None:
         """Stop this engine's execution of a run (only the one under ``owner``, if given)."""
