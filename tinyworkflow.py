@@ -470,9 +470,26 @@ class _LostOwnership(BaseException):
 
 def _encoders(**options: Any) -> tuple:
     """Compact JSON encoders, made once (json.dumps with options makes one per call):
-    one that keeps text as it is, and one that escapes it to ASCII."""
-    return (json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, **options),
-            json.JSONEncoder(separators=(",", ":"), **options))
+    one that keeps text as it is, one that escapes it to ASCII, and the first one's C
+    encoder, called directly (see _c_encoder)."""
+    encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, **options)
+    return encoder, json.JSONEncoder(separators=(",", ":"), **options), _c_encoder(encoder)
+
+
+def _c_encoder(encoder: json.JSONEncoder) -> Callable[[Any, int], Any]:
+    """What ``encoder.encode`` does, made once: ``encode`` makes the json module's C
+    encoder anew for every value, which for a small one costs more than the encoding.
+    This one has no cycle check (a cycle recurses until RecursionError; _encode then
+    asks ``encode``, which says which it was). Where the json module has no C encoder,
+    or one of another signature, ``encode`` itself. (tests/test_hardening.py checks that
+    both write the same text.)"""
+    try:
+        return json.encoder.c_make_encoder(  # type: ignore[misc]
+            None, encoder.default, json.encoder.encode_basestring, None,
+            encoder.key_separator, encoder.item_separator, encoder.sort_keys,
+            encoder.skipkeys, encoder.allow_nan)
+    except TypeError:  # None, or not these parameters
+        return lambda value, _: (encoder.encode(value),)
 
 
 _ENCODE, _ENCODE_STRICT, _ENCODE_LENIENT = (_encoders(), _encoders(allow_nan=False),
@@ -481,7 +498,10 @@ _scan = json.JSONDecoder().scan_once  # one JSON value at an index: (value, end)
 
 
 def _encode(value: Any, encoders: tuple = _ENCODE) -> str:
-    text = encoders[0].encode(value)
+    try:
+        text = "".join(encoders[2](value, 0))
+    except RecursionError:  # nested too deeply, or a cycle: encode says which
+        text = encoders[0].encode(value)
     if not text.isascii():
         try:
             text.encode("utf-8")
@@ -8931,7 +8951,8 @@ _internals = types.SimpleNamespace(
     workflows=_WORKFLOWS, activities=_ACTIVITIES, migrations=_MIGRATIONS,
     parse_url=_parse_url, redact=_redact, database_error=_database_error,
     Cron=_Cron, Every=_Every, due_times=_due_times, new_run=_new_run, rebuild_error=_rebuild_error,
-    typed=_TYPED, error_record=_error_record,
+    typed=_TYPED, error_record=_error_record, encode=_encode,
+    encoders={"plain": _ENCODE, "strict": _ENCODE_STRICT, "lenient": _ENCODE_LENIENT},
     SQLiteStore=_SQLiteStore, Pool=_Pool, companion=_companion,
     store=lambda client: client._store, engine=lambda client: client._engine)
 

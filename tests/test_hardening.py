@@ -10,6 +10,8 @@ import uuid
 from datetime import datetime, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tinyworkflow import (ActivityError, RetryPolicy, TinyWorkflowClient, WorkflowFailedError,
                           activity, workflow)
@@ -576,3 +578,73 @@ def test_a_module_of_decorated_activities_imported_again_registers_again():
         module.timed = timed
         exec(compile(source, "hard_reload_wrapped.py", "exec"), module.__dict__)
         assert _internals.activities["hard_reloaded_wrapped"].fn is module.fetch.__wrapped__
+
+
+# ---- JSON text: the C encoder called directly writes what json's encode writes -------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text()
+    | st.sampled_from(["é", "日本", "\ud800", "a\x00b", "\u2028", '"\\'])
+    | st.builds(collections.OrderedDict),
+    lambda children: st.lists(children, max_size=4) | st.tuples(children, children)
+    | st.dictionaries(st.text(max_size=5) | st.integers() | st.booleans() | st.none()
+                      | st.floats(allow_nan=False), children, max_size=4),
+    max_leaves=20)
+
+
+def _reference(value, encoders):
+    """What _encode wrote before it called the C encoder itself: encode, then the
+    ASCII-escaping encoder for text UTF-8 cannot hold (lone surrogates)."""
+    text = encoders[0].encode(value)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = encoders[1].encode(value)
+    return text
+
+
+@given(value=JSON_VALUES | st.builds(object) | st.builds(lambda v: {"x": v}, st.builds(set)))
+@settings(max_examples=400, deadline=None)
+def test_the_direct_c_encoder_writes_what_encode_writes(value):
+    """For each encoder set (plain, strict: no NaN, lenient: repr for the rest), the
+    same text or the same kind of error as JSONEncoder.encode."""
+    from tinyworkflow import _internals
+    for encoders in _internals.encoders.values():
+        try:
+            expected = _reference(value, encoders)
+        except (TypeError, ValueError) as exc:
+            with pytest.raises(type(exc)):
+                _internals.encode(value, encoders)
+        else:
+            assert _internals.encode(value, encoders) == expected
+
+
+def test_the_c_encoder_is_the_one_used_and_a_cycle_is_still_named():
+    """On CPython the fast path is the json module's C encoder (no Python function in
+    between); without its cycle check, a cycle still ends as json's own ValueError,
+    and a value nested too deeply as RecursionError, as before."""
+    import types
+    from tinyworkflow import _internals
+    encoders = _internals.encoders["strict"]
+    assert not isinstance(encoders[2], types.FunctionType)
+    cycle: dict = {}
+    cycle["self"] = [cycle]
+    with pytest.raises(ValueError, match="Circular reference"):
+        _internals.encode(cycle, encoders)
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(RecursionError):
+        _internals.encode(deep, encoders)
+    assert _internals.encode({"a": [1, 2.5, None, True, "é"]}, encoders) == \
+        '{"a":[1,2.5,null,true,"é"]}'
+
+
+async def test_a_cyclic_input_is_a_serialization_error_that_says_so(client):
+    from tinyworkflow import SerializationError
+    value: dict = {}
+    value["again"] = value
+    with pytest.raises(SerializationError, match="Circular reference"):
+        await client.start_workflow("hard_ok_workflow", {"value": value})
+    assert await client.list_workflow_executions() == []
