@@ -73,7 +73,8 @@ async def step_us(tw, path: str, n: int, durable: bool) -> float:
 async def empty(tw, url: str, prefix: str) -> None:
     """Drop a version's tables on a database server (each trial starts empty)."""
     async with tw.TinyWorkflowClient(url, table_prefix=prefix) as client:
-        store = tw._internals.store(client)
+        # (a version older than _internals keeps its store as the client's _store)
+        store = tw._internals.store(client) if hasattr(tw, "_internals") else client._store
         for table in ("events", "steps", "signals", "runs", "schedules", "queues", "workers",
                       "meta"):
             await store.batch([(f"DROP TABLE IF EXISTS {prefix}{table}", ())])
