@@ -480,7 +480,8 @@ def _c_encoder(encoder: json.JSONEncoder) -> Callable[[Any, int], Any]:
     """What ``encoder.encode`` does, made once: ``encode`` makes the json module's C
     encoder anew for every value, which for a small one costs more than the encoding.
     This one has no cycle check (a cycle recurses until RecursionError; _encode then
-    asks ``encode``, which says which it was). Where the json module has no C encoder,
+    asks ``encode``, which says which it was; and _encode does not use it while the
+    recursion limit is high). Where the json module has no C encoder,
     or one of another signature, ``encode`` itself. (tests/test_hardening.py checks that
     both write the same text.)"""
     try:
@@ -497,9 +498,16 @@ _ENCODE, _ENCODE_STRICT, _ENCODE_LENIENT = (_encoders(), _encoders(allow_nan=Fal
 _scan = json.JSONDecoder().scan_once  # one JSON value at an index: (value, end)
 
 
+# Past this recursion limit the C encoder without a cycle check is not used: a cycle
+# would recurse until the limit, and far enough that overflows the C stack (seen at
+# 100,000 on an 8 MiB stack; a thread's may be far smaller).
+_UNCHECKED_DEPTH = 4000
+
+
 def _encode(value: Any, encoders: tuple = _ENCODE) -> str:
     try:
-        text = "".join(encoders[2](value, 0))
+        text = ("".join(encoders[2](value, 0)) if sys.getrecursionlimit() <= _UNCHECKED_DEPTH
+                else encoders[0].encode(value))
     except RecursionError:  # nested too deeply, or a cycle: encode says which
         text = encoders[0].encode(value)
     if not text.isascii():
@@ -6796,7 +6804,9 @@ class _Execution:
         self.finishing.add(row["step"])  # not cancelled now: see abandon and halt
         try:
             if self.flushing is None and not self.markers:  # the common case: write_now's
-                row["completed_at"] = now = self.engine.clock()  # (a coroutine less)
+                now = self.engine.clock()  # (a coroutine less)
+                if row["completed_at"] is None:  # (a retry cancelled in its backoff: set)
+                    row["completed_at"] = now
                 if self.store.max_value is not None:
                     self.fits(row)
                 try:
@@ -7406,8 +7416,6 @@ class _Engine:
         # The workflows' time (timers, timeouts, recorded times) and its waits; leases
         # go by the machine's time.
         self.clock, self.sleep, self.wait = clock.time, clock.sleep, clock.wait
-        if type(clock).time is Clock.time:  # the machine's: a call less each time
-            self.clock = time.time
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._claims = itertools.count(1)
         self._tasks: dict[str, tuple] = {}  # run id -> (owner, task, done event)

@@ -3,6 +3,7 @@ and retry delays on a clock that moves only with ``await clock.advance(seconds)`
 workflow that sleeps a week finishes in milliseconds. Leases keep the machine's time."""
 
 import asyncio
+import contextlib
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -224,3 +225,33 @@ async def test_advance_does_not_wait_for_an_abandoned_activity(clocked):
     await clock.advance(DAY)
     assert time.monotonic() - started < 2
     assert await client.wait_for_result(run_id, timeout=5) == "ActivityTimeoutError"
+
+
+@workflow(name="clock_now", retry_policy=NO_RETRY)
+async def clock_now(ctx):
+    return ctx.now().timestamp()
+
+
+@pytest.mark.parametrize("how", ["instance", "class", "time.time"])
+async def test_a_clock_patched_the_usual_ways_gives_the_workflow_that_time(sqlite_url, how):
+    """A ``Clock`` whose ``time`` is replaced on the instance or on the class
+    (``mock.patch.object``) before the client is made, or ``time.time`` patched after
+    (freezegun-style: the machine's clock looks it up at each use), gives the workflow
+    and the run's record that time."""
+    from unittest import mock
+
+    from tinyworkflow import Clock
+    fake = START.timestamp()
+    clock = Clock()
+    before = {"instance": lambda: mock.patch.object(clock, "time", lambda: fake, create=True),
+              "class": lambda: mock.patch.object(Clock, "time", lambda self: fake),
+              "time.time": contextlib.nullcontext}[how]
+    after = mock.patch.object(time, "time", lambda: fake) if how == "time.time" \
+        else contextlib.nullcontext()
+    with before():
+        async with TinyWorkflowClient(sqlite_url, auto_start_worker=True,
+                                      clock=clock) as client:
+            with after:
+                run_id = await client.start_workflow("clock_now")
+                assert await client.wait_for_result(run_id, timeout=10) == fake
+                assert (await client.get_workflow_status(run_id)).created_at == START

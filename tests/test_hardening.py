@@ -648,3 +648,25 @@ async def test_a_cyclic_input_is_a_serialization_error_that_says_so(client):
     with pytest.raises(SerializationError, match="Circular reference"):
         await client.start_workflow("hard_ok_workflow", {"value": value})
     assert await client.list_workflow_executions() == []
+
+
+def test_a_cycle_under_a_high_recursion_limit_is_named_not_a_crash():
+    """An application that raised the recursion limit far (here 200,000): a cyclic value
+    is still json's 'Circular reference' error. (The C encoder without a cycle check
+    would recurse until the C stack overflows, so it is not used then.) In a
+    subprocess: a crash must not take the test run with it."""
+    import os
+    import subprocess
+    import sys
+    code = ("import sys; sys.setrecursionlimit(200_000)\n"
+            "from tinyworkflow import _internals\n"
+            "cycle = {}; cycle['self'] = [cycle]\n"
+            "try:\n"
+            "    _internals.encode(cycle, _internals.encoders['strict'])\n"
+            "except ValueError as exc:\n"
+            "    print(exc)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert "Circular reference" in done.stdout

@@ -1069,3 +1069,36 @@ async def test_a_step_given_up_before_its_task_began_is_recorded_not_run(sqlite_
     assert (steps[0].kind, steps[0].status, steps[0].name) == ("activity", "cancelled",
                                                                "wl_slow_quote")
     assert lost_runs == ["ran"]  # the first time only
+
+
+# ---- a step given up during its retry's backoff keeps its record's time ---------------
+
+@activity(name="loop_always_fails",
+          retry_policy=RetryPolicy(max_retries=3, initial_delay=30.0, jitter=False))
+async def always_fails(token: str):
+    STARTED[token, "always_fails"] += 1
+    raise RuntimeError("boom")
+
+
+@workflow(name="loop_gives_up_in_backoff", retry_policy=NO_RETRY)
+async def gives_up_in_backoff(ctx):
+    step = ctx.execute_activity(always_fails, ctx.get_input("token"))
+    await asyncio.sleep(0.3)  # the first attempt has failed: its retry waits 30 s
+    step.cancel()
+    return "gave up"
+
+
+async def test_a_step_given_up_in_its_retry_backoff_keeps_the_failed_attempts_time(worker):
+    """The step's row was recorded 'retrying' when the attempt failed; given up during
+    the backoff, it is recorded 'cancelled' with that time, not the time it was given up
+    (the workflow's clock moves to a step's recorded time when the step is delivered)."""
+    token = new_token()
+    run_id = await worker.start_workflow("loop_gives_up_in_backoff", {"token": token})
+    assert await worker.wait_for_result(run_id, timeout=10) == "gave up"
+    assert started(token) == {"always_fails": 1}
+    run = await worker.get_workflow_status(run_id)
+    (step,) = [s for s in await worker.get_workflow_steps(run_id) if s.kind == "activity"]
+    failed = [e for e in await worker.get_workflow_events(run_id)
+              if e.event_type == "step_failed"]
+    assert step.status == "cancelled" and len(failed) == 1
+    assert step.completed_at - run.started_at < timedelta(seconds=0.25)
