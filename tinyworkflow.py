@@ -397,12 +397,17 @@ class RunStateError(TinyWorkflowError, ValueError):
 
 
 class WorkflowFailedError(TinyWorkflowError):
-    """``wait_for_result``: the run failed or was cancelled. ``error`` is the run's
-    recorded error (``"ExceptionType: message"``), ``status`` its final status."""
+    """``wait_for_result``, or awaiting a child's handle: the run failed or was
+    cancelled. ``error`` is the run's recorded error (``"ExceptionType: message"``),
+    ``status`` its final status; ``non_retryable`` says its failure ended its attempts
+    at once (a ``NonRetryableError``, or one its policy names): a parent that fails with
+    it is not retried either, as the child would fail the same way."""
 
-    def __init__(self, message: str, *, run_id: str = "", status: str = "", error: str = ""):
+    def __init__(self, message: str, *, run_id: str = "", status: str = "", error: str = "",
+                 non_retryable: bool = False):
         super().__init__(message)
         self.run_id, self.status, self.error = run_id, status, error
+        self.non_retryable = non_retryable
 
 
 class WorkflowLoopError(TinyWorkflowError, RuntimeError):
@@ -1567,8 +1572,8 @@ class RetryPolicy:
         ``NonRetryableError`` (nor recorded as one), and not among ``non_retryable`` --
         a type it is an instance of, or a name of its class or of a base class: the
         class name, its qualified name or ``module.QualName``."""
-        if isinstance(error, NonRetryableError) or (isinstance(error, ActivityError)
-                                                    and error.non_retryable):
+        if isinstance(error, NonRetryableError) or (
+                isinstance(error, (ActivityError, WorkflowFailedError)) and error.non_retryable):
             return False
         if isinstance(error, _GROUPS):  # TaskGroup's: one branch that cannot succeed is enough
             return all(self.retryable(inner) for inner in error.exceptions)
@@ -3880,6 +3885,14 @@ class _Store:
         rows = await self.fetch(self.sql(f"SELECT {', '.join(_STEP_COLUMNS)} FROM {{p}}steps "
                                          f"WHERE run_id = ?{where} ORDER BY step"), params)
         return {row[1]: dict(zip(_STEP_COLUMNS, row)) for row in rows}
+
+    async def failure(self, run_id: str) -> dict:
+        """The details its failure was recorded with (the data of its last
+        workflow_failed or workflow_compensating event; {} if none)."""
+        rows = await self.fetch(self.sql(
+            "SELECT event_data FROM {p}events WHERE run_id = ? AND event_type IN "
+            "('workflow_failed', 'workflow_compensating') ORDER BY id DESC LIMIT 1"), (run_id,))
+        return (_loads(rows[0][0]) or {}) if rows else {}
 
     async def events(self, run_id: str, limit: int) -> list:
         return await self.fetch(self.sql("SELECT id, run_id, event_type, event_data, timestamp "
@@ -6551,7 +6564,7 @@ class _Execution:
             elif kind == "child":
                 target.set_exception(WorkflowFailedError(
                     error["message"], run_id=error["run_id"], status=error["status"],
-                    error=error["error"]))
+                    error=error["error"], non_retryable=error.get("non_retryable", False)))
             else:
                 target.set_exception(_rebuild_error(error, self.run_id, step))
 
@@ -7125,6 +7138,12 @@ class _Execution:
         if child is not None and (child["status"] not in _TERMINAL or (
                 until is not None and (child["completed_at"] or 0) > until)):
             return
+        details = {}
+        if child is not None and child["status"] in ("failed", "compensated"):
+            try:  # whether its failure ended its attempts at once: then the parent's too
+                details = await self.store.failure(child["run_id"])
+            except Exception as exc:
+                raise _StoreFailed(self.run_id, exc) from exc
         del self.waits[wait.step]
         child_id, step = wait.child_id, wait.step
         row = {**wait.row, "run_attempt": self.attempt, "completed_at": None}
@@ -7135,12 +7154,15 @@ class _Execution:
                 "step": step, "child_run_id": child_id}))
         status, error = ("deleted", "") if child is None else (child["status"],
                                                                child["error"] or "")
+        final = bool(details.get("non_retryable"))
         failure = WorkflowFailedError(
             f"child run {child_id} of workflow {wait.name!r} "
             + {"cancelled": "was cancelled", "deleted": "no longer exists"}.get(status, status)
-            + (f": {error}" if error else ""), run_id=child_id, status=status, error=error)
+            + (f": {error}" if error else ""), run_id=child_id, status=status, error=error,
+            non_retryable=final)
         row.update(status="failed", error=_dumps_for_display({
-            **_error_record(failure), "run_id": child_id, "status": status, "error": error}))
+            **_error_record(failure), "run_id": child_id, "status": status, "error": error,
+            **({"non_retryable": True} if final else {})}))
         await self.record_outcome(step, row, ("child_failed", {
             "step": step, "child_run_id": child_id, "status": status}), failure)
 
@@ -8520,7 +8542,9 @@ class TinyWorkflowClient:
     async def wait_for_result(self, run_id: str, timeout: Optional[float] = None, *,
                               type: Any = Any) -> Any:
         """Wait until the run has finished and return its result (the workflow's return
-        value), decoded as ``type`` if given, else plain JSON as stored. Raises WorkflowFailedError if it failed, was cancelled or compensated,
+        value), decoded as ``type`` if given, else plain JSON as stored. Raises
+        WorkflowFailedError if it failed, was cancelled or compensated (its
+        ``non_retryable`` says whether the failure ended its attempts at once),
         TimeoutError after ``timeout`` seconds, RunNotFoundError for an unknown id. A
         run that continued as new is followed to the end of its chain. The run may
         execute anywhere: in this process (woken at once) or in another (polled)."""
@@ -8535,11 +8559,14 @@ class TinyWorkflowClient:
                 successor.append(_successor(status, row["output_data"]))
                 return None
             if status in _TERMINAL:
+                details = (await self._store.failure(row["run_id"])
+                           if status in ("failed", "compensated") else {})
                 raise WorkflowFailedError(
                     f"run {row['run_id']} of workflow {row['workflow_name']!r} "
                     + {"cancelled": "was cancelled", "compensated": "failed and was "
                        "compensated"}.get(status, "failed") + (f": {error}" if error else ""),
-                    run_id=row["run_id"], status=status, error=error or "")
+                    run_id=row["run_id"], status=status, error=error or "",
+                    non_retryable=bool(details.get("non_retryable")))
             return _NOT_YET
 
         while True:

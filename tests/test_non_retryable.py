@@ -374,3 +374,77 @@ async def test_a_non_retryable_error_in_an_exception_group_ends_the_run(client):
     assert calls["nr_group"] == 1 and calls["subclass"] == 1
     assert not RetryPolicy().retryable(ExceptionGroup("g", [ValueError(), CardExpired()]))
     assert RetryPolicy().retryable(ExceptionGroup("g", [ValueError(), KeyError()]))
+
+
+# ---- a child's non-retryable failure: its parent is not retried either -----------------
+
+@pytest.fixture
+async def worker(db_url):
+    async with TinyWorkflowClient(db_url, auto_start_worker=True) as client:
+        yield client
+
+
+@workflow(name="nr_child", retry_policy=RetryPolicy(max_retries=0))
+async def nr_child(ctx, kind: str) -> str:
+    calls["nr_child", kind] += 1
+    if kind == "nonretryable":
+        raise NonRetryableError("the order is malformed")
+    raise RuntimeError("a failure trying again may mend")
+
+
+@workflow(name="nr_parent", retry_policy=RetryPolicy(max_retries=2, initial_delay=0.001,
+                                                    jitter=False))
+async def nr_parent(ctx, kind: str, catch: bool = False):
+    calls["nr_parent", kind] += 1
+    try:
+        return await ctx.execute_child_workflow(nr_child, kind=kind)
+    except tinyworkflow.WorkflowFailedError as exc:
+        if not catch:
+            raise
+        await ctx.sleep(2)  # parks: what follows is a replay of the child's failure
+        return {"non_retryable": exc.non_retryable, "status": exc.status}
+
+
+async def _parent(worker, kind: str, catch: bool = False):
+    calls.clear()
+    run_id = await worker.start_workflow("nr_parent", {"kind": kind, "catch": catch})
+    with pytest.raises(tinyworkflow.WorkflowFailedError) as failed:
+        await worker.wait_for_result(run_id, timeout=30)
+    children = await worker.list_workflow_executions(workflow_name="nr_child")
+    return run_id, failed.value, children
+
+
+async def test_a_childs_non_retryable_failure_ends_the_parent_at_once(worker):
+    """The child failed with a NonRetryableError: awaiting it raises a
+    WorkflowFailedError with ``non_retryable``, and the parent failing with it is not
+    retried (a retry would start the child anew, to fail the same way)."""
+    run_id, error, children = await _parent(worker, "nonretryable")
+    assert error.non_retryable is True and error.status == "failed"
+    run = await worker.get_workflow_status(run_id)
+    assert run.retry_count == 0 and calls["nr_parent", "nonretryable"] == 1
+    assert len(children) == 1 and calls["nr_child", "nonretryable"] == 1
+    [end] = [e for e in await worker.get_workflow_events(run_id)
+             if e.event_type == "workflow_failed"]
+    assert end.event_data["non_retryable"] is True
+    with pytest.raises(tinyworkflow.WorkflowFailedError) as direct:
+        await worker.wait_for_result(children[0].run_id, timeout=5)
+    assert direct.value.non_retryable is True  # the client says so too
+
+
+async def test_a_childs_other_failure_keeps_the_parents_retries(worker):
+    run_id, error, children = await _parent(worker, "other")
+    assert error.non_retryable is False
+    assert (await worker.get_workflow_status(run_id)).retry_count == 2
+    assert calls["nr_parent", "other"] == 3 and len(children) == 3
+
+
+async def test_a_replayed_child_failure_keeps_its_non_retryable_flag(worker):
+    """Caught, the flag is the workflow's to read; after the run parks, the replay
+    rebuilds the same WorkflowFailedError from the step's record."""
+    calls.clear()
+    run_id = await worker.start_workflow("nr_parent", {"kind": "nonretryable",
+                                                       "catch": True})
+    assert await worker.wait_for_result(run_id, timeout=30) == {
+        "non_retryable": True, "status": "failed"}
+    assert calls["nr_parent", "nonretryable"] == 2  # the first run, then the replay
+    assert calls["nr_child", "nonretryable"] == 1
